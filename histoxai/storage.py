@@ -1,0 +1,256 @@
+"""Storage for every input and output: local paths and gs:// URIs behind one small API.
+
+GCS goes through the real google-cloud-storage client, which honours STORAGE_EMULATOR_HOST (the
+tests point it at a local emulator). TensorFlow and h5py get local paths: `local_copy` fetches an
+input, `staged_output` builds an output locally and publishes it whole, so that a failed step never
+leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from histoxai.errors import InputError
+
+GS_PREFIX = "gs://"
+
+
+def is_gcs(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith(GS_PREFIX)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts with '/', for URIs and local paths alike."""
+    out = str(base)
+    for part in parts:
+        out = out.rstrip("/") + "/" + str(part).lstrip("/")
+    return out
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
+    if not is_gcs(uri):
+        raise ValueError(f"not a gs:// URI: {uri}")
+    bucket, _, key = uri[len(GS_PREFIX):].partition("/")
+    if not bucket:
+        raise InputError(f"{uri}: expected gs://BUCKET/PATH")
+    return bucket, key
+
+
+@functools.lru_cache(maxsize=1)
+def _client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The client picks anonymous credentials for the emulator; a project id is still required.
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"))
+    return storage.Client()
+
+
+def reset_client() -> None:
+    """Forget the cached client (after STORAGE_EMULATOR_HOST or credentials change)."""
+    _client.cache_clear()
+
+
+@contextlib.contextmanager
+def _gcs_errors(uri: str) -> Iterator[None]:
+    """Turn the client's exceptions into one clear InputError naming the URI."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    try:
+        yield
+    except gexc.NotFound as err:
+        raise InputError(f"{uri}: not found (expected an existing bucket and object)") from err
+    except gexc.Forbidden as err:
+        raise InputError(f"{uri}: access denied; check the credentials' permissions on the bucket") from err
+    except auth_exc.DefaultCredentialsError as err:
+        raise InputError(
+            f"{uri}: no Google Cloud credentials; run `gcloud auth application-default login`"
+        ) from err
+    except (gexc.GoogleAPICallError, gexc.RetryError, ConnectionError) as err:
+        raise InputError(f"{uri}: storage unreachable ({type(err).__name__}: {err})") from err
+
+
+def _blob(uri: str):
+    bucket, key = split_gcs(uri)
+    return _client().bucket(bucket).blob(key)
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    uri = str(uri)
+    if not is_gcs(uri):
+        return Path(uri).exists()
+    with _gcs_errors(uri):
+        if _blob(uri).exists():
+            return True
+        return bool(list_files(uri))
+
+
+def list_files(prefix: str | os.PathLike) -> list[str]:
+    """All files under a folder, as full paths/URIs, sorted."""
+    prefix = str(prefix)
+    if not is_gcs(prefix):
+        root = Path(prefix)
+        if not root.is_dir():
+            return []
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    bucket, key = split_gcs(prefix)
+    key = key.rstrip("/") + "/" if key else ""
+    with _gcs_errors(prefix):
+        blobs = _client().list_blobs(bucket, prefix=key)
+        return sorted(f"{GS_PREFIX}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    uri = str(uri)
+    if not is_gcs(uri):
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError as err:
+            raise InputError(f"{uri}: file not found") from err
+    with _gcs_errors(uri):
+        return _blob(uri).download_as_bytes()
+
+
+def read_range(uri: str | os.PathLike, start: int, length: int) -> bytes:
+    """Bytes [start, start+length) of a file; one ranged request on GCS."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        with open(uri, "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+    with _gcs_errors(uri):
+        return _blob(uri).download_as_bytes(start=start, end=start + length - 1)
+
+
+def read_text(uri: str | os.PathLike) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write a whole file atomically: readers see the old content or the new, never a part."""
+    uri = str(uri)
+    if is_gcs(uri):
+        with _gcs_errors(uri):
+            _blob(uri).upload_from_string(data)  # a GCS upload is atomic per object
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(uri: str | os.PathLike, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def upload_file(local_path: str | os.PathLike, uri: str) -> None:
+    if is_gcs(uri):
+        with _gcs_errors(uri):
+            _blob(uri).upload_from_filename(str(local_path))
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, uri)
+
+
+def download_file(uri: str, local_path: str | os.PathLike) -> None:
+    Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+    if is_gcs(uri):
+        with _gcs_errors(uri):
+            _blob(uri).download_to_filename(str(local_path))
+    else:
+        shutil.copyfile(uri, local_path)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local path for a file or folder; gs:// content is downloaded to a temporary folder.
+
+    A missing local input raises InputError naming it.
+    """
+    uri = str(uri)
+    if not is_gcs(uri):
+        if not Path(uri).exists():
+            raise InputError(f"{uri}: not found")
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="histoxai-in-") as tmp:
+        name = uri.rstrip("/").rsplit("/", 1)[-1] or "root"
+        target = Path(tmp) / name
+        with _gcs_errors(uri):
+            blob = _blob(uri)
+            if blob.exists():
+                blob.download_to_filename(str(target))
+            else:
+                files = list_files(uri)
+                if not files:
+                    raise InputError(f"{uri}: not found (no object or folder of that name)")
+                base = uri.rstrip("/") + "/"
+                for f in files:
+                    download_file(f, target / f[len(base):])
+        yield target
+
+
+def publish_dir(local_dir: str | os.PathLike, uri: str, *, commit_last: str | None = None) -> None:
+    """Upload a finished local folder to gs:// (the file named commit_last goes up last,
+    so its presence marks a complete output)."""
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    if commit_last is not None:
+        files.sort(key=lambda p: p.relative_to(local_dir).as_posix() == commit_last)
+    for path in files:
+        upload_file(path, join(uri, path.relative_to(local_dir).as_posix()))
+
+
+@contextlib.contextmanager
+def staged_output(uri: str | os.PathLike, *, overwrite: bool = False,
+                  commit_last: str | None = None) -> Iterator[Path]:
+    """Build an output folder locally and publish it only if the block finishes.
+
+    Local: the folder is built beside the destination and renamed into place, so a failure leaves
+    nothing. An existing non-empty destination is an error unless overwrite=True (then it is
+    replaced only after the new output is complete). gs://: built in a temporary folder, then
+    uploaded with `commit_last` (e.g. the manifest) written last.
+    """
+    uri = str(uri)
+    if is_gcs(uri):
+        if not overwrite and list_files(uri):
+            raise InputError(f"{uri}: output already exists; pass --overwrite to replace it")
+        with tempfile.TemporaryDirectory(prefix="histoxai-out-") as tmp:
+            yield Path(tmp)
+            publish_dir(tmp, uri, commit_last=commit_last)
+        return
+
+    dest = Path(uri)
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest}: exists and is not a folder; expected an output folder path")
+    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
+        raise InputError(f"{dest}: output folder already exists and is not empty; "
+                         "pass --overwrite to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(stage, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
