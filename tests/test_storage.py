@@ -1,0 +1,67 @@
+"""The storage layer against the real google-cloud-storage client and a local GCS emulator."""
+
+import pytest
+
+from histoxai import storage
+from histoxai.errors import InputError
+
+
+def test_write_read_list_roundtrip_on_gcs(gcs_bucket):
+    uri = storage.join(gcs_bucket, "run", "a.txt")
+    storage.write_text(uri, "hello")
+    storage.write_bytes(storage.join(gcs_bucket, "run", "sub", "b.bin"), b"\x00\x01\x02\x03")
+    assert storage.read_text(uri) == "hello"
+    assert storage.read_range(storage.join(gcs_bucket, "run/sub/b.bin"), 1, 2) == b"\x01\x02"
+    assert storage.list_files(storage.join(gcs_bucket, "run")) == [
+        f"{gcs_bucket}/run/a.txt", f"{gcs_bucket}/run/sub/b.bin"]
+    assert storage.exists(storage.join(gcs_bucket, "run"))
+    assert not storage.exists(storage.join(gcs_bucket, "nothing"))
+
+
+def test_missing_gcs_object_is_one_clear_error(gcs_bucket):
+    with pytest.raises(InputError, match=r"gs://.*/absent\.txt: not found"):
+        storage.read_bytes(storage.join(gcs_bucket, "absent.txt"))
+
+
+def test_missing_bucket_is_one_clear_error(gcs_emulator):
+    with pytest.raises(InputError, match="no-such-bucket"):
+        storage.read_bytes("gs://no-such-bucket-histoxai/x")
+
+
+def test_local_copy_of_gcs_folder(gcs_bucket, tmp_path):
+    storage.write_text(storage.join(gcs_bucket, "s/1/x.txt"), "one")
+    storage.write_text(storage.join(gcs_bucket, "s/1/deep/y.txt"), "two")
+    with storage.local_copy(storage.join(gcs_bucket, "s/1")) as local:
+        assert (local / "x.txt").read_text() == "one"
+        assert (local / "deep" / "y.txt").read_text() == "two"
+
+
+def test_staged_output_publishes_only_on_success(gcs_bucket, tmp_path):
+    out = storage.join(gcs_bucket, "out")
+    with pytest.raises(RuntimeError):
+        with storage.staged_output(out) as stage:
+            (stage / "part.txt").write_text("half")
+            raise RuntimeError("step failed")
+    assert storage.list_files(out) == []
+    with storage.staged_output(out, commit_last="manifest.txt") as stage:
+        (stage / "manifest.txt").write_text("m")
+        (stage / "z.txt").write_text("z")
+    assert storage.read_text(storage.join(out, "manifest.txt")) == "m"
+    with pytest.raises(InputError, match="already exists"):
+        with storage.staged_output(out):
+            pass
+
+
+def test_staged_output_local_keeps_old_output_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with storage.staged_output(out) as stage:
+        (stage / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with storage.staged_output(out, overwrite=True) as stage:
+            (stage / "a.txt").write_text("second, unfinished")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left behind
+    with storage.staged_output(out, overwrite=True) as stage:
+        (stage / "a.txt").write_text("second")
+    assert (out / "a.txt").read_text() == "second"
