@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "phantom": "histoxai.phantom.cli",
     "ingest": "histoxai.components.ingest.cli",
     "split": "histoxai.components.split.cli",
+    "train": "histoxai.components.train.cli",
 }
 
 
