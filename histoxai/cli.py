@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "ingest": "histoxai.components.ingest.cli",
     "split": "histoxai.components.split.cli",
     "train": "histoxai.components.train.cli",
+    "baseline": "histoxai.components.evaluate.cli_baseline",
 }
 
 
