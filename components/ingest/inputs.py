@@ -1,0 +1,213 @@
+"""Open and validate one sample folder for ingestion: MR maps, slide and mask geometry, nuclei centroids.
+
+Every problem becomes one InputError that names the file (as the user gave it, local or gs://) and
+the field, before any patch is cut. The slide and its full-resolution mask stay on disk (h5py reads
+them by row bands); only the small MR-grid maps and the centroids are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from histoxai import layout, storage
+from histoxai.errors import InputError
+from histoxai.matfile import MatFile, open_mat
+
+REQUIRED_MR_FIELDS = ("MD", "FA", "ROI")
+OPTIONAL_MR_FIELDS = ("FAIP",)  # absent in some real samples: the FAIP column is then NaN
+_SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Sample:
+    """What ingestion needs from one sample; `he` and `he_mask` are open files read by row bands."""
+
+    sample_dir: str
+    files: dict[str, str]  # layout name -> URI as given (for messages and the report)
+    maps: dict[str, np.ndarray]  # MD, FA, FAIP (all NaN if absent), ROI on the MR grid, float64
+    faip_present: bool
+    dhe_mask: np.ndarray  # MR grid
+    he_shape: tuple[int, int]
+    centroids: np.ndarray  # (n, 2): x = column, y = row, in slide pixels
+    he: MatFile
+    he_mask: MatFile
+    mat_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.maps["MD"].shape
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Pixels per voxel along rows and columns: floor(slide size / grid size)."""
+        return self.he_shape[0] // self.grid[0], self.he_shape[1] // self.grid[1]
+
+
+def sample_name(sample_dir: str) -> str:
+    """The sample id from the folder name (checked: it names the shard files)."""
+    name = str(sample_dir).rstrip("/").rsplit("/", 1)[-1]
+    return check_sample_id(name, f"{sample_dir}: folder name")
+
+
+def check_sample_id(sample_id: str, what: str = "--sample-id") -> str:
+    if not _SAMPLE_ID.match(sample_id or ""):
+        raise InputError(f"{what} {sample_id!r} is not a usable sample id; expected letters, digits, '.', "
+                         "'_' or '-' (it names the shard files)")
+    return sample_id
+
+
+@contextlib.contextmanager
+def _named(uri: str, local) -> Iterator[None]:
+    """Re-raise InputErrors about a downloaded copy under the name the user gave."""
+    try:
+        yield
+    except InputError as err:
+        text = str(err)
+        if str(local) != uri:
+            text = text.replace(str(local), uri)
+        raise InputError(text) from err
+
+
+def _fetch(stack: contextlib.ExitStack, sample_dir: str, rel: str) -> tuple[str, object]:
+    uri = storage.join(sample_dir, rel)
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: file not found; expected {rel} inside the sample folder "
+                         "(the dataset layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
+                         "cell_density/QuPath/measurements.tsv)")
+    return uri, stack.enter_context(storage.local_copy(uri))
+
+
+def _open(stack: contextlib.ExitStack, uri: str, local) -> MatFile:
+    with _named(uri, local):
+        return stack.enter_context(open_mat(local))
+
+
+def _read_mr(mat: MatFile, uri: str) -> tuple[dict[str, np.ndarray], bool]:
+    struct = mat.read_struct("MR")
+    missing = [f for f in REQUIRED_MR_FIELDS if f not in struct]
+    if missing:
+        raise InputError(f"{uri}: struct MR lacks field(s) {', '.join(missing)} "
+                         f"(found: {', '.join(sorted(struct)) or 'none'}); expected MD, FA and ROI maps")
+    grid = np.shape(struct["MD"])
+    if len(grid) != 2 or min(grid) < 1:
+        raise InputError(f"{uri}: MR.MD has shape {grid}; expected a 2-D map on the MR grid")
+    maps = {}
+    for name in REQUIRED_MR_FIELDS + OPTIONAL_MR_FIELDS:
+        if name not in struct:
+            continue
+        value = np.asarray(struct[name], dtype=np.float64)
+        if value.shape != grid:
+            raise InputError(f"{uri}: MR.{name} has shape {value.shape}; "
+                             f"expected {grid}, the MR grid of MR.MD")
+        maps[name] = value
+    faip_present = "FAIP" in maps
+    if not faip_present:
+        maps["FAIP"] = np.full(grid, np.nan)
+    for name in ("MD", "FA"):
+        if not np.isfinite(maps[name]).any():
+            raise InputError(f"{uri}: MR.{name} is NaN (or infinite) at every voxel; "
+                             "expected measured values")
+    if not (maps["ROI"] == 1).any():
+        raise InputError(f"{uri}: MR.ROI has no voxel equal to 1 (empty ROI); expected the tumour ROI")
+    return maps, faip_present
+
+
+def _check_slide(he: MatFile, uri: str, grid: tuple[int, int]) -> tuple[int, int]:
+    shape = he.shape("HE")
+    if len(shape) != 3 or shape[2] != 3:
+        raise InputError(f"{uri}: HE has shape {shape}; expected an RGB image H x W x 3")
+    dtype = he.read_rows("HE", 0, 1).dtype
+    if dtype != np.uint8:
+        raise InputError(f"{uri}: HE is {dtype}; expected uint8 RGB")
+    if shape[0] < grid[0] or shape[1] < grid[1]:
+        raise InputError(f"{uri}: HE is {shape[0]} x {shape[1]} px, smaller than the MR grid "
+                         f"{grid[0]} x {grid[1]} voxels of MR.mat; expected at least one pixel per voxel")
+    return shape[0], shape[1]
+
+
+def _check_masks(mask: MatFile, uri: str, he_shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    shape = mask.shape("HE_mask")
+    if tuple(shape) != he_shape:
+        raise InputError(f"{uri}: HE_mask has shape {tuple(shape)}; "
+                         f"expected {he_shape}, the shape of HE in HE.mat")
+    dhe = np.asarray(mask.read("dHE_mask"), dtype=np.float64)
+    if dhe.shape != grid:
+        raise InputError(f"{uri}: dHE_mask has shape {dhe.shape}; expected {grid}, the MR grid of MR.mat")
+    return dhe
+
+
+def read_centroids(path, uri: str) -> np.ndarray:
+    """(n, 2) float array of (x = column, y = row) from a QuPath measurements table."""
+    import pandas as pd
+
+    columns = [layout.CENTROID_X, layout.CENTROID_Y]
+    try:
+        header = pd.read_csv(path, sep="\t", nrows=0).columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"{uri}: not a readable tab-separated table ({err})") from err
+    missing = [c for c in columns if c not in header]
+    if missing:
+        shown = ", ".join(list(header)[:8]) + (", ..." if len(header) > 8 else "")
+        raise InputError(f"{uri}: column(s) {', '.join(missing)} missing (found: {shown}); "
+                         "expected QuPath measurements with centroids in pixels")
+    try:
+        table = pd.read_csv(path, sep="\t", usecols=columns)
+        values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{uri}: cannot read columns {', '.join(columns)} ({err})") from err
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0]) + 2  # 1-based, after the header line
+        raise InputError(f"{uri}: {int(bad.sum())} row(s) with a missing or non-numeric centroid "
+                         f"(first at line {row}); expected numbers in {', '.join(columns)}")
+    return values
+
+
+@contextlib.contextmanager
+def open_sample(sample_dir: str) -> Iterator[Sample]:
+    """Validate a sample folder (local or gs://) and keep its slide files open for streaming."""
+    sample_dir = str(sample_dir).rstrip("/")
+    if not storage.is_gcs(sample_dir) and not storage.exists(sample_dir):
+        raise InputError(f"{sample_dir}: sample folder not found")
+    with contextlib.ExitStack() as stack:
+        files, versions = {}, {}
+        mr_uri, mr_local = _fetch(stack, sample_dir, layout.MR_MAT)
+        mr = _open(stack, mr_uri, mr_local)
+        with _named(mr_uri, mr_local):
+            maps, faip_present = _read_mr(mr, mr_uri)
+        grid = maps["MD"].shape
+
+        he_uri, he_local = _fetch(stack, sample_dir, layout.HE_MAT)
+        he = _open(stack, he_uri, he_local)
+        with _named(he_uri, he_local):
+            he_shape = _check_slide(he, he_uri, grid)
+
+        mask_uri, mask_local = _fetch(stack, sample_dir, layout.HE_MASK_MAT)
+        mask = _open(stack, mask_uri, mask_local)
+        with _named(mask_uri, mask_local):
+            dhe = _check_masks(mask, mask_uri, he_shape, grid)
+
+        tsv_uri, tsv_local = _fetch(stack, sample_dir, layout.NUCLEI_TSV)
+        centroids = read_centroids(tsv_local, tsv_uri)
+
+        for name, uri, mat in ((layout.MR_MAT, mr_uri, mr), (layout.HE_MAT, he_uri, he),
+                               (layout.HE_MASK_MAT, mask_uri, mask)):
+            files[name] = uri
+            versions[name] = mat.version
+        files[layout.NUCLEI_TSV] = tsv_uri
+        yield Sample(sample_dir=sample_dir, files=files, maps=maps, faip_present=faip_present, dhe_mask=dhe,
+                     he_shape=he_shape, centroids=centroids, he=he, he_mask=mask, mat_versions=versions)
+
+
+@contextlib.contextmanager
+def read_errors_named(sample: Sample) -> Iterator[None]:
+    """While streaming, name the user's URI in read errors from a downloaded slide or mask copy."""
+    with contextlib.ExitStack() as stack:
+        for rel, mat in ((layout.HE_MAT, sample.he), (layout.HE_MASK_MAT, sample.he_mask)):
+            stack.enter_context(_named(sample.files[rel], mat.path))
+        yield
