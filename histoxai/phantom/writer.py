@@ -20,7 +20,7 @@ MIN_PIXELS_PER_VOXEL, MAX_PIXELS_PER_VOXEL = 8, 1024
 TARGET_MODES = ("real", "derived")
 MAT_FORMATS = ("v7.3", "v5")
 V5_MAX_BYTES = 2**31 - 1  # a v5 variable cannot exceed 2 GB
-CHUNK_COLUMNS = 4096  # HDF5 chunks are one band tall and this wide
+CHUNK_COLUMNS = 4096  # HDF5 chunks are one band tall and at most this wide
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def write_sample(folder: Path, maps: SampleMaps, options: PhantomOptions, proven
     size = options.pixels_per_voxel
     rows, cols = maps.shape
     height, width = rows * size, cols * size
-    chunk_cols = min(width, CHUNK_COLUMNS)
+    chunk_cols = -(-width // -(-width // CHUNK_COLUMNS))  # equal chunks: HDF5 stores edge chunks whole
     paths = {name: folder / rel for name, rel in (
         ("mr", layout.MR_MAT), ("he", layout.HE_MAT), ("mask", layout.HE_MASK_MAT),
         ("tsv", layout.NUCLEI_TSV), ("labels", layout.TRUTH_LABELS), ("nuclei", layout.TRUTH_NUCLEI),
