@@ -187,7 +187,6 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
 
     (rows, cols), (bh, bw) = sample.grid, sample.block
     in_roi = sample.maps["ROI"] == 1
-    sa_stream = StructureStream(sample.he_shape, sample.grid, sample.block)
     thumbnail = qc.Thumbnail(sample.grid, sample.block)
     shard_set = ShardSet(stage, sample_id, shard_size)
     records = []
@@ -199,10 +198,12 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         return payload
 
     workers = max(1, min(4, os.cpu_count() or 1))
+    sa_stream = StructureStream(sample.he_shape, sample.grid, sample.block)
     with ThreadPoolExecutor(workers) as pool, read_errors_named(sample):
         for i in tqdm(range(rows), desc=f"ingest {sample_id}", unit="voxel row"):
             with clock.stage("read"):
-                band = np.ascontiguousarray(sample.he.read_rows("HE", i * bh, (i + 1) * bh))
+                # kept as h5py's strided view: blocks and SA each copy only what they need
+                band = sample.he.read_rows("HE", i * bh, (i + 1) * bh)
                 candidates = codes[i] == _PASSED
                 if candidates.any():
                     mask_band = sample.he_mask.read_rows("HE_mask", i * bh, (i + 1) * bh)
@@ -227,7 +228,7 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         while start < sa_stream.rows_needed:
             stop = min(sa_stream.rows_needed, start + bh)
             with clock.stage("read"):
-                band = np.ascontiguousarray(sample.he.read_rows("HE", start, stop))
+                band = sample.he.read_rows("HE", start, stop)
             with clock.stage("structure"):
                 sa_stream.feed(band)
             start = stop
