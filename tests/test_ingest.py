@@ -15,7 +15,8 @@ from histoxai import cli, layout, manifest, shards, storage
 from histoxai.components.ingest import structure
 from histoxai.components.ingest.ingest import RULES, ingest_sample
 from histoxai.errors import InputError
-from tests.samples import make_sample, write_sample, write_tsv
+from histoxai.matfile import open_mat
+from tests.samples import SampleArrays, make_sample, write_sample, write_tsv
 
 PATCH = 32
 
@@ -329,3 +330,43 @@ def test_tsv_with_only_centroid_columns_is_enough(arrays, tmp_path):
     counts = ingest_sample(str(folder), str(tmp_path / "o"), patch_size=PATCH, erosion=2)
     assert counts["nuclei"]["total"] == len(arrays.centroids)
     shutil.rmtree(tmp_path / "o")
+
+
+def _arrays_from_folder(folder: Path) -> SampleArrays:
+    """Read a sample folder back whole (fine for a small one), for the voxel-by-voxel rules."""
+    with open_mat(folder / layout.MR_MAT) as mr, open_mat(folder / layout.HE_MAT) as he, \
+            open_mat(folder / layout.HE_MASK_MAT) as mask:
+        maps = mr.read_struct("MR")
+        table = pd.read_csv(folder / layout.NUCLEI_TSV, sep="\t")
+        return SampleArrays(md=maps["MD"], fa=maps["FA"], faip=maps.get("FAIP"), roi=maps["ROI"],
+                            dhe_mask=mask.read("dHE_mask"), he=he.read("HE"),
+                            he_mask=mask.read("HE_mask") == 1,
+                            centroids=table[[layout.CENTROID_X, layout.CENTROID_Y]].to_numpy())
+
+
+def test_phantom_sample_nuclei_counts_and_rules(tmp_path):
+    from scipy.stats import spearmanr
+
+    from histoxai.phantom import render_phantom
+    from histoxai.phantom.summary import load_summary
+
+    grid = (20, 24)
+    (uri,) = render_phantom(tmp_path / "phantom", [6], pixels_per_voxel=16, n_max=8, crop=grid, seed=1)
+    counts = ingest_sample(uri, str(tmp_path / "out"), patch_size=PATCH, erosion=2)
+    frame = manifest.read_manifest(str(tmp_path / "out"))
+    r, c = frame["row"].to_numpy(), frame["col"].to_numpy()
+
+    nuclei = pd.read_parquet(Path(uri) / layout.TRUTH_NUCLEI)
+    truth = np.zeros(grid)
+    np.add.at(truth, (nuclei["voxel_row"], nuclei["voxel_col"]), 1)
+    np.testing.assert_array_equal(frame["CC"], truth[r, c])
+    np.testing.assert_allclose(frame["CD"], truth[r, c] / truth.max())
+    assert counts["nuclei"] == {"total": len(nuclei), "in_grid": len(nuclei),
+                                "max_per_voxel": int(truth.max())}
+
+    expected = expected_rules(_arrays_from_folder(Path(uri)), 2)
+    assert counts["dropped"] == {rule: int((expected == rule).sum()) for rule in RULES}
+    assert set(zip(r, c, strict=True)) == {tuple(v) for v in np.argwhere(expected == "kept")}
+    # the phantom orients its nuclei after the real sample's SA: ours must follow it, if loosely
+    real_sa = load_summary().sample(6).cropped(*grid).dsa[r, c]
+    assert spearmanr(frame["SA"], real_sa)[0] > 0.3
