@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: install test demo lint bench lock clean
+.PHONY: install test demo lint bench lock clean tools build retrain-source deploy minikube-up minikube-run minikube-down
 
 install: $(STAMP)  ## create .venv and install the project with pinned dependencies
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
-test: install  ## run the whole test suite
+test: install tools  ## run the whole test suite
 	$(BIN)/python -m pytest
 
 demo: install  ## phantom -> ingest -> split on two samples, into $(OUT)/demo
@@ -34,6 +34,60 @@ lock:  ## re-resolve the environment from pyproject.toml and rewrite constraints
 	{ echo "# Exact versions of every package in the project's environment (make install uses it)."; \
 	  echo "# Regenerate after changing pyproject.toml dependencies: make lock"; \
 	  /tmp/histoxai-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
+
+# --- Cloud and cluster: images, infrastructure, KFP on minikube (README: "Run it in your cloud") --------
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+RETRAIN_SRC := build/retrain-source
+env ?= dev
+tag ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+TF := terraform -chdir=infra/terraform
+TF_OUT = TF_WORKSPACE=$(env) $(TF) output -raw
+
+tools: $(TOOLS_STAMP)  ## hadolint, shellcheck, checkov and python-hcl2 in .venv-tools, for the infrastructure tests
+
+$(TOOLS_STAMP): infra/requirements-tools.txt infra/requirements-hcl2.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV) || python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade "pip==26.3"
+	$(TOOLS_VENV)/bin/python -m pip install -q -r infra/requirements-tools.txt
+	rm -rf $(TOOLS_VENV)/hcl2
+	$(TOOLS_VENV)/bin/python -m pip install -q --no-deps --target $(TOOLS_VENV)/hcl2 -r infra/requirements-hcl2.txt
+	@touch $@
+
+build:  ## build and push the cpu, gpu and app images with Cloud Build (after make deploy; env=dev, tag=<git commit>)
+	@command -v gcloud >/dev/null || { echo "make build: gcloud not found; install the Google Cloud CLI" >&2; exit 2; }
+	@command -v terraform >/dev/null || { echo "make build: terraform not found; install Terraform >= 1.6" >&2; exit 2; }
+	project=$$($(TF_OUT) project_id) && registry=$$($(TF_OUT) docker_registry) && \
+	gcloud builds submit --project "$$project" --region "$$($(TF_OUT) region)" \
+	  --config containers/cloudbuild.yaml \
+	  --service-account "projects/$$project/serviceAccounts/$$($(TF_OUT) image_build_service_account)" \
+	  --gcs-source-staging-dir "$$($(TF_OUT) sources_bucket)/cloudbuild" \
+	  --substitutions "_REGISTRY=$$registry,_TAG=$(tag)" . && \
+	echo "export HISTOXAI_CPU_IMAGE=$$registry/histoxai-cpu:$(tag)" && \
+	echo "export HISTOXAI_GPU_IMAGE=$$registry/histoxai-gpu:$(tag)"
+
+retrain-source: install  ## pack the retraining function's source: main.py, the project wheel, pinned requirements
+	rm -rf $(RETRAIN_SRC) && mkdir -p $(RETRAIN_SRC)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(RETRAIN_SRC) .
+	cp infra/retrain/main.py constraints.txt $(RETRAIN_SRC)/
+	cd $(RETRAIN_SRC) && { echo "-c constraints.txt"; ls histoxai-*.whl | sed 's|^|./|'; } > requirements.txt
+
+deploy: retrain-source  ## create or update the cloud side with Terraform (env=dev applies infra/terraform/envs/dev.tfvars)
+	@test -f infra/terraform/envs/$(env).tfvars || { echo "make deploy: infra/terraform/envs/$(env).tfvars not found; copy infra/terraform/envs/example.tfvars there and set project_id" >&2; exit 2; }
+	@command -v terraform >/dev/null || { echo "make deploy: terraform not found; install Terraform >= 1.6" >&2; exit 2; }
+	$(TF) init -input=false
+	$(TF) workspace select -or-create $(env)
+	$(TF) apply -input=false -var-file=envs/$(env).tfvars -var image_tag=$(tag) \
+	  -var retrain_source_dir=$(abspath $(RETRAIN_SRC))
+
+minikube-up:  ## start minikube with Kubeflow Pipelines: UI on :8080, API on :8888 (MINIKUBE_GPU=1 for NVIDIA GPUs)
+	bash infra/minikube/up.sh
+
+minikube-run: install  ## build the images inside minikube, compile the demo pipeline and submit it there
+	HISTOXAI=$(BIN)/histoxai OUT=$(OUT) bash infra/minikube/run.sh
+
+minikube-down:  ## stop the port-forwards and delete the minikube cluster (KEEP_CLUSTER=1 only stops it)
+	bash infra/minikube/down.sh
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

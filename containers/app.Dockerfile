@@ -1,0 +1,36 @@
+# Review app (Streamlit) for Cloud Run: reads one run's artifacts from RUN_URI (gs:// or local).
+# Build from the repository root:  docker build -f containers/app.Dockerfile -t histoxai-app .
+# Run:  docker run -e RUN_URI=gs://bucket/root/run -p 8080:8080 histoxai-app   (Cloud Run sets PORT)
+# Base image: exact tag plus digest; refresh both together (docker buildx imagetools inspect <tag>).
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml constraints.txt containers/image_pins.py ./
+RUN python -m venv /opt/venv \
+    && python image_pins.py --variant cpu --out /tmp/pins \
+    && pip install --no-cache-dir pip==26.3 \
+    && pip install --no-cache-dir -c /tmp/pins/constraints.txt -r /tmp/pins/requirements.txt
+COPY . .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check && histoxai --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8080 \
+    RUN_URI="" \
+    STREAMLIT_SERVER_HEADLESS=true \
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+RUN groupadd --gid 10001 histoxai \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin histoxai
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /home/histoxai
+EXPOSE 8080
+# A shell so that $RUN_URI and $PORT expand at start; exec so the app gets the signals.
+CMD ["sh", "-c", "exec histoxai app --run \"$RUN_URI\" --port \"$PORT\""]

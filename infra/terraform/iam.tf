@@ -1,0 +1,174 @@
+# Service accounts, each with only what its job needs; grants are on the one bucket or repository
+# involved wherever Google Cloud offers that, and project-wide only where it does not.
+
+# Runs the pipeline's tasks on Vertex AI.
+resource "google_service_account" "pipeline" {
+  account_id   = "${var.name_prefix}-pipeline"
+  display_name = "histoxai pipeline runner"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Identity of the retraining function: reads new samples, updates the sample registry, submits runs.
+resource "google_service_account" "retrain" {
+  account_id   = "${var.name_prefix}-retrain"
+  display_name = "histoxai retraining trigger"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Eventarc delivers storage events to the function as this account.
+resource "google_service_account" "retrain_events" {
+  account_id   = "${var.name_prefix}-retrain-events"
+  display_name = "histoxai trigger event delivery"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Builds the function's container from its source.
+resource "google_service_account" "retrain_build" {
+  account_id   = "${var.name_prefix}-retrain-build"
+  display_name = "histoxai trigger function build"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Builds and pushes the images (`make build`).
+resource "google_service_account" "image_build" {
+  account_id   = "${var.name_prefix}-image-build"
+  display_name = "histoxai image build"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Runs the review app on Cloud Run: reads run artifacts, nothing else.
+resource "google_service_account" "app" {
+  account_id   = "${var.name_prefix}-app"
+  display_name = "histoxai review app"
+  depends_on   = [google_project_service.enabled]
+}
+
+# --- pipeline runner ---------------------------------------------------------------------------------
+# Vertex AI has no narrower scope than the project for running jobs and writing ML metadata.
+resource "google_project_iam_member" "pipeline_project" {
+  for_each = toset(["roles/aiplatform.user", "roles/logging.logWriter"])
+  project  = var.project_id
+  role     = each.value
+  member   = google_service_account.pipeline.member
+}
+
+resource "google_storage_bucket_iam_member" "pipeline_root_rw" {
+  bucket = google_storage_bucket.pipeline_root.name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.pipeline.member
+}
+
+resource "google_storage_bucket_iam_member" "pipeline_samples_read" {
+  bucket = google_storage_bucket.samples.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.pipeline.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "pipeline_images" {
+  location   = google_artifact_registry_repository.docker.location
+  repository = google_artifact_registry_repository.docker.name
+  role       = "roles/artifactregistry.reader"
+  member     = google_service_account.pipeline.member
+}
+
+# --- retraining function -----------------------------------------------------------------------------
+resource "google_project_iam_member" "retrain_project" {
+  for_each = toset(["roles/aiplatform.user", "roles/logging.logWriter"])
+  project  = var.project_id
+  role     = each.value
+  member   = google_service_account.retrain.member
+}
+
+# Reads uploaded samples and writes the sample registry object (with generation preconditions).
+resource "google_storage_bucket_iam_member" "retrain_samples_rw" {
+  bucket = google_storage_bucket.samples.name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.retrain.member
+}
+
+# The Vertex AI SDK checks that the pipeline root's bucket exists before it submits (storage.buckets.get).
+resource "google_storage_bucket_iam_member" "retrain_sees_pipeline_root" {
+  bucket = google_storage_bucket.pipeline_root.name
+  role   = "roles/storage.legacyBucketReader"
+  member = google_service_account.retrain.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "retrain_templates" {
+  location   = google_artifact_registry_repository.kfp.location
+  repository = google_artifact_registry_repository.kfp.name
+  role       = "roles/artifactregistry.reader"
+  member     = google_service_account.retrain.member
+}
+
+# Submitting a run that executes as the pipeline runner needs actAs on that one account.
+resource "google_service_account_iam_member" "retrain_acts_as_pipeline" {
+  service_account_id = google_service_account.pipeline.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.retrain.member
+}
+
+# --- event delivery ----------------------------------------------------------------------------------
+resource "google_project_iam_member" "retrain_events_receiver" {
+  project = var.project_id
+  role    = "roles/eventarc.eventReceiver"
+  member  = google_service_account.retrain_events.member
+}
+
+# Cloud Storage publishes object events through Pub/Sub as its service agent.
+data "google_storage_project_service_account" "gcs_agent" {
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "gcs_agent_publishes" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.gcs_agent.email_address}"
+}
+
+# --- function build ----------------------------------------------------------------------------------
+# Reads the source zip, pushes the function's image to the project's Docker repository, writes logs.
+resource "google_project_iam_member" "retrain_build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.retrain_build.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "retrain_build_push" {
+  location   = google_artifact_registry_repository.docker.location
+  repository = google_artifact_registry_repository.docker.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.retrain_build.member
+}
+
+resource "google_storage_bucket_iam_member" "retrain_build_sources" {
+  bucket = google_storage_bucket.sources.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.retrain_build.member
+}
+
+# --- image build -------------------------------------------------------------------------------------
+resource "google_project_iam_member" "image_build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.image_build.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "image_build_push" {
+  location   = google_artifact_registry_repository.docker.location
+  repository = google_artifact_registry_repository.docker.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.image_build.member
+}
+
+resource "google_storage_bucket_iam_member" "image_build_sources" {
+  bucket = google_storage_bucket.sources.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.image_build.member
+}
+
+# --- review app --------------------------------------------------------------------------------------
+resource "google_storage_bucket_iam_member" "app_reads_runs" {
+  bucket = google_storage_bucket.pipeline_root.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.app.member
+}

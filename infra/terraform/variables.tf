@@ -1,0 +1,100 @@
+# Inputs: which project and region, how things are named, and the retraining trigger's source.
+
+variable "project_id" {
+  description = "Google Cloud project that holds everything (it must exist, with billing enabled)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region for buckets, Artifact Registry, Vertex AI and the trigger (pick one with the GPUs you want)."
+  type        = string
+  default     = "europe-west4"
+}
+
+variable "name_prefix" {
+  description = "Prefix for every resource name; also the service accounts' id prefix."
+  type        = string
+  default     = "histoxai"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,10}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix: 4-12 lowercase letters, digits or hyphens, starting with a letter (service account ids allow 30 characters in all)."
+  }
+}
+
+variable "pipeline_root_bucket" {
+  description = "Name of the bucket for pipeline artifacts; empty means <project_id>-<name_prefix>-pipeline-root."
+  type        = string
+  default     = ""
+}
+
+variable "samples_bucket" {
+  description = "Name of the bucket new samples are uploaded to; empty means <project_id>-<name_prefix>-samples."
+  type        = string
+  default     = ""
+}
+
+variable "labels" {
+  description = "Labels put on every resource that takes them."
+  type        = map(string)
+  default     = { app = "histoxai" }
+}
+
+variable "nearline_after_days" {
+  description = "Pipeline-root objects move to Nearline storage after this many days (runs are read rarely after review)."
+  type        = number
+  default     = 30
+}
+
+variable "noncurrent_retention_days" {
+  description = "Overwritten or deleted object versions are kept this many days, then removed."
+  type        = number
+  default     = 30
+}
+
+variable "docker_keep_versions" {
+  description = "Artifact Registry keeps this many most recent versions of each image; older ones are deleted."
+  type        = number
+  default     = 10
+}
+
+variable "image_tag" {
+  description = "Tag of the images `make build` pushed (the Makefile passes the git commit); the trigger's runs use it."
+  type        = string
+  default     = "latest"
+}
+
+variable "pipeline_template" {
+  description = "Compiled pipeline the trigger submits; empty means <kfp registry>/histoxai/latest (what `histoxai compile` uploads)."
+  type        = string
+  default     = ""
+}
+
+variable "retrain_enabled" {
+  description = "Deploy the retraining trigger (a Cloud Run function on sample uploads)."
+  type        = bool
+  default     = true
+}
+
+variable "retrain_source_dir" {
+  description = "Folder with the trigger function's source (main.py, requirements.txt, the project wheel); `make deploy` builds it."
+  type        = string
+  default     = "../../build/retrain-source"
+}
+
+variable "retrain_entry_point" {
+  description = "Function in the source's main.py that handles a storage CloudEvent (re-exported from histoxai.retrain)."
+  type        = string
+  default     = "on_sample_uploaded"
+}
+
+variable "retrain_runtime" {
+  description = "Cloud Run functions runtime for the trigger."
+  type        = string
+  default     = "python311"
+}
+
+variable "retrain_max_instances" {
+  description = "Upper bound on concurrent trigger instances (each upload of a READY marker starts at most one run)."
+  type        = number
+  default     = 3
+}
