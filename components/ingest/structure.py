@@ -6,7 +6,7 @@ that drops large bright areas (grey > 230 smoothed and thresholded at 0.9, then 
 smoothing and thresholding at 0.1); J_ab = G * (D_a D_b M) with a 51-tap Gaussian of sigma 30 px;
 J averaged over each voxel's block; SA = (l1 - l2) / (l1 + l2) of that 2 x 2 tensor.
 
-Two changes keep it streamable and cheap (a 30k x 30k px slide must not need its full-resolution J):
+Three changes keep it streamable and cheap (a 30k x 30k px slide must not need its full-resolution J):
 - Everything after the gradient products runs on a grid `downsample` times coarser (default 4): the
   products and the bright-pixel indicator are averaged over downsample x downsample cells, the sigma-30
   smoothings run there with sigma and window divided by `downsample`, and the tissue mask is decided
@@ -14,6 +14,10 @@ Two changes keep it streamable and cheap (a 30k x 30k px slide must not need its
 - Smoothing and voxel averaging are both linear, so the voxel tensor is Wr @ (M * Q) @ Wc.T with small
   weight matrices (a voxel's box smeared by the Gaussian); each coarse row is added as soon as its
   mask is known, and no smoothed image is ever held.
+- The gradient products enter the cell means from every other row only (`row_step` 2): the voxel
+  tensor is a mean over ~10^5 pixels, and this cuts the full-resolution work 2.5x. Measured against
+  all rows: median |change in SA| 0.001 on a striped test slide, 0.002-0.003 (max 0.015) on phantom
+  slides; every fourth row aliases fine stripes (median 0.006, max 0.16).
 Gradients replicate the edge pixel at the slide's border (the original zero-padded, which invents a
 strong edge along the border); the sigma-30 smoothings zero-pad as the original's `convn(..., 'same')`.
 """
@@ -31,6 +35,7 @@ TENSOR_RADIUS = 25
 BRIGHT_GREY_SUM = 3 * 230  # grey = mean(RGB) > 230  <=>  R + G + B > 690
 MASK_CORE, MASK_GROW = 0.9, 0.1
 DOWNSAMPLE = 4
+ROW_STEP = 2
 _SUB_BAND = 128  # full-resolution rows per gradient pass: bounds the float temporaries
 
 
@@ -64,27 +69,31 @@ def voxel_weights(n_voxels: int, block: int, size: int, downsample: int, kernel:
     return weights
 
 
-def cell_means(image: np.ndarray, downsample: int) -> np.ndarray:
-    """Mean over downsample x downsample cells; partial cells at the bottom/right edge average what exists."""
+def cell_means(image: np.ndarray, downsample: int, rows_per_cell: int | None = None) -> np.ndarray:
+    """Mean over cells of rows_per_cell (default downsample) rows x downsample columns; partial cells
+    at the bottom/right edge average what exists."""
     f = downsample
+    fr = rows_per_cell or f
     rows, cols = image.shape
-    n_r, n_c = -(-rows // f), -(-cols // f)
+    n_r, n_c = -(-rows // fr), -(-cols // f)
     # strided slice sums: much faster than a reshape-reduce over short axes
     by_rows = np.zeros((n_r, cols), np.float32)
-    for k in range(min(f, rows)):
-        part = image[k::f]
+    for k in range(min(fr, rows)):
+        part = image[k::fr]
         by_rows[: len(part)] += part
     out = np.zeros((n_r, n_c))
     for k in range(min(f, cols)):
         part = by_rows[:, k::f]
         out[:, : part.shape[1]] += part
-    row_counts = np.minimum(f, rows - np.arange(n_r) * f)
+    row_counts = np.minimum(fr, rows - np.arange(n_r) * fr)
     col_counts = np.minimum(f, cols - np.arange(n_c) * f)
     return out / np.outer(row_counts, col_counts)
 
 
-def _correlate_valid(image: np.ndarray, kernel: np.ndarray, antisymmetric: bool, axis: int) -> np.ndarray:
-    """Correlate along one axis, keeping only outputs whose taps all lie inside `image`.
+def _correlate_valid(image: np.ndarray, kernel: np.ndarray, antisymmetric: bool, axis: int,
+                     step: int = 1) -> np.ndarray:
+    """Correlate along one axis, keeping only outputs whose taps all lie inside `image` (every
+    `step`-th output along axis 0).
 
     Plain NumPy slices: whole rows are contiguous, and pairing the taps of the (anti)symmetric
     kernel halves the multiplications (as fast as scipy.ndimage along columns, faster along rows).
@@ -93,7 +102,7 @@ def _correlate_valid(image: np.ndarray, kernel: np.ndarray, antisymmetric: bool,
     n = image.shape[axis] - 2 * r
 
     def part(offset: int) -> np.ndarray:
-        return image[offset:offset + n] if axis == 0 else image[:, offset:offset + n]
+        return image[offset:offset + n:step] if axis == 0 else image[:, offset:offset + n]
 
     out = np.zeros_like(part(r)) if antisymmetric else part(r) * kernel[r]
     pair = np.empty_like(out)
@@ -105,17 +114,17 @@ def _correlate_valid(image: np.ndarray, kernel: np.ndarray, antisymmetric: bool,
     return out
 
 
-def gradient_products(grey: np.ndarray, downsample: int) -> np.ndarray:
-    """(3, cells) means of D_x D_x, D_x D_y, D_y D_y over downsample^2 cells, for the rows of `grey`
-    less GRADIENT_RADIUS at each end (the caller pads those, replicating the slide's edge rows)."""
+def gradient_products(grey: np.ndarray, downsample: int, row_step: int = 1) -> np.ndarray:
+    """(3, cells) means of D_x D_x, D_x D_y, D_y D_y over downsample^2 cells (from every row_step-th
+    row), for the rows of `grey` less GRADIENT_RADIUS at each end (the caller pads those)."""
     smooth_k, deriv_k = gradient_kernels()
     edge = ((0, 0), (GRADIENT_RADIUS, GRADIENT_RADIUS))  # replicate the slide's left and right columns
-    along_rows = np.pad(_correlate_valid(grey, smooth_k, False, axis=0), edge, mode="edge")
-    deriv_rows = np.pad(_correlate_valid(grey, deriv_k, True, axis=0), edge, mode="edge")
+    along_rows = np.pad(_correlate_valid(grey, smooth_k, False, 0, row_step), edge, mode="edge")
+    deriv_rows = np.pad(_correlate_valid(grey, deriv_k, True, 0, row_step), edge, mode="edge")
     dx = _correlate_valid(along_rows, deriv_k, True, axis=1)
     dy = _correlate_valid(deriv_rows, smooth_k, False, axis=1)
-    return np.stack([cell_means(dx * dx, downsample), cell_means(dx * dy, downsample),
-                     cell_means(dy * dy, downsample)])
+    per_cell = downsample // row_step
+    return np.stack([cell_means(p, downsample, per_cell) for p in (dx * dx, dx * dy, dy * dy)])
 
 
 def _smooth(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -150,9 +159,12 @@ class StructureStream:
     """
 
     def __init__(self, he_shape: tuple[int, int], grid: tuple[int, int], block: tuple[int, int],
-                 downsample: int = DOWNSAMPLE):
+                 downsample: int = DOWNSAMPLE, row_step: int = ROW_STEP):
         self.height, self.width = he_shape
+        if downsample % row_step:
+            raise ValueError(f"row_step {row_step} must divide downsample {downsample}")
         self.f = downsample
+        self.row_step = row_step
         self._kernel = tensor_kernel(downsample)
         self._mask_halo = 3 * (len(self._kernel) // 2)  # three smoothings decide the mask
         self._row_w = voxel_weights(grid[0], block[0], self.height, downsample, self._kernel)
@@ -195,7 +207,8 @@ class StructureStream:
     def _advance(self, at_end: bool) -> None:
         grad_end = self.height if at_end else (self._fed - GRADIENT_RADIUS) // self.f * self.f
         step = self.f * max(1, _SUB_BAND // self.f)
-        products = [gradient_products(self._padded_grey(start, min(grad_end, start + step)), self.f)
+        products = [gradient_products(self._padded_grey(start, min(grad_end, start + step)), self.f,
+                                      self.row_step)
                     for start in range(self._grad_done, grad_end, step)]
         if products:
             self._products = np.concatenate([self._products, *products], axis=1)
