@@ -187,6 +187,14 @@ def test_structure_anisotropy_follows_the_original_recipe(arrays, ingested):
     assert frame["SA"].std() > 0.05
 
 
+def test_structure_anisotropy_of_a_slide_smaller_than_its_kernels():
+    tiny = make_sample(2, 3, (7, 6), (1, 2), seed=4)  # 15 x 20 px against a 51-px smoothing window
+    stream = structure.StructureStream(tiny.he.shape[:2], tiny.grid, tiny.block, downsample=1, row_step=1)
+    stream.feed(tiny.he)
+    reference = _original_recipe_sa(tiny.he, tiny.grid, tiny.block)
+    np.testing.assert_allclose(stream.finish(), reference, atol=1e-5)
+
+
 def test_faip_absent_gives_nan_column_and_is_not_a_rule(tmp_path):
     arrays = make_sample(seed=5, faip=False)
     folder = write_sample(tmp_path / "s", arrays)

@@ -162,9 +162,10 @@ class StageClock:
         finally:
             self.add(name, time.perf_counter() - wall, time.thread_time() - cpu)
 
-    def add(self, name: str, wall: float, cpu: float) -> None:
-        with self._lock:  # worker threads add their encode time too
-            self.wall[name] = self.wall.get(name, 0.0) + wall
+    def add(self, name: str, wall: float | None, cpu: float) -> None:
+        with self._lock:  # worker threads add their encode CPU time too (their wall time overlaps)
+            if wall is not None:
+                self.wall[name] = self.wall.get(name, 0.0) + wall
             self.cpu[name] = self.cpu.get(name, 0.0) + cpu
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -194,7 +195,7 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
     def encode(block):
         cpu = time.thread_time()
         payload = encode_patch(block, patch_size, encoding)
-        clock.add("encode_workers", 0.0, time.thread_time() - cpu)
+        clock.add("encode_workers", None, time.thread_time() - cpu)
         return payload
 
     workers = max(1, min(4, os.cpu_count() or 1))
@@ -211,8 +212,8 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
                     codes[i, candidates & ~inside] = RULES.index("he_mask")
                     codes[i, (codes[i] == _PASSED) & nan[i]] = RULES.index("nan_target")
             kept_cols = np.flatnonzero(codes[i] == _PASSED)
-            # the pool resizes and encodes this row's patches while SA runs here (both mostly
-            # release the GIL); "encode" below is only the wait that remains
+            # the pool resizes and encodes this row's patches while SA runs here (Pillow and NumPy
+            # release the GIL); the "encode" stage below is only the wait that remains
             futures = [pool.submit(encode, band[:, j * bw:(j + 1) * bw]) for j in kept_cols]
             with clock.stage("structure"):
                 sa_stream.feed(band)

@@ -61,11 +61,12 @@ def voxel_weights(n_voxels: int, block: int, size: int, downsample: int, kernel:
     starts = np.arange(n_cells) * downsample
     ends = np.minimum(starts + downsample, size)
     weights = np.zeros((n_voxels, n_cells))
+    radius = len(kernel) // 2  # a full convolution, centred: also right when the kernel is the longer
     for v in range(n_voxels):
         lo, hi = v * block, (v + 1) * block
         overlap = np.clip(np.minimum(ends, hi) - np.maximum(starts, lo), 0, None)
         # a coarse cell stands for its pixels, so each pixel of the block weighs 1/block
-        weights[v] = np.convolve(overlap / block, kernel, mode="same")
+        weights[v] = np.convolve(overlap / block, kernel)[radius:radius + n_cells]
     return weights
 
 
