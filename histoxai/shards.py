@@ -88,7 +88,9 @@ def parse_record(blob: bytes, uri: str = "<record>") -> bytes:
     """The payload of one framed record (the bytes from its offset on), CRC-checked."""
     (length,) = struct.unpack("<Q", blob[:8])
     payload = blob[12:12 + length]
-    if len(payload) != length or struct.unpack("<I", blob[12 + length:16 + length])[0] != _masked_crc(payload):
+    stored_crc = blob[12 + length:16 + length]
+    intact = len(payload) == length and len(stored_crc) == 4
+    if not intact or struct.unpack("<I", stored_crc)[0] != _masked_crc(payload):
         raise ValueError(f"{uri}: corrupt record (length or checksum mismatch)")
     return payload
 

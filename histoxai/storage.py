@@ -21,6 +21,12 @@ from histoxai.errors import InputError
 GS_PREFIX = "gs://"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def is_gcs(uri: str | os.PathLike) -> bool:
     return str(uri).startswith(GS_PREFIX)
 
@@ -147,6 +153,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -247,6 +254,7 @@ def staged_output(uri: str | os.PathLike, *, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder normal permissions
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

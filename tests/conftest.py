@@ -43,9 +43,10 @@ def gcs_emulator(tmp_path_factory):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None:
-                raise RuntimeError(f"gcs emulator exited: {(workdir / 'emulator.log').read_text()}")
+                log_text = (workdir / "emulator.log").read_text()
+                raise RuntimeError(f"gcs emulator exited: {log_text}") from err
             time.sleep(0.1)
     else:
         proc.kill()

@@ -1,5 +1,8 @@
 """The storage layer against the real google-cloud-storage client and a local GCS emulator."""
 
+import os
+import stat
+
 import pytest
 
 from histoxai import storage
@@ -65,3 +68,15 @@ def test_staged_output_local_keeps_old_output_on_failure(tmp_path):
     with storage.staged_output(out, overwrite=True) as stage:
         (stage / "a.txt").write_text("second")
     assert (out / "a.txt").read_text() == "second"
+
+
+def test_local_outputs_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_text(tmp_path / "f.txt", "x")
+        with storage.staged_output(tmp_path / "out") as stage:
+            (stage / "a.txt").write_text("a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

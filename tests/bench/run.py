@@ -1,0 +1,62 @@
+"""`make bench`: run the benchmarks and write their figures to OUT/results.json and OUT/results.md.
+
+Figures come from one run on one device (named in the results); compare ratios within a run.
+Select parts with --only (default: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+from tests.bench.common import cpu_name
+
+
+def _sections():
+    from tests.bench.ingest_bench import bench_ingest
+    from tests.bench.train_bench import bench_training
+
+    return {"ingest": bench_ingest, "training": bench_training}
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"# Benchmarks ({results['date']})", "", f"Device: {results['device']}", ""]
+    for section, figures in results["sections"].items():
+        lines += [f"## {section}", "", "```json", json.dumps(figures, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
+    parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("--only", default=None, help="comma list of sections (ingest, training)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = _sections()
+    chosen = args.only.split(",") if args.only else list(sections)
+    unknown = [s for s in chosen if s not in sections]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; expected some of {list(sections)}")
+    results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+               "device": cpu_name(), "sections": {}}
+    results_file = out / "results.json"
+    if results_file.exists():  # keep the other sections' figures when re-running one part
+        results["sections"] = json.loads(results_file.read_text()).get("sections", {})
+    for name in chosen:
+        print(f"bench: {name} ...", flush=True)
+        start = time.perf_counter()
+        results["sections"][name] = sections[name](out / f"work-{name}")
+        results["sections"][name]["bench_wall_s"] = time.perf_counter() - start
+        results_file.write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(_markdown(results))
+    print(f"bench: results in {results_file} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
