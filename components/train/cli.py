@@ -1,0 +1,55 @@
+"""Train the regression CNN on split patches: frozen backbone until early stop, then fine-tuning.
+
+Reads a YAML config (every key optional; see configs/thesis.yaml), the split manifest written by
+`histoxai split` (its train and val rows are used for training, test for the reported R²) and
+writes to OUT: model.keras, config.yaml (resolved), history.csv, metrics.json (R² per target on
+train/val/test), tensorboard/. OUT/checkpoints/ is rewritten every epoch: run the same command
+again after a crash or preemption and training continues after the last finished epoch.
+
+Precision and XLA follow the device unless the config sets them: mixed_float16 + XLA on a GPU,
+float32 without XLA on a CPU. Several GPUs train together (MirroredStrategy).
+
+Examples:
+  histoxai train --config configs/demo.yaml --data out/split/split.parquet --targets CC --out out/cc
+  histoxai train --config configs/thesis.yaml --data gs://b/split/split.parquet --targets MD,FA \\
+      --out gs://b/models/mdfa --set batch_size=32 --set backbone=DenseNet121
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from histoxai.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config, local or gs:// (default: the thesis's values)")
+    parser.add_argument("--data", required=True, help="split manifest (.parquet or its folder), local or gs://")
+    parser.add_argument("--targets", help="comma-separated target columns, e.g. MD,FA or CC "
+                                          "(overrides the config's `targets`)")
+    parser.add_argument("--out", required=True, help="output folder, local or gs://")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (value in YAML syntax); repeatable")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard a finished or interrupted training in OUT and start over")
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+                        help="exit abruptly (code 75) after N epochs of this invocation, as a preempted "
+                             "job would; rehearses resuming")
+
+
+def run(args: argparse.Namespace) -> None:
+    from histoxai.components.train.train import train
+    from histoxai.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.targets:
+        overrides["targets"] = args.targets
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise InputError(f"--stop-after-epochs {args.stop_after_epochs}: expected a positive integer")
+    config = load_config(args.config, overrides)
+    metrics = train(config, args.data, args.out, overwrite=args.overwrite,
+                    stop_after_epochs=args.stop_after_epochs)
+    for split, values in metrics["r2"].items():
+        shown = ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a" for t, v in values.items())
+        print(f"R² {split} (n={metrics['n'][split]}): {shown}")
+    print(f"wrote {args.out}")

@@ -1,0 +1,346 @@
+"""Training in two phases (frozen backbone, then fine-tuning), resumable, with device-aware precision.
+
+`train(config, data_uri, out_uri)` reads the split manifest, trains the Table 3.1 model for
+config.targets and writes to OUT (local or gs://): model.keras, config.yaml (resolved), history.csv
+(both phases, with a `phase` column), metrics.json (R² per target on train/val/test and n) and
+tensorboard/. The results are built in a temporary folder and published with metrics.json last.
+OUT/checkpoints/ holds the resume state, rewritten after each epoch: a killed run restarted with
+the same OUT continues after its last finished epoch, in the phase it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from histoxai import storage
+from histoxai.components.train.checkpoint import TENSORBOARD, CheckpointStore
+from histoxai.config import TrainConfig
+from histoxai.errors import InputError
+
+PHASES = ("frozen", "finetune")
+SPLITS_USED = ("train", "val", "test")
+RESULT_FILES = ("model.keras", "config.yaml", "history.csv", "metrics.json", TENSORBOARD)
+STOPPED_EXIT_CODE = 75  # --stop-after-epochs: the process ends as if preempted
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What `auto` resolved to on this machine."""
+
+    device: str
+    gpus: int
+    precision: str
+    jit_compile: bool
+    deterministic: bool
+
+
+def device_name() -> str:
+    """The GPU model(s), or the CPU model from /proc/cpuinfo, with the core count."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        return f"{len(gpus)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"CPU {model} ({os.cpu_count()} cores)"
+
+
+def resolve_runtime(config: TrainConfig) -> Runtime:
+    """auto -> mixed_float16 + XLA on GPU (the thesis's setup); float32 without XLA on CPU, where
+    both were measured slower; op determinism on CPU only (it slows or breaks some GPU kernels)."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return Runtime(
+        device=device_name(),
+        gpus=gpus,
+        precision=(config.precision if config.precision != "auto"
+                   else "mixed_float16" if gpus else "float32"),
+        jit_compile=config.jit_compile if config.jit_compile != "auto" else gpus > 0,
+        deterministic=config.deterministic if config.deterministic != "auto" else gpus == 0,
+    )
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def load_splits(data_uri: str, targets) -> dict:
+    """Train/val/test rows of the split manifest; rows with a missing target are left out."""
+    from histoxai import dataset
+    from histoxai.manifest import read_manifest
+
+    frame = read_manifest(data_uri)
+    dataset.check_targets(frame, targets, data_uri)
+    out = {}
+    for split in SPLITS_USED:
+        rows = dataset.select_split(frame, split, data_uri)
+        complete = rows[list(targets)].notna().all(axis=1)
+        if not complete.all():
+            print(f"{split}: leaving out {int((~complete).sum())} of {len(rows)} patches with no "
+                  f"{'/'.join(targets)} value", flush=True)
+        out[split] = rows[complete]
+    for split in ("train", "val"):
+        if out[split].empty:
+            raise InputError(f"{data_uri}: no {split} patches with targets {list(targets)}; "
+                             "expected a manifest split by `histoxai split`")
+    return out
+
+
+class _TensorBoardLog:
+    """Epoch scalars in TensorBoard's format (tf.summary.write; the tensorboard package is optional)."""
+
+    def __init__(self, log_dir: Path):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._meta = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        self._writers = {run: tf.summary.create_file_writer(str(log_dir / run))
+                         for run in ("train", "validation")}
+
+    def write(self, epoch: int, logs: dict, lr: float) -> None:
+        tf = self._tf
+        for key, value in {**logs, "learning_rate": lr}.items():
+            run = "validation" if key.startswith("val_") else "train"
+            with self._writers[run].as_default():
+                tf.summary.write(f"epoch_{key.removeprefix('val_')}", tf.constant(float(value)),
+                                 step=epoch, metadata=self._meta)
+        for writer in self._writers.values():
+            writer.flush()
+
+
+def _epoch_callback(store, state: dict, config: TrainConfig, phase: str, max_epochs: int,
+                    stop_after: int | None, counter: list):
+    """Per epoch: history row, progress line, TensorBoard, early stopping, best weights, checkpoint."""
+    import keras
+
+    from histoxai.model import current_learning_rate
+
+    tensorboard = _TensorBoardLog(store.tensorboard_dir)
+    started = {}
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started["t"] = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = _named_logs(logs or {}, config.targets)
+            lr = current_learning_rate(self.model)
+            state["epoch"] += 1
+            state["phase_epochs"] = epoch + 1
+            score = _monitored(logs, config)
+            improved = state["best_score"] is None or score < state["best_score"]
+            if improved:
+                state.update(best_score=score, best_epoch=state["epoch"], wait=0)
+            else:
+                state["wait"] += 1
+            seconds = time.perf_counter() - started.get("t", time.perf_counter())
+            state["history"].append({"epoch": state["epoch"], "phase": phase, "phase_epoch": epoch + 1,
+                                     "learning_rate": lr, **logs, "seconds": seconds})
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(logs.items()))
+            print(f"[{phase}] epoch {epoch + 1}/{max_epochs} (#{state['epoch']}) {shown} lr={lr:.3g} "
+                  f"{seconds:.1f}s{' *best' if improved else ''}", flush=True)
+            tensorboard.write(state["epoch"], logs, lr)
+            if state["wait"] >= config.patience:
+                self.model.stop_training = True
+                print(f"[{phase}] early stop: {config.monitor} did not improve for {config.patience} "
+                      f"epochs; best so far is epoch #{state['best_epoch']}", flush=True)
+            state.update(store.save(state, model=self.model,
+                                    best_weights=self.model.get_weights() if improved else None))
+            counter[0] += 1
+            if stop_after is not None and counter[0] >= stop_after:
+                print(f"stopping after {counter[0]} epochs as asked (--stop-after-epochs)", flush=True)
+                sys.stdout.flush()
+                os._exit(STOPPED_EXIT_CODE)
+
+    return EpochEnd()
+
+
+def _named_logs(logs: dict, targets) -> dict[str, float]:
+    """Keras names a single output's metrics 'r2', several outputs' 'MD_r2': always use the latter."""
+    out = {}
+    for key, value in logs.items():
+        base = key.removeprefix("val_")
+        if len(targets) == 1 and base == "r2":
+            key = key.replace("r2", f"{targets[0]}_r2")
+        out[key] = float(value)
+    return out
+
+
+def _monitored(logs: dict, config: TrainConfig) -> float:
+    """The early-stopping score, lower is better."""
+    if config.monitor == "val_loss":
+        return logs["val_loss"]
+    return -sum(logs[f"val_{t}_r2"] for t in config.targets) / len(config.targets)
+
+
+def _fresh_state(config: TrainConfig, data_uri: str) -> dict:
+    return {"config": config.to_dict(), "data": str(data_uri), "phase": PHASES[0], "phase_epochs": 0,
+            "phase_done": False, "epoch": 0, "best_score": None, "best_epoch": None, "wait": 0,
+            "history": [], "last": None, "best": None}
+
+
+def _check_resumable(state: dict, config: TrainConfig, data_uri: str, out_uri: str) -> None:
+    if state["config"] != config.to_dict():
+        changed = sorted(k for k, v in config.to_dict().items() if state["config"].get(k) != v)
+        raise InputError(f"{out_uri}: holds checkpoints of a training with another config (keys {changed} "
+                         "differ); pass --overwrite to start over, or choose another --out")
+    if state["data"] != str(data_uri):
+        raise InputError(f"{out_uri}: holds checkpoints of a training on {state['data']}, not {data_uri}; "
+                         "pass --overwrite to start over, or choose another --out")
+
+
+def _prepare_out(out_uri: str, overwrite: bool) -> None:
+    if storage.exists(storage.join(out_uri, "metrics.json")) and not overwrite:
+        raise InputError(f"{out_uri}: already holds a finished training (metrics.json); "
+                         "pass --overwrite to train again")
+    if overwrite and not storage.is_gcs(out_uri):
+        for name in (*RESULT_FILES, "checkpoints"):
+            path = Path(out_uri) / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
+          stop_after_epochs: int | None = None) -> dict:
+    """Train (or resume) and publish the results; returns the metrics written to metrics.json."""
+    import pandas as pd
+    import tensorflow as tf
+
+    from histoxai import dataset
+    from histoxai import model as models
+
+    if not config.targets:
+        raise InputError("no targets: give --targets (e.g. MD,FA or CC) or `targets` in the config")
+    out_uri = str(out_uri)
+    runtime = resolve_runtime(config)
+    seed_everything(config.seed, runtime.deterministic)
+    print(f"device: {runtime.device}; precision {runtime.precision}, XLA {runtime.jit_compile}, "
+          f"deterministic {runtime.deterministic}", flush=True)
+    splits = load_splits(data_uri, config.targets)
+    _prepare_out(out_uri, overwrite)
+    store = CheckpointStore(out_uri)
+    state = None if overwrite else store.load_state()
+    if state is not None and state["epoch"] > 0:
+        _check_resumable(state, config, data_uri, out_uri)
+        where = "finished" if state["phase_done"] else f"epoch {state['phase_epochs']}"
+        print(f"resuming after epoch {state['epoch']} ({state['phase']} phase, {where})", flush=True)
+    else:
+        state = _fresh_state(config, data_uri)
+    strategy = tf.distribute.MirroredStrategy() if runtime.gpus > 1 else tf.distribute.get_strategy()
+    try:
+        used = dataset.reading_order(pd.concat([splits[s] for s in SPLITS_USED]))
+        with dataset.local_shards(used) as local:
+            parts = {s: local.loc[local["split"] == s] for s in SPLITS_USED}
+            train_ds = dataset.patch_dataset(parts["train"], image_size=config.image_size,
+                                             batch_size=config.batch_size, targets=config.targets,
+                                             shuffle_seed=config.seed, cache=config.cache)
+            val_ds = dataset.patch_dataset(parts["val"], image_size=config.image_size,
+                                           batch_size=config.batch_size, targets=config.targets,
+                                           cache=config.cache)
+            steps = math.ceil(len(parts["train"]) / config.batch_size)
+            means = parts["train"][list(config.targets)].mean().to_dict()
+            resuming = state["epoch"] > 0
+            with strategy.scope():
+                # Resumed weights come from the checkpoint: no need to fetch ImageNet weights again.
+                build_config = dataclasses.replace(config, weights=None) if resuming else config
+                net = models.build_model(build_config, target_means=means, precision=runtime.precision)
+            _run_phases(net, store, state, config, runtime, strategy, (train_ds, val_ds, steps),
+                        stop_after_epochs)
+            metrics = _evaluate(net, parts, config, runtime, state)
+        _publish(net, config, state, metrics, store, out_uri)
+    finally:
+        store.close()
+    if not storage.is_gcs(out_uri):
+        shutil.rmtree(store.dir, ignore_errors=True)
+    return metrics
+
+
+def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, runtime: Runtime, strategy,
+                data: tuple, stop_after_epochs: int | None) -> None:
+    """Phase 1 (frozen backbone) then phase 2 (fine-tuning), each until early stop or its epoch limit,
+    skipping what the checkpoint says is done; ends with the best weights of the run restored."""
+    from histoxai import model as models
+
+    train_ds, val_ds, steps = data
+    counter = [0]
+    for phase in PHASES:
+        max_epochs = config.frozen_epochs if phase == "frozen" else config.finetune_epochs
+        if PHASES.index(phase) < PHASES.index(state["phase"]) or (
+                phase == state["phase"] and state["phase_done"]):
+            continue
+        if phase != state["phase"]:
+            state.update(phase=phase, phase_epochs=0, phase_done=False, wait=0)
+        with strategy.scope():
+            models.set_phase(net, phase, finetune_batchnorm=config.finetune_batchnorm)
+            models.compile_model(net, config, steps_per_epoch=steps, jit_compile=runtime.jit_compile)
+            if state["last"] is not None:
+                # Mid-phase: weights and optimizer state; at a phase start: the weights so far.
+                store.restore(state, net, optimizer=state["phase_epochs"] > 0)
+        stopped_early = state["phase_epochs"] > 0 and state["wait"] >= config.patience
+        if max_epochs > state["phase_epochs"] and not stopped_early:
+            callback = _epoch_callback(store, state, config, phase, max_epochs, stop_after_epochs, counter)
+            net.fit(train_ds, validation_data=val_ds, epochs=max_epochs, shuffle=False,
+                    initial_epoch=state["phase_epochs"], verbose=0, callbacks=[callback])
+        best = store.best_weights(state)
+        if best is not None:
+            net.set_weights(best)
+        state["phase_done"] = True
+        state.update(store.save(state, model=net))
+
+
+def _evaluate(net, parts: dict, config: TrainConfig, runtime: Runtime, state: dict) -> dict:
+    from histoxai import dataset
+    from histoxai.metrics import r2_score
+
+    r2, n = {}, {}
+    for split, rows in parts.items():
+        n[split] = len(rows)
+        if rows.empty:
+            r2[split] = {t: None for t in config.targets}
+            continue
+        predicted = dataset.predict(net, rows, batch_size=max(config.batch_size, 32))
+        r2[split] = {t: r2_score(rows[t].to_numpy(), predicted[t].to_numpy()) for t in config.targets}
+    epochs = {p: sum(1 for row in state["history"] if row["phase"] == p) for p in PHASES}
+    return {"targets": list(config.targets), "r2": r2, "n": n, "epochs": epochs,
+            "best_epoch": state["best_epoch"], "monitor": config.monitor, "device": runtime.device,
+            "precision": runtime.precision, "jit_compile": runtime.jit_compile,
+            "deterministic": runtime.deterministic}
+
+
+def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: CheckpointStore,
+             out_uri: str) -> None:
+    import pandas as pd
+
+    from histoxai.model import inference_model
+
+    with tempfile.TemporaryDirectory(prefix="histoxai-train-") as tmp:
+        stage = Path(tmp)
+        inference_model(net).save(stage / "model.keras")
+        (stage / "config.yaml").write_text(config.to_yaml())
+        pd.DataFrame(state["history"]).to_csv(stage / "history.csv", index=False)
+        if store.tensorboard_dir.exists():
+            shutil.copytree(store.tensorboard_dir, stage / TENSORBOARD)
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        storage.publish_dir(stage, out_uri, commit_last="metrics.json")

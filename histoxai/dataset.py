@@ -1,0 +1,203 @@
+"""tf.data input from the patch manifest: read shard records, decode in parallel, cache, shuffle, batch.
+
+Used by training (one split at a time) and by evaluate/explain to predict on any subset of patches.
+Records are read shard by shard in record order, so a frame that lists each shard's patches
+together and in record order (as manifests are written, and any filtered subset of one) comes out
+in its own order; `reading_order` puts any other frame in that order, and `predict` hands results
+back aligned to the caller's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from histoxai import storage
+from histoxai.errors import InputError
+from histoxai.manifest import SPLITS
+
+CACHE_MEMORY_FRACTION = 0.25  # cache="auto" keeps decoded patches in memory below this share of free RAM
+LOCAL_SHARD = "shard_path"    # column added by `local_shards`: a local path TensorFlow can open
+READ_BUFFER = 1 << 20         # bytes read ahead per shard
+
+
+def select_split(frame: pd.DataFrame, split: str, source: str = "manifest") -> pd.DataFrame:
+    """The rows of one split ('train', 'val', ...), in manifest order."""
+    if "split" not in frame.columns:
+        raise InputError(f"{source}: no 'split' column; expected the output of `histoxai split`")
+    if split not in SPLITS:
+        raise InputError(f"split {split!r}: expected one of {list(SPLITS)}")
+    return frame[frame["split"] == split]
+
+
+def check_targets(frame: pd.DataFrame, targets: Sequence[str], source: str = "manifest") -> None:
+    for target in targets:
+        if target not in frame.columns:
+            raise InputError(f"{source}: no column {target!r}; expected a target column "
+                             f"(manifest columns: {sorted(frame.columns)})")
+        if not pd.api.types.is_numeric_dtype(frame[target]):
+            raise InputError(f"{source}: column {target!r} is {frame[target].dtype}; expected numbers")
+
+
+def _reading_positions(frame: pd.DataFrame) -> np.ndarray:
+    shard_rank = pd.factorize(frame["shard_uri"])[0]
+    return np.lexsort((frame["index"].to_numpy(), shard_rank))
+
+
+def reading_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame sorted as the records are read: shards in order of first appearance, then index."""
+    return frame.iloc[_reading_positions(frame)]
+
+
+@contextlib.contextmanager
+def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """The frame with a `shard_path` column: local shards as they are, gs:// shards downloaded
+    to a temporary folder that lives as long as the block."""
+    uris = list(dict.fromkeys(frame["shard_uri"]))
+    with tempfile.TemporaryDirectory(prefix="histoxai-shards-") as tmp:
+        paths = {}
+        for i, uri in enumerate(uris):
+            if storage.is_gcs(uri):
+                paths[uri] = os.path.join(tmp, f"{i:05d}.tfrecord")
+                storage.download_file(uri, paths[uri])
+            elif not os.path.exists(uri):
+                raise InputError(f"{uri}: shard named by the manifest not found")
+            else:
+                paths[uri] = uri
+        yield frame.assign(**{LOCAL_SHARD: frame["shard_uri"].map(paths)})
+
+
+def _decoder(frame: pd.DataFrame, image_size: int):
+    """A graph function (position, record bytes) -> uint8 image_size x image_size x 3."""
+    import tensorflow as tf
+
+    encodings = frame["encoding"].astype(str)
+    unknown = sorted(set(encodings) - {"png", "jpeg", "raw"})
+    if unknown:
+        raise InputError(f"manifest column 'encoding': values {unknown}; expected png, jpeg or raw")
+    is_raw = tf.constant((encodings == "raw").to_numpy())
+    sizes = tf.constant(frame["patch_size"].to_numpy().astype(np.int32))
+    need_resize = bool((frame["patch_size"] != image_size).any())
+
+    def decode(position, record):
+        size = sizes[position]
+        image = tf.cond(
+            is_raw[position],
+            lambda: tf.reshape(tf.io.decode_raw(record, tf.uint8), tf.stack([size, size, 3])),
+            lambda: tf.io.decode_image(record, channels=3, expand_animations=False),
+        )
+        if need_resize:
+            image = tf.image.resize(image, (image_size, image_size), antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return tf.ensure_shape(image, (image_size, image_size, 3))
+
+    return decode
+
+
+def _records(frame: pd.DataFrame):
+    """(position in frame, record bytes) for the frame's rows; the frame must be in reading order."""
+    import tensorflow as tf
+
+    path_column = LOCAL_SHARD if LOCAL_SHARD in frame.columns else "shard_uri"
+    paths = frame[path_column].astype(str)
+    if paths.str.startswith(storage.GS_PREFIX).any():
+        raise InputError("gs:// shards must be copied first: wrap the call in dataset.local_shards(frame)")
+    shards = list(dict.fromkeys(paths))
+    counts = frame["index"].groupby(paths.to_numpy(), sort=False).max().reindex(shards).to_numpy() + 1
+    bases = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # table[base of shard + record index] -> position of that record in the frame, -1 if unused
+    table = np.full(int(counts.sum()), -1, dtype=np.int64)
+    base_of = dict(zip(shards, bases, strict=True))
+    table[paths.map(base_of).to_numpy() + frame["index"].to_numpy()] = np.arange(len(frame))
+    table = tf.constant(table)
+
+    def read_shard(path, base, count):
+        records = tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER).take(count).enumerate()
+        return records.map(lambda i, record: (table[base + i], record))
+
+    ds = tf.data.Dataset.from_tensor_slices((shards, bases, counts)).flat_map(read_shard)
+    return ds.filter(lambda position, record: position >= 0)
+
+
+def _fits_in_memory(n: int, image_size: int) -> bool:
+    import psutil
+
+    return n * image_size * image_size * 3 <= CACHE_MEMORY_FRACTION * psutil.virtual_memory().available
+
+
+def patch_dataset(frame: pd.DataFrame, *, image_size: int, batch_size: int,
+                  targets: Sequence[str] | None = None, shuffle_seed: int | None = None,
+                  cache: str = "auto", repeat: bool = False):
+    """Batches of float32 images (0-255), with a dict of float32 targets when `targets` is given.
+
+    The frame must be in reading order (see `reading_order`). shuffle_seed=None keeps that order;
+    a seed reshuffles every epoch, the same way on every run. cache: 'memory', 'none' or 'auto'
+    (memory when the decoded patches take under a quarter of the free RAM).
+    """
+    import tensorflow as tf
+
+    if len(frame) == 0:
+        raise InputError("no patches to read (the selected split is empty)")
+    labels = None
+    if targets:
+        check_targets(frame, targets)
+        values = frame[list(targets)].to_numpy(dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise InputError(f"targets {list(targets)}: NaN or infinite values among the selected patches; "
+                             "expected finite numbers (drop those rows first)")
+        labels = tf.constant(values)
+    decode = _decoder(frame, image_size)
+    ds = _records(frame).map(lambda position, record: (position, decode(position, record)),
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    cached = cache == "memory" or (cache == "auto" and _fits_in_memory(len(frame), image_size))
+    if cached:
+        ds = ds.cache()
+    if shuffle_seed is not None:
+        # A full shuffle when the patches sit in memory anyway; otherwise a bounded buffer.
+        ds = ds.shuffle(len(frame) if cached else min(len(frame), 1024), seed=shuffle_seed,
+                        reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size)
+    if not repeat:
+        # Known length: Keras then needs no end-of-data probing, and a shard shorter than its
+        # manifest fails loudly instead of silently shrinking the epoch.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(len(frame) / batch_size)))
+
+    def to_model(positions, images):
+        images = tf.cast(images, tf.float32)
+        if labels is None:
+            return images
+        rows = tf.gather(labels, positions)
+        return images, {t: rows[:, i:i + 1] for i, t in enumerate(targets)}
+
+    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model, frame: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame:
+    """One column per model output, row for row with `frame`: predictions for any subset of patches."""
+    positions = _reading_positions(frame)
+    ordered = frame.iloc[positions]
+    image_size = int(model.input_shape[1])
+    with local_shards(ordered) as local:
+        ds = patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none")
+        outputs = model.predict(ds, verbose=0)
+    if not isinstance(outputs, dict):
+        outputs = dict(zip(model.output_names, outputs if isinstance(outputs, list) else [outputs],
+                           strict=True))
+    columns = {}
+    for name, values in outputs.items():
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(values) != len(frame):
+            raise InputError(f"read {len(values)} patches but the manifest lists {len(frame)}; "
+                             "a shard is shorter than its manifest says")
+        columns[name] = np.empty(len(frame))
+        columns[name][positions] = values
+    return pd.DataFrame(columns, index=frame.index)
