@@ -248,7 +248,14 @@ def _load_backbone_weights(name: str, size: int, weights: str, layers: list[kera
             dst.set_weights(src.get_weights())
 
     if weights == "imagenet":
-        load("imagenet")
+        try:
+            load("imagenet")
+        except InputError:
+            raise
+        except Exception as err:  # keras raises a bare Exception when the download fails
+            raise InputError(f"weights imagenet: could not fetch the {name} ImageNet weights ({err}); "
+                             "expected network access to Keras' weight store, or set weights to a "
+                             "local/gs:// weights file or none") from err
         return
     with storage.local_copy(weights) as local:
         load(str(local))

@@ -165,7 +165,9 @@ def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, bl
     config_path = tmp_path / "quick.yaml"
     config_path.write_text(yaml.safe_dump({**QUICK, "frozen_epochs": 2, "finetune_epochs": 3,
                                            "patience": 10}))
-    args = ["train", "--config", str(config_path), "--data", str(blobs32), "--targets", "CC", "--out", out]
+    # --data may name the split folder instead of its split.parquet
+    args = ["train", "--config", str(config_path), "--data", str(blobs32.parent), "--targets", "CC",
+            "--out", out]
     killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-epochs", "3"],
                             capture_output=True, text=True, env=os.environ, timeout=300)
     assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]

@@ -90,6 +90,10 @@ def load_splits(data_uri: str, targets) -> dict:
     from histoxai import dataset
     from histoxai.manifest import read_manifest
 
+    if not str(data_uri).endswith(".parquet"):
+        from histoxai.components.split.split import SPLIT_FILE
+
+        data_uri = storage.join(data_uri, SPLIT_FILE)
     frame = read_manifest(data_uri)
     dataset.check_targets(frame, targets, data_uri)
     out = {}
