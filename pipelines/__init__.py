@@ -1,0 +1,1 @@
+"""The KFP pipeline: definition, compile, local run, submission."""
