@@ -35,17 +35,17 @@ import math
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import histoxai
 from histoxai import storage
 from histoxai.errors import InputError
 from histoxai.metrics import METRIC_LABELS, METRICS, markdown_table, pearson_r, regression_metrics
+from histoxai.summary import BUNDLED_SUMMARY as SUMMARY_PATH
+from histoxai.summary import SummaryFile
 
-BUNDLED_SUMMARY = str(Path(histoxai.__file__).resolve().parent / "data" / "brabec2023" / "summary.mat")
+BUNDLED_SUMMARY = str(SUMMARY_PATH)
 STUDY_PAIRS = (("CD", "MD"), ("SA", "FAIP"))  # the study's regressions
 PAIRS = (*STUDY_PAIRS, ("SA", "FA"))  # FA too: it is what our models predict
 CNN_VARIABLES = {"MD": "sMD_CNN", "FAIP": "sFAIP_CNN"}
@@ -70,23 +70,6 @@ class SampleMaps:
     cnn: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # target -> measured, predicted, ...
 
 
-def _cells(mat: dict, name: str, uri: str) -> list:
-    if name not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__"))
-        raise InputError(f"{uri}: variable '{name}' missing (found: {found}); expected the study's "
-                         "summary.mat with sMR, sCD, sHd, sMD_CNN, sFAIP_CNN and sROI")
-    value = mat[name]
-    if isinstance(value, np.ndarray) and value.dtype == object:
-        return list(value.ravel())
-    return [value]  # a one-cell array comes back squeezed to its content
-
-
-def _field(cell, name: str, label: str, uri: str) -> np.ndarray:
-    if not hasattr(cell, "_fieldnames") or name not in cell._fieldnames:
-        raise InputError(f"{uri}: {label} lacks field '{name}'; expected a struct with it")
-    return np.asarray(getattr(cell, name))
-
-
 def load_summary(uri: str, roi: str = "sROI") -> list[SampleMaps]:
     """Every sample of the study's summary.mat (local or gs://); samples are named '1', '2', ...
 
@@ -94,16 +77,10 @@ def load_summary(uri: str, roi: str = "sROI") -> list[SampleMaps]:
     """
     if roi not in ROI_CHOICES:
         raise InputError(f"roi {roi!r}: expected one of {', '.join(ROI_CHOICES)}")
-    import scipy.io
-
-    with storage.local_copy(uri) as path:
-        try:
-            mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-        except Exception as err:  # scipy raises several types for damaged or v7.3 files
-            raise InputError(f"{uri}: not a readable MATLAB v5 summary.mat "
-                             f"({type(err).__name__}: {err})") from err
+    summary = SummaryFile(uri)
     names = ["sMR", "sCD", "sHd", *CNN_VARIABLES.values()] + ([] if roi == "ROI" else [roi])
-    cells = {name: _cells(mat, name, uri) for name in names}
+    expected = "the study's summary.mat with sMR, sCD, sHd, sMD_CNN, sFAIP_CNN and sROI"
+    cells = {name: summary.cells(name, expected) for name in names}
     counts = {name: len(c) for name, c in cells.items()}
     if len(set(counts.values())) != 1:
         raise InputError(f"{uri}: variables hold different numbers of samples {counts}; "
@@ -112,10 +89,10 @@ def load_summary(uri: str, roi: str = "sROI") -> list[SampleMaps]:
     for i in range(counts["sMR"]):
         label = f"sample {i + 1}"
         mr = cells["sMR"][i]
-        maps = {t: _field(mr, t, f"sMR{{{i + 1}}}", uri) for t in ("MD", "FA", "FAIP")}
+        maps = {t: summary.field(mr, t, f"sMR{{{i + 1}}}") for t in ("MD", "FA", "FAIP")}
         maps["CD"] = np.asarray(cells["sCD"][i])
-        maps["SA"] = _field(cells["sHd"][i], "dSA", f"sHd{{{i + 1}}}", uri)
-        mask = _field(mr, "ROI", f"sMR{{{i + 1}}}", uri) if roi == "ROI" else np.asarray(cells[roi][i])
+        maps["SA"] = summary.field(cells["sHd"][i], "dSA", f"sHd{{{i + 1}}}")
+        mask = summary.field(mr, "ROI", f"sMR{{{i + 1}}}") if roi == "ROI" else np.asarray(cells[roi][i])
         shape = maps["MD"].shape
         for name, arr in [*maps.items(), (roi, mask)]:
             if arr.shape != shape or arr.ndim != 2 or arr.dtype.kind not in "biuf":
@@ -124,10 +101,10 @@ def load_summary(uri: str, roi: str = "sROI") -> list[SampleMaps]:
         cnn = {}
         for target, var in CNN_VARIABLES.items():
             cell, where = cells[var][i], f"{var}{{{i + 1}}}"
-            cnn[target] = {f: _field(cell, f, where, uri).astype(np.float64).ravel()
+            cnn[target] = {f: summary.field(cell, f, where).astype(np.float64).ravel()
                            for f in ("measured", "predicted")}
-            cnn[target]["I_measured"] = _field(cell, "I_measured", where, uri).astype(np.float64)
-            cnn[target]["I_test_ind"] = _field(cell, "I_test_ind", where, uri) > 0
+            cnn[target]["I_measured"] = summary.field(cell, "I_measured", where).astype(np.float64)
+            cnn[target]["I_test_ind"] = summary.field(cell, "I_test_ind", where) > 0
         samples.append(SampleMaps(str(i + 1), {k: v.astype(np.float64) for k, v in maps.items()},
                                   mask > 0, cnn))
     return samples

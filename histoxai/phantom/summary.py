@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from histoxai import storage
 from histoxai.errors import InputError
+from histoxai.summary import SummaryFile
 
-BUNDLED_SUMMARY = Path(__file__).resolve().parents[1] / "data" / "brabec2023" / "summary.mat"
 MR_FIELDS = ("MD", "FA", "FAIP", "ROI", "J_11", "J_12", "J_22")
 HISTO_FIELDS = ("dJ_11", "dJ_12", "dJ_22", "dSA")
 
@@ -54,39 +51,23 @@ class SampleMaps:
 
 
 class Summary:
-    """The 16 samples of summary.mat (sample n is cell n-1 of each variable)."""
+    """The samples of summary.mat (sample n is cell n-1 of each variable)."""
 
-    def __init__(self, path: Path, label: str):
-        self.label = label
-        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        import scipy.io
-
-        try:
-            self._mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-        except Exception as err:  # scipy raises several types for a damaged or foreign file
-            raise InputError(f"{label}: not a readable MATLAB v5 summary.mat ({err})") from err
-        for name in ("sMR", "sCD", "sHd"):
-            if name not in self._mat:
-                raise InputError(f"{label}: variable '{name}' missing; expected sMR, sCD and sHd "
-                                 "(the summary.mat of Brabec et al. 2023)")
-        self.n_samples = int(np.size(self._mat["sCD"]))
-
-    def _cell(self, name: str, sample: int):
-        return np.atleast_1d(self._mat[name])[sample - 1]
-
-    def _field(self, name: str, struct, field: str, sample: int) -> np.ndarray:
-        if not hasattr(struct, field):
-            raise InputError(f"{self.label}: sample {sample}: field {name}.{field} missing")
-        return np.asarray(getattr(struct, field), dtype=np.float64)
+    def __init__(self, uri: str | os.PathLike | None = None):
+        self._file = SummaryFile(uri)
+        self.label, self.sha256 = self._file.label, self._file.sha256
+        expected = "sMR, sCD and sHd (the summary.mat of Brabec et al. 2023)"
+        self._cells = {name: self._file.cells(name, expected) for name in ("sMR", "sCD", "sHd")}
+        self.n_samples = len(self._cells["sCD"])
 
     def sample(self, sample: int) -> SampleMaps:
         if not 1 <= sample <= self.n_samples:
             raise InputError(f"{self.label}: sample {sample} does not exist; "
                              f"expected a sample number from 1 to {self.n_samples}")
-        mr_struct, histo = self._cell("sMR", sample), self._cell("sHd", sample)
-        mr = {f: self._field("sMR", mr_struct, f, sample) for f in MR_FIELDS}
-        cd = np.nan_to_num(np.asarray(self._cell("sCD", sample), dtype=np.float64), nan=0.0)
-        dj = {f: self._field("sHd", histo, f, sample) for f in HISTO_FIELDS}
+        mr_struct, histo = self._cells["sMR"][sample - 1], self._cells["sHd"][sample - 1]
+        mr = {f: self._file.field(mr_struct, f, f"sMR{{{sample}}}").astype(np.float64) for f in MR_FIELDS}
+        cd = np.nan_to_num(np.asarray(self._cells["sCD"][sample - 1], dtype=np.float64), nan=0.0)
+        dj = {f: self._file.field(histo, f, f"sHd{{{sample}}}").astype(np.float64) for f in HISTO_FIELDS}
         shape = mr["MD"].shape
         arrays = {**{f"sMR.{k}": v for k, v in mr.items()}, "sCD": cd,
                   **{f"sHd.{k}": v for k, v in dj.items()}}
@@ -100,9 +81,4 @@ class Summary:
 
 def load_summary(uri: str | os.PathLike | None = None) -> Summary:
     """Open summary.mat (local or gs://); None means the copy bundled with the package."""
-    if uri is None:
-        return Summary(BUNDLED_SUMMARY, "bundled brabec2023/summary.mat")
-    with storage.local_copy(uri) as path:
-        if path.is_dir():
-            raise InputError(f"{uri}: is a folder; expected the summary.mat file")
-        return Summary(path, str(uri))
+    return Summary(uri)
