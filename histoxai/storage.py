@@ -114,6 +114,27 @@ def list_files(prefix: str | os.PathLike) -> list[str]:
         return sorted(f"{GS_PREFIX}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
 
 
+def remove(uri: str | os.PathLike) -> None:
+    """Delete a file or a whole folder (every object under the prefix on gs://); missing is fine."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        path = Path(uri)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    from google.api_core import exceptions as gexc
+
+    targets = list_files(uri) or [uri]
+    with _gcs_errors(uri):
+        for target in targets:
+            try:
+                _blob(target).delete()
+            except gexc.NotFound:
+                pass
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     uri = str(uri)
     if not is_gcs(uri):

@@ -80,3 +80,15 @@ def test_local_outputs_get_normal_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_remove_file_and_folder_local_and_gcs(gcs_bucket, tmp_path):
+    for root in (str(tmp_path / "local"), storage.join(gcs_bucket, "r")):
+        storage.write_text(storage.join(root, "keep.txt"), "k")
+        storage.write_text(storage.join(root, "dir/a.txt"), "a")
+        storage.write_text(storage.join(root, "dir/sub/b.txt"), "b")
+        storage.remove(storage.join(root, "dir"))
+        storage.remove(storage.join(root, "absent"))  # missing is not an error
+        assert storage.list_files(root) == [storage.join(root, "keep.txt")]
+        storage.remove(storage.join(root, "keep.txt"))
+        assert storage.list_files(root) == []
