@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "split": "histoxai.components.split.cli",
     "train": "histoxai.components.train.cli",
     "baseline": "histoxai.components.evaluate.cli_baseline",
+    "evaluate": "histoxai.components.evaluate.cli",
 }
 
 

@@ -1,0 +1,64 @@
+"""Score trained models on every sample and split: the thesis's Table 4.1, maps, cached predictions.
+
+For each model (a `histoxai train` output folder: model.keras, config.yaml, metrics.json) x target
+x (each sample, and the pooled train / val / test sets of the training samples): n, R² = 1 - SSE/SST
+(the standard definition, which punishes a shifted prediction on an unseen sample), the thesis's
+R²var = 1 - var(y - ŷ)/var(y) (ignores a constant shift), Pearson r², MAE and bias = mean(ŷ - y).
+Undefined values (one patch, constant measured values) show as n/a with a note, never NaN.
+
+--data takes a split folder (or split.parquet) and/or ingest outputs of further samples (folder or
+manifest.parquet; their patches count as heldout). Writes to OUT (local or gs://):
+  report.md, report.html   Table 4.1 layout (samples as rows, training samples marked with *,
+                           model x target as columns) for every metric, notes, baselines, maps
+  evaluation.parquet       tidy table, one row per model x target x sample or split
+  evaluation.json          the same rows, model hashes and settings
+  predictions/<model>/<sample>.parquet   sample, row, col, split, <T>_measured, <T>_predicted
+  maps/<model>/<sample>/<T>.png, .npz    measured, predicted, residual ŷ - y on the MR grid
+  baseline/                with --summary: the original study's baselines (as `histoxai baseline`)
+Predictions are reused from an earlier run into the same OUT (--overwrite) when the model's hash
+and the sample's patches match.
+
+Examples:
+  histoxai evaluate --model outputs/models/mdfa --model outputs/models/cc --data outputs/demo/split \\
+      --out outputs/evaluate
+  histoxai evaluate --model multitask=gs://b/run/mdfa --data gs://b/run/split gs://b/ingest/7 \\
+      --summary histoxai/data/brabec2023/summary.mat --out gs://b/run/evaluate --overwrite
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                        help="training output folder, local or gs://; repeat for several models "
+                             "(named after the folder unless NAME= is given)")
+    parser.add_argument("--data", nargs="+", required=True, metavar="SPLIT_OR_MANIFEST",
+                        help="split folder / split.parquet, and/or ingest folders / manifest.parquet")
+    parser.add_argument("--out", required=True, help="output folder, local or gs://")
+    parser.add_argument("--summary", default=None, metavar="PATH",
+                        help="the original study's summary.mat: add its baselines to the report "
+                             "(histoxai/data/brabec2023/summary.mat is bundled)")
+    parser.add_argument("--baseline-repeats", type=int, default=100,
+                        help="random 80/20 splits per baseline regression (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the baselines' splits (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="patches per prediction batch (default: 64)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT (its predictions are reused where still valid)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from histoxai.components.evaluate.evaluate import evaluate
+    from histoxai.components.evaluate.report import table41
+    from histoxai.metrics import markdown_table
+
+    result = evaluate(args.model, args.data, args.out, summary=args.summary,
+                      baseline_repeats=args.baseline_repeats, seed=args.seed, batch_size=args.batch_size,
+                      overwrite=args.overwrite)
+    reused = sum(result["cached"].values())
+    print(f"\nR² = 1 - SSE/SST (* = training sample); predictions reused for {reused} of "
+          f"{len(result['cached'])} model x sample pairs\n")
+    print(markdown_table(table41(result["table"], "r2")))
+    print(f"wrote {args.out} (report.md, report.html, evaluation.parquet, predictions/, maps/)")

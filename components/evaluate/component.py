@@ -1,0 +1,53 @@
+"""KFP component of the evaluate step: Table 4.1, maps and cached predictions for the trained models."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
+
+from histoxai.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def evaluate_models(
+    split: Input[Dataset],
+    multitask_model: Input[Model],
+    metrics: Output[Metrics],
+    report_html: Output[HTML],
+    report_markdown: Output[Markdown],
+    evaluation: Output[Dataset],
+    single_task_model: Input[Model] = None,
+    baseline_summary: str = "bundled",
+    baseline_repeats: int = 100,
+    seed: int = 0,
+):
+    """Score the models (training output folders) on every sample and split of `split`.
+
+    evaluation: the whole output folder (evaluation.parquet, report.*, predictions/<model>/<sample>.parquet,
+    maps/); metrics: standard R² per model, target and split or sample; baseline_summary: 'bundled'
+    (the study's summary.mat shipped with histoxai), '' (no baselines) or a path / gs:// URI.
+    """
+    from histoxai import storage
+    from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
+    from histoxai.components.evaluate.evaluate import evaluate, headline_metrics
+    from histoxai.pipelines.artifacts import location
+
+    models = [f"multitask={location(multitask_model)}"]
+    if single_task_model is not None:
+        models.append(f"single_task={location(single_task_model)}")
+    summary = BUNDLED_SUMMARY if baseline_summary == "bundled" else (baseline_summary or None)
+    out = location(evaluation)
+    # overwrite: a retried task may find an earlier attempt's output (its valid predictions are reused)
+    result = evaluate(models, [location(split)], out, summary=summary, baseline_repeats=baseline_repeats,
+                      seed=seed, overwrite=True, progress=False)
+    for name, value in headline_metrics(result["table"]).items():
+        metrics.log_metric(name, value)
+    storage.write_bytes(location(report_html), storage.read_bytes(storage.join(out, "report.html")))
+    storage.write_bytes(location(report_markdown), storage.read_bytes(storage.join(out, "report.md")))
+    evaluation.metadata.update({
+        "models": [m.name for m in result["models"]],
+        "samples": result["data"].samples,
+        "training_samples": result["data"].training_samples,
+        "predictions": "predictions/<model>/<sample>.parquet",
+        "table": "evaluation.parquet",
+    })
+    for artifact in (report_html, report_markdown):
+        artifact.metadata["step"] = "evaluate"

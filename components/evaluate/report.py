@@ -1,0 +1,195 @@
+"""The evaluation report in Markdown and HTML: Table 4.1 layout per metric, baselines beside ours, maps.
+
+Table 4.1 layout: one row per sample ("sample 3 *" marks a training sample, whose row mixes its
+train, val and test patches), then the pooled "train set", "validation set" and "test set"; one
+column per model and target ("MD (multitask)"). The HTML is self-contained (maps embedded as PNG
+data), so the pipeline UI shows it without other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from histoxai.metrics import METRIC_LABELS, format_value, markdown_table
+
+SPLIT_LABELS = {"train": "train set", "val": "validation set", "test": "test set"}
+TRAINING_MARK = " *"
+TRAINING_NOTE = ("\\* a training sample: part of the pooled training data, so its row mixes train, "
+                 "validation and test patches and is not an out-of-sample score.")
+METRIC_TITLES = {
+    "r2": "R² = 1 - SSE/SST (standard; punishes a constant shift)",
+    "r2_var": "R²var = 1 - var(y - ŷ)/var(y) (the thesis's eq. 3.2; ignores a constant shift)",
+    "pearson_r2": "Pearson r² (ignores any linear rescaling of ŷ)",
+    "mae": "MAE = mean |ŷ - y|",
+    "bias": "bias = mean(ŷ - y) (positive: predictions too high)",
+}
+CAVEATS = (
+    "The baselines are the original study's figures on the real summary.mat maps (not on the data "
+    "evaluated here unless these are the real samples). Its regressions and per-sample CNNs were "
+    "scored on a random 20 % test set of each sample, with the model fitted on the same sample; our "
+    "rows score a model trained on the pooled training samples on every patch of a sample."
+)
+
+
+def column_label(model: str, target: str) -> str:
+    return f"{target} ({model})"
+
+
+def row_label(kind: str, group: str, training: bool) -> str:
+    if kind == "split":
+        return SPLIT_LABELS[group]
+    return f"sample {group}{TRAINING_MARK if training else ''}"
+
+
+def table41(table: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
+    """Samples (natural order) then train / validation / test set as rows, model x target as columns."""
+    columns = list(dict.fromkeys(zip(table["model"], table["target"], strict=True)))
+    rows = list(dict.fromkeys(zip(table["kind"], table["group"], table["training"], strict=True)))
+    samples = [r for r in rows if r[0] == "sample"]
+    splits = sorted((r for r in rows if r[0] == "split"), key=lambda r: list(SPLIT_LABELS).index(r[1]))
+    values = table.set_index(["kind", "group", "model", "target"])[metric]
+    out = pd.DataFrame({"data": [row_label(*r) for r in [*samples, *splits]]})
+    for model, target in columns:
+        out[column_label(model, target)] = pd.array(
+            [values.get((kind, group, model, target), pd.NA) for kind, group, _ in [*samples, *splits]],
+            dtype="Float64")
+    out.attrs["training_rows"] = [i for i, r in enumerate([*samples, *splits]) if r[0] == "sample" and r[2]]
+    return out
+
+
+def baseline_comparison(table: pd.DataFrame, per_sample: pd.DataFrame) -> pd.DataFrame:
+    """Per sample of ours that the study also has: our R² per model and target, then the study's
+    baselines' R² for the same targets (quadratic map regression, per-sample CNN)."""
+    from histoxai.components.evaluate.baseline import CNN, QUADRATIC
+
+    ours = table[table["kind"] == "sample"]
+    samples = [s for s in dict.fromkeys(ours["group"]) if s in set(per_sample["sample"])]
+    training = dict(zip(ours["group"], ours["training"], strict=False))
+    out = pd.DataFrame({"data": [row_label("sample", s, training[s]) for s in samples]})
+    values = ours.set_index(["group", "model", "target"])["r2"]
+    targets = list(dict.fromkeys(ours["target"]))
+    for model, target in dict.fromkeys(zip(ours["model"], ours["target"], strict=True)):
+        out[column_label(model, target)] = pd.array([values.get((s, model, target), pd.NA) for s in samples],
+                                                    dtype="Float64")
+    for target in targets:
+        for kind in (QUADRATIC, CNN):
+            rows = per_sample[(per_sample["baseline"] == kind) & (per_sample["target"] == target)]
+            if rows.empty:
+                continue
+            label = (f"{target} ~ {rows['feature'].iloc[0]} quadratic (2023)" if kind == QUADRATIC
+                     else f"{target} per-sample CNN (2023)")
+            r2 = rows.set_index("sample")["r2"]
+            out[label] = pd.array([r2.get(s, pd.NA) for s in samples], dtype="Float64")
+    return out
+
+
+def _models_table(result: dict) -> pd.DataFrame:
+    rows = []
+    for m in result["models"]:
+        test = (m.train_metrics.get("r2") or {}).get("test") or {}
+        rows.append({"model": m.name, "targets": ", ".join(m.targets), "backbone": m.config.get("backbone"),
+                     "image size": m.config.get("image_size"), "model.keras SHA-256": m.sha256[:12],
+                     "test R² at training": ", ".join(f"{t} {format_value(test.get(t))}" for t in m.targets),
+                     "folder": m.uri})
+    return pd.DataFrame(rows)
+
+
+def _notes(table: pd.DataFrame) -> list[str]:
+    noted = table[table["note"].astype(str) != ""]
+    return [f"{row_label(r.kind, r.group, r.training)}, {r.target} ({r.model}): {r.note}"
+            for r in noted.itertuples()]
+
+
+def _sections(result: dict) -> list[tuple[str, object]]:
+    """The report as (kind, content) blocks shared by the Markdown and HTML renderers."""
+    table, data = result["table"], result["data"]
+    blocks = [("h1", "Evaluation across samples"),
+              ("p", f"Samples: {', '.join(data.samples)}; training samples: "
+                    f"{', '.join(data.training_samples) or 'none'}. Data: {', '.join(data.inputs)}."),
+              ("table", _models_table(result)),
+              ("h2", f"Table 4.1: {METRIC_TITLES['r2']}"), ("table", table41(table, "r2")),
+              ("p", TRAINING_NOTE)]
+    for metric in ("r2_var", "pearson_r2", "mae", "bias"):
+        blocks += [("h2", METRIC_TITLES[metric]), ("table", table41(table, metric))]
+    blocks += [("h2", "Definitions"), ("list", [f"{k}: {v}" for k, v in METRIC_LABELS.items()] + [
+        "Undefined values (n < 2, constant measured values; Pearson r² also with a constant prediction) "
+        "show as n/a and are null in evaluation.parquet; the notes say why.",
+        "Rows without a measured value for a target (e.g. no FAIP map) are left out of that target's "
+        "metrics."])]
+    notes = _notes(table) + list(data.grid_notes.values())
+    if notes:
+        blocks += [("h2", "Notes"), ("list", notes)]
+    baseline = result.get("baseline")
+    if baseline is not None:
+        blocks += [("h2", "Beside the original study's baselines (R² = 1 - SSE/SST)"),
+                   ("table", baseline_comparison(table, baseline["per_sample"])), ("p", CAVEATS),
+                   ("h3", "Across tumours (squared Pearson correlation of per-tumour ROI means)"),
+                   ("table", baseline["across_tumour"]),
+                   ("p", f"All baseline rows: {'baseline/baseline.md'} (summary.mat: "
+                         f"{baseline['settings']['summary']}, {baseline['settings']['repeats']} repeats, "
+                         f"seed {baseline['settings']['seed']}).")]
+    blocks += [("h2", "Maps: measured, predicted and residual ŷ - y on the MR grid"),
+               ("p", "Measured and predicted share one colour scale (1st-99th percentile of both); the "
+                     "residual's scale is symmetric about 0. Grey: no patch. Arrays: the .npz beside each "
+                     "PNG.")]
+    blocks += [("image", (f"model {model}, sample {sample}, {target}", path))
+               for (model, sample, target), path in result["maps"].items()]
+    return blocks
+
+
+def markdown_report(result: dict) -> str:
+    parts = []
+    for kind, content in _sections(result):
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"{'#' * int(kind[1])} {content}\n")
+        elif kind == "p":
+            parts.append(f"{content}\n")
+        elif kind == "list":
+            parts.append("".join(f"- {item}\n" for item in content))
+        elif kind == "table":
+            parts.append(markdown_table(content))
+        elif kind == "image":
+            parts.append(f"![{content[0]}]({content[1]})\n")
+    return "\n".join(parts)
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    highlighted = set(frame.attrs.get("training_rows", []))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row)
+        body.append(f"<tr class=\"training\">{cells}</tr>" if i in highlighted else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td:first-child,th:first-child"
+         "{text-align:left}th{background:#eee}tr.training{background:#fff3c4}"
+         "figure{display:inline-block;margin:6px}img{max-width:100%}figcaption{font-size:90%}")
+
+
+def html_report(result: dict, folder: Path) -> str:
+    """Self-contained HTML; map PNGs are read from `folder` (the output being built) and embedded."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>histoxai evaluation</title>"
+             f"<style>{STYLE}</style></head><body>"]
+    for kind, content in _sections(result):
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(content.replace(chr(92), ''))}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
+        elif kind == "table":
+            parts.append(_html_table(content))
+        elif kind == "image":
+            data = base64.b64encode((Path(folder) / content[1]).read_bytes()).decode()
+            caption = html.escape(content[0])
+            parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{caption}\">"
+                         f"<figcaption>{caption}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "".join(parts)

@@ -1,0 +1,293 @@
+"""Evaluate step: Table 4.1 layout, metrics, degenerate samples, prediction cache, maps, gs://, KFP."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from histoxai import config as configs
+from histoxai import dataset, storage
+from histoxai.cli import main
+from histoxai.components.evaluate import evaluate as ev
+from histoxai.components.evaluate import maps
+from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
+from histoxai.components.evaluate.report import table41
+from histoxai.components.train.train import train
+from histoxai.errors import InputError
+from histoxai.manifest import read_manifest, write_manifest
+from histoxai.metrics import METRICS, NOTE_CONSTANT_TARGET, NOTE_SINGLE, format_value, regression_metrics
+from tests.train_data import write_blob_manifest
+
+TINY = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,
+        "finetune_epochs": 1, "patience": 5, "lr_schedule": "none", "learning_rate": 3e-3,
+        "dense_units": 16, "feature_units": 8, "targets": ["MD", "CC"]}
+HELD_GRID = (4, 20)  # larger than the held-out patches' extent: the grid must come from ingest.json
+SAMPLE_ROWS = ["sample 1 *", "sample 2 *", "sample 7", "sample 8", "sample 9",
+               "train set", "validation set", "test set"]
+
+
+def _extra_sample(folder: Path, sample: str, n: int, seed: int, **changes) -> Path:
+    """An ingest-like folder (manifest.parquet + shards, no split) holding one blob sample."""
+    frame = read_manifest(write_blob_manifest(folder, n=n, size=32, seed=seed, samples=1))
+    frame = frame.drop(columns=["split", "shard_uri"]).assign(sample=sample)
+    for column, values in changes.items():
+        frame[column] = values
+    (folder / "split.parquet").unlink()
+    write_manifest(frame, folder / "manifest.parquet")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory):
+    """One tiny MD + CC model (trained once), the split of its two samples and three more samples:
+    7 (constant MD), 8 (one patch) and 9 (some MD missing; ingest.json with a larger grid)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    split = write_blob_manifest(root / "split", n=96, size=32, seed=3)
+    train(configs.from_dict(TINY), str(split), str(root / "model"))
+    constant = _extra_sample(root / "s7", "7", 12, seed=7, MD=1.25)
+    single = _extra_sample(root / "s8", "8", 1, seed=8)
+    held = _extra_sample(root / "s9", "9", 24, seed=9)
+    frame = pd.read_parquet(held / "manifest.parquet")
+    frame.loc[frame.index[:3], "MD"] = np.nan
+    write_manifest(frame, held / "manifest.parquet")
+    (held / "ingest.json").write_text(json.dumps({"grid": list(HELD_GRID)}))
+    data = [str(split), str(constant), str(single / "manifest.parquet"), str(held)]
+    out = root / "out"
+    args = ["evaluate", "--model", f"a={root / 'model'}", "--model", f"b={root / 'model'}", "--data", *data,
+            "--summary", BUNDLED_SUMMARY, "--baseline-repeats", "3", "--out", str(out)]
+    assert main(args) == 0
+    return {"root": root, "model": root / "model", "data": data, "out": out, "args": args}
+
+
+def _table(out) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(str(out), ev.TABLE_FILE))))
+
+
+def test_table_4_1_layout_marks_training_samples(setup):
+    table = _table(setup["out"])
+    layout = table41(table, "r2")
+    assert list(layout["data"]) == SAMPLE_ROWS
+    assert list(layout.columns) == ["data", "MD (a)", "CC (a)", "MD (b)", "CC (b)"]
+    assert layout.attrs["training_rows"] == [0, 1]
+    report = (setup["out"] / "report.md").read_text()
+    assert "| data | MD (a) | CC (a) | MD (b) | CC (b) |" in report
+    assert report.index("R² = 1 - SSE/SST") < report.index("R²var")  # the standard definition leads
+    cc = table[(table.model == "b") & (table.target == "CC") & (table.group == "9")]["r2"].iloc[0]
+    row9 = layout.iloc[4]
+    assert row9["CC (b)"] == cc
+    assert "| sample 9 | " + " | ".join(format_value(v) for v in row9.iloc[1:]) + " |" in report
+    html = (setup["out"] / "report.html").read_text()
+    first_table = html[html.index("<table>", html.index("Table 4.1")):]
+    first_table = first_table[:first_table.index("</table>")]
+    assert first_table.count('<tr class="training">') == 2 and "sample 1 *" in first_table
+    assert html.count("data:image/png;base64,") == 2 * 2 * 5  # models x targets x samples, embedded
+
+
+def test_metric_rows_equal_the_metrics_library_on_the_predictions(setup):
+    table = _table(setup["out"]).set_index(["model", "target", "kind", "group"])
+    folder = setup["out"] / ev.PREDICTIONS_DIR / "a"
+    predictions = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))])
+    assert sorted(predictions["sample"].unique()) == ["1", "2", "7", "8", "9"]
+    for target in ("MD", "CC"):
+        y, p = ev.measured_column(target), ev.predicted_column(target)
+        groups = [("sample", s, predictions[predictions["sample"] == s]) for s in ("1", "2", "7", "8", "9")]
+        groups += [("split", s, predictions[predictions["split"] == s]) for s in ("train", "val", "test")]
+        for kind, group, rows in groups:
+            rows = rows[rows[y].notna()]
+            expected = regression_metrics(rows[y], rows[p])
+            got = table.loc[("a", target, kind, group)]
+            assert got["n"] == expected["n"]
+            for metric in METRICS:
+                if expected[metric] is None:
+                    assert pd.isna(got[metric])
+                else:
+                    assert got[metric] == pytest.approx(expected[metric], rel=1e-12, abs=1e-12)
+    # the pooled test R² is the one training reported on the same patches
+    trained = json.loads((setup["model"] / "metrics.json").read_text())["r2"]["test"]
+    for target in ("MD", "CC"):
+        assert table.loc[("a", target, "split", "test"), "r2"] == pytest.approx(trained[target], abs=1e-5)
+    assert "3 rows without a measured MD left out" in table.loc[("a", "MD", "sample", "9"), "note"]
+
+
+def test_one_patch_and_constant_target_give_documented_values(setup):
+    table = _table(setup["out"]).set_index(["model", "target", "kind", "group"])
+    single = table.loc[("a", "CC", "sample", "8")]
+    assert single["n"] == 1 and single["note"] == NOTE_SINGLE
+    assert pd.isna(single["r2"]) and pd.isna(single["r2_var"]) and pd.isna(single["pearson_r2"])
+    assert np.isfinite(single["mae"]) and np.isfinite(single["bias"])
+    constant = table.loc[("a", "MD", "sample", "7")]
+    assert constant["n"] == 12 and constant["note"] == NOTE_CONSTANT_TARGET and pd.isna(constant["r2"])
+    raw = pq.read_table(setup["out"] / ev.TABLE_FILE).to_pandas()
+    floats = raw[list(METRICS)].to_numpy(dtype=float)
+    assert not np.isnan(floats[raw[list(METRICS)].notna().to_numpy()]).any()  # null, never NaN
+    report = (setup["out"] / "report.md").read_text()
+    assert "| sample 8 | n/a |" in report and NOTE_CONSTANT_TARGET in report
+    arrays = np.load(setup["out"] / "maps" / "a" / "8" / "CC.npz")
+    assert np.isfinite(arrays["measured"]).sum() == 1
+    low, high = arrays["value_scale"]
+    assert np.isfinite([low, high]).all() and low < high
+    # a map whose values are all equal (and a zero residual) still gets a usable scale
+    flat = np.full((2, 3), 1.25)
+    scales = maps.colour_scales({"measured": flat, "predicted": flat, "residual": flat - flat})
+    assert scales["value"][0] < 1.25 < scales["value"][1] and scales["residual"][1] > 0
+    assert (maps.colourise(flat, *scales["value"], maps.VIRIDIS) == maps.colourise(
+        np.full((1, 1), 1.25), *scales["value"], maps.VIRIDIS)[0, 0]).all()
+
+
+def test_maps_have_the_grid_shape_and_show_the_patches(setup):
+    maps = setup["out"] / "maps" / "a"
+    held = np.load(maps / "9" / "MD.npz")
+    assert held["measured"].shape == HELD_GRID
+    predictions = pd.read_parquet(setup["out"] / "predictions" / "a" / "9.parquet")
+    rows, cols = predictions["row"].to_numpy(), predictions["col"].to_numpy()
+    np.testing.assert_array_equal(held["predicted"][rows, cols], predictions["MD_predicted"])
+    assert np.isnan(held["predicted"]).sum() == HELD_GRID[0] * HELD_GRID[1] - len(predictions)
+    assert np.isnan(held["measured"]).sum() == np.isnan(held["predicted"]).sum() + 3  # 3 MD missing
+    np.testing.assert_allclose(held["residual"], held["predicted"] - held["measured"])
+    lim = held["residual_scale"]
+    assert lim[0] == -lim[1] > -np.inf
+    train_map = np.load(maps / "1" / "CC.npz")  # no ingest.json: the patches' extent (48 patches, 16 a row)
+    assert train_map["measured"].shape == (3, 16) and not np.isnan(train_map["measured"]).any()
+    image = np.asarray(Image.open(maps / "9" / "MD.png").convert("RGB"))
+    assert image.shape[0] > HELD_GRID[0] * 10 and image.shape[1] > 3 * HELD_GRID[1] * 10
+    grey = (image == (200, 200, 200)).all(axis=2)
+    assert grey.any() and (~grey).any()  # no-patch voxels grey, patches coloured
+
+
+def test_baseline_rows_stand_beside_ours(setup):
+    report = (setup["out"] / "report.md").read_text()
+    assert "MD ~ CD quadratic (2023)" in report and "MD per-sample CNN (2023)" in report
+    baseline = pd.read_parquet(setup["out"] / "baseline" / "baseline.parquet")
+    cnn = baseline[(baseline["sample"] == "1") & (baseline["baseline"] == "cnn_brabec2023")
+                   & (baseline["target"] == "MD")]["r2"].iloc[0]
+    row = next(line for line in report.splitlines() if line.startswith("| sample 1 *")
+               and line.count("|") == 8)
+    assert f"{cnn:.3f}" in row
+
+
+def test_predictions_are_reused_when_the_model_hash_matches(setup, monkeypatch):
+    out = setup["out"]
+    before = pd.read_parquet(out / "predictions" / "b" / "9.parquet")
+    real_predict, calls = dataset.predict, []
+
+    def counting_predict(model, frame, **kwargs):
+        calls.append(sorted(frame["sample"].unique()))
+        return real_predict(model, frame, **kwargs)
+
+    monkeypatch.setattr(dataset, "predict", counting_predict)
+    # a file stamped with another model's hash is recomputed, the others are reused
+    stale = out / "predictions" / "b" / "9.parquet"
+    table = pq.read_table(stale)
+    stamp = json.loads(table.schema.metadata[ev.CACHE_KEY])
+    stamp["model_sha256"] = "0" * 64
+    pq.write_table(table.replace_schema_metadata({ev.CACHE_KEY: json.dumps(stamp).encode()}), stale)
+    result = ev.evaluate([f"a={setup['model']}", f"b={setup['model']}"], setup["data"], str(out),
+                         overwrite=True, progress=False)
+    assert calls == [["9"]]
+    assert sum(result["cached"].values()) == 9 and not result["cached"][("b", "9")]
+    after = pd.read_parquet(out / "predictions" / "b" / "9.parquet")
+    pd.testing.assert_frame_equal(before, after)
+    assert json.loads(pq.read_table(stale).schema.metadata[ev.CACHE_KEY])["model_sha256"] != "0" * 64
+
+
+def test_gcs_model_data_and_output(setup, gcs_bucket, monkeypatch):
+    model = storage.join(gcs_bucket, "models", "mdcc")
+    storage.publish_dir(setup["model"], model)
+    held = storage.join(gcs_bucket, "ingest", "9")
+    storage.publish_dir(Path(setup["data"][3]), held)
+    out = storage.join(gcs_bucket, "evaluate")
+    result = ev.evaluate([model], [held], out, progress=False)
+    assert [m.name for m in result["models"]] == ["mdcc"]
+    files = {f[len(out) + 1:] for f in storage.list_files(out)}
+    assert {"evaluation.parquet", "evaluation.json", "report.md", "report.html",
+            "predictions/mdcc/9.parquet", "maps/mdcc/9/MD.png", "maps/mdcc/9/CC.npz"} <= files
+    assert _table(out)["group"].tolist() == ["9", "9"]  # held-out only: no pooled split rows
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(out, "maps/mdcc/9/MD.npz")))) as arrays:
+        assert arrays["measured"].shape == HELD_GRID  # ingest.json read from the bucket
+    monkeypatch.setattr(dataset, "predict", lambda *a, **k: pytest.fail("cached predictions not reused"))
+    again = ev.evaluate([model], [held], out, overwrite=True, progress=False)
+    assert all(again["cached"].values())
+
+
+def test_bad_inputs_fail_with_one_clear_line(setup, tmp_path, capsys):
+    no_model = tmp_path / "no_model"
+    shutil.copytree(setup["model"], no_model)
+    (no_model / "model.keras").unlink()
+    with pytest.raises(InputError, match=r"no_model: no model.keras; expected a finished training"):
+        ev.evaluate([str(no_model)], setup["data"][:1], str(tmp_path / "o1"), progress=False)
+    frame = read_manifest(setup["data"][0]).drop(columns=["CC", "shard_uri"])
+    write_manifest(frame, tmp_path / "no_cc.parquet")
+    with pytest.raises(InputError, match=r"targets of model model\): no column 'CC'"):
+        ev.evaluate([str(setup["model"])], [str(tmp_path / "no_cc.parquet")], str(tmp_path / "o2"),
+                    progress=False)
+    write_manifest(frame.iloc[:0], tmp_path / "empty.parquet")
+    args = ["evaluate", "--model", str(setup["model"]), "--data", str(tmp_path / "empty.parquet"),
+            "--out", str(tmp_path / "o3")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "empty.parquet: no patches" in err
+    assert main(args[:4] + [setup["data"][0], setup["data"][0]] + args[5:]) == 2
+    assert "sample '1' is in both" in capsys.readouterr().err
+    assert main(setup["args"]) == 2  # an existing OUT is kept unless --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+def test_headline_metrics_are_flat_names():
+    table = pd.DataFrame({"model": ["m", "m", "m"], "target": ["CC"] * 3,
+                          "kind": ["sample", "sample", "split"], "group": ["3", "8", "test"],
+                          "r2": pd.array([0.5, pd.NA, 0.9], dtype="Float64")})
+    assert ev.headline_metrics(table) == {"r2_m_CC_sample_3": 0.5, "r2_m_CC_test": 0.9}
+
+
+def test_kfp_component_compiles(tmp_path):
+    from kfp import compiler
+
+    from histoxai.components.evaluate.component import evaluate_models
+    from histoxai.images import CPU_IMAGE
+
+    path = tmp_path / "evaluate.yaml"
+    compiler.Compiler().compile(evaluate_models, str(path))
+    spec = yaml.safe_load(path.read_text())
+    inputs = spec["root"]["inputDefinitions"]["artifacts"]
+    outputs = spec["root"]["outputDefinitions"]["artifacts"]
+    assert inputs["split"]["artifactType"]["schemaTitle"] == "system.Dataset"
+    assert inputs["single_task_model"].get("isOptional") is True
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+        "evaluation": "system.Dataset", "metrics": "system.Metrics", "report_html": "system.HTML",
+        "report_markdown": "system.Markdown"}
+    executor = next(iter(spec["deploymentSpec"]["executors"].values()))
+    assert executor["container"]["image"] == CPU_IMAGE
+
+
+def test_kfp_component_runs_locally(setup, tmp_path):
+    from kfp import dsl, local
+
+    from histoxai.components.evaluate.component import evaluate_models
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+
+    @dsl.pipeline
+    def evaluate_only():
+        split = dsl.importer(artifact_uri=setup["data"][0], artifact_class=dsl.Dataset)
+        model = dsl.importer(artifact_uri=str(setup["model"]), artifact_class=dsl.Model)
+        evaluate_models(split=split.output, multitask_model=model.output, baseline_summary="")
+
+    evaluate_only()
+    task_dir = next((tmp_path / "root").glob("*/evaluate-models"))
+    logged = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]["metrics"]
+    logged = logged["artifacts"][0]["metadata"]
+    table = _table(task_dir / "evaluation").set_index(["target", "group"])
+    assert logged["r2_multitask_CC_test"] == pytest.approx(table.loc[("CC", "test"), "r2"])
+    assert logged["r2_multitask_MD_sample_1"] == pytest.approx(table.loc[("MD", "1"), "r2"])
+    assert "Table 4.1" in (task_dir / "report_html").read_text()
+    assert (task_dir / "evaluation" / "predictions" / "multitask" / "2.parquet").exists()
