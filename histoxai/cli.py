@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "ingest": "histoxai.components.ingest.cli",
     "split": "histoxai.components.split.cli",
     "train": "histoxai.components.train.cli",
+    "tune": "histoxai.components.tune.cli",
     "baseline": "histoxai.components.evaluate.cli_baseline",
     "evaluate": "histoxai.components.evaluate.cli",
 }

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from histoxai import storage
@@ -29,6 +30,7 @@ PHASES = ("frozen", "finetune")
 SPLITS_USED = ("train", "val", "test")
 RESULT_FILES = ("model.keras", "config.yaml", "history.csv", "metrics.json", TENSORBOARD)
 STOPPED_EXIT_CODE = 75  # --stop-after-epochs: the process ends as if preempted
+EpochHook = Callable[[int, dict], None]  # on_epoch_end(epoch, logs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +138,9 @@ class _TensorBoardLog:
 
 
 def _epoch_callback(store, state: dict, config: TrainConfig, phase: str, max_epochs: int,
-                    stop_after: int | None, counter: list):
-    """Per epoch: history row, progress line, TensorBoard, early stopping, best weights, checkpoint."""
+                    stop_after: int | None, counter: list, on_epoch_end: EpochHook | None = None):
+    """Per epoch: history row, progress line, TensorBoard, early stopping, best weights, checkpoint,
+    then the caller's hook (the tuning step reports to its pruner there)."""
     import keras
 
     from histoxai.model import current_learning_rate
@@ -173,6 +176,8 @@ def _epoch_callback(store, state: dict, config: TrainConfig, phase: str, max_epo
                       f"epochs; best so far is epoch #{state['best_epoch']}", flush=True)
             state.update(store.save(state, model=self.model,
                                     best_weights=self.model.get_weights() if improved else None))
+            if on_epoch_end is not None:
+                on_epoch_end(state["epoch"], logs)
             counter[0] += 1
             if stop_after is not None and counter[0] >= stop_after:
                 print(f"stopping after {counter[0]} epochs as asked (--stop-after-epochs)", flush=True)
@@ -227,8 +232,13 @@ def _prepare_out(out_uri: str, overwrite: bool) -> None:
 
 
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
-          stop_after_epochs: int | None = None) -> dict:
-    """Train (or resume) and publish the results; returns the metrics written to metrics.json."""
+          stop_after_epochs: int | None = None, on_epoch_end: EpochHook | None = None) -> dict:
+    """Train (or resume) and publish the results; returns the metrics written to metrics.json.
+
+    `on_epoch_end(epoch, logs)` is called after each epoch's checkpoint with the run's epoch number
+    (counted across both phases) and that epoch's metrics (`val_MD_r2`, `val_loss`, ...); an
+    exception it raises ends the training (the tuning step prunes trials this way).
+    """
     import pandas as pd
     import tensorflow as tf
 
@@ -271,7 +281,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
                 build_config = dataclasses.replace(config, weights=None) if resuming else config
                 net = models.build_model(build_config, target_means=means, precision=runtime.precision)
             _run_phases(net, store, state, config, runtime, strategy, (train_ds, val_ds, steps),
-                        stop_after_epochs)
+                        stop_after_epochs, on_epoch_end)
             metrics = _evaluate(net, parts, config, runtime, state)
         _publish(net, config, state, metrics, store, out_uri)
     finally:
@@ -282,7 +292,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
 
 
 def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, runtime: Runtime, strategy,
-                data: tuple, stop_after_epochs: int | None) -> None:
+                data: tuple, stop_after_epochs: int | None, on_epoch_end: EpochHook | None = None) -> None:
     """Phase 1 (frozen backbone) then phase 2 (fine-tuning), each until early stop or its epoch limit,
     skipping what the checkpoint says is done; ends with the best weights of the run restored."""
     from histoxai import model as models
@@ -304,7 +314,8 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
                 store.restore(state, net, optimizer=state["phase_epochs"] > 0)
         stopped_early = state["phase_epochs"] > 0 and state["wait"] >= config.patience
         if max_epochs > state["phase_epochs"] and not stopped_early:
-            callback = _epoch_callback(store, state, config, phase, max_epochs, stop_after_epochs, counter)
+            callback = _epoch_callback(store, state, config, phase, max_epochs, stop_after_epochs, counter,
+                                       on_epoch_end)
             net.fit(train_ds, validation_data=val_ds, epochs=max_epochs, shuffle=False,
                     initial_epoch=state["phase_epochs"], verbose=0, callbacks=[callback])
         best = store.best_weights(state)

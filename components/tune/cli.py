@@ -1,0 +1,125 @@
+"""Search hyperparameters (Optuna, or a Vertex AI Vizier job) with the training code of `histoxai train`.
+
+Each trial trains the base config (--config, --set) with values sampled from the search space
+(--space; default: the thesis's Table 3.2 space) on the split manifest (--data) and scores it by
+the mean validation R² over --objective-targets (default: all trained targets). TPE sampling
+(seeded), median pruning on each epoch's validation R², budget by --n-trials and/or --timeout.
+
+OUT/study.journal holds the study: run the same command again after a crash or preemption and it
+continues with the finished trials kept (a larger --n-trials extends a finished study). At the end
+OUT gets trials.parquet, trials.csv, summary.md and best_config.yaml, which trains unchanged:
+  histoxai train --config OUT/best_config.yaml --data SPLIT --out MODEL_DIR
+
+--backend vizier writes OUT/vizier_job.json, the request of a Vertex AI hyperparameter tuning job
+over the same space (trials on GPU workers of --image), and submits it only with --submit.
+
+Examples:
+  histoxai tune --config configs/demo.yaml --space configs/search_space_demo.yaml \\
+      --data out/split --targets MD --n-trials 4 --out out/tune
+  histoxai tune --config configs/thesis.yaml --space configs/search_space.yaml --data gs://b/split \\
+      --targets MD,FA --n-trials 60 --timeout 86400 --out gs://b/tune/mdfa
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from histoxai.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="base YAML config, local or gs:// (default: the thesis's values)")
+    parser.add_argument("--space", help="search space YAML, local or gs:// (default: Table 3.2)")
+    parser.add_argument("--data", required=True,
+                        help="split manifest: split.parquet from `histoxai split` or its folder, local or gs://")
+    parser.add_argument("--targets", help="comma-separated target columns to train, e.g. MD,FA or CC")
+    parser.add_argument("--objective-targets", help="targets whose mean validation R² is maximised "
+                                                    "(default: all trained targets)")
+    parser.add_argument("--out", required=True, help="output folder, local or gs://")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one base config key (value in YAML syntax); repeatable")
+    parser.add_argument("--n-trials", type=int, default=20,
+                        help="finished trials the study should hold (default 20; 0: no limit, "
+                             "then give --timeout)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="start no new trial after this many seconds of this run")
+    parser.add_argument("--startup-trials", type=int, default=5,
+                        help="random, never-pruned trials before TPE and pruning start (default 5)")
+    parser.add_argument("--warmup-epochs", type=int, default=3,
+                        help="a trial may be pruned from the end of this epoch on (default 3)")
+    parser.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")
+    parser.add_argument("--overwrite", action="store_true", help="discard the study in OUT and start over")
+    parser.add_argument("--stop-after-trials", type=int, metavar="N",
+                        help="exit abruptly (code 75) after N trials of this run, as a preempted job "
+                             "would; rehearses resuming")
+    vizier = parser.add_argument_group("Vertex AI Vizier backend")
+    vizier.add_argument("--backend", choices=("optuna", "vizier"), default="optuna",
+                        help="optuna: run the study here (default); vizier: build a Vertex AI tuning job")
+    vizier.add_argument("--project", help="Google Cloud project (vizier)")
+    vizier.add_argument("--region", default="us-central1", help="Vertex AI region (vizier)")
+    vizier.add_argument("--staging-bucket", help="gs:// staging folder (vizier; default OUT/staging)")
+    vizier.add_argument("--image", help="trial container image (vizier; default $HISTOXAI_GPU_IMAGE)")
+    vizier.add_argument("--machine-type", default="n1-standard-8", help="trial machine type (vizier)")
+    vizier.add_argument("--accelerator-type", default="NVIDIA_TESLA_T4", help="trial GPU type (vizier)")
+    vizier.add_argument("--accelerator-count", type=int, default=1, help="GPUs per trial (vizier)")
+    vizier.add_argument("--parallel-trials", type=int, default=2, help="trials at once (vizier)")
+    vizier.add_argument("--submit", action="store_true", help="submit the Vizier job (needs credentials)")
+
+
+def _run_vizier(args, base, space) -> None:
+    from histoxai import storage
+    from histoxai.components.tune import vizier
+
+    if not args.project:
+        raise InputError("--backend vizier needs --project (the Google Cloud project to run the job in)")
+    if not args.n_trials:
+        raise InputError("--backend vizier needs --n-trials (the job's maximum trial count)")
+    credentials = None
+    if not args.submit:  # build and validate offline: nothing is sent
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    job = vizier.build_tuning_job(
+        base, space, args.data, args.out, project=args.project, location=args.region,
+        staging_bucket=args.staging_bucket, image=args.image, machine_type=args.machine_type,
+        accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
+        max_trial_count=args.n_trials, parallel_trial_count=args.parallel_trials,
+        objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
+        credentials=credentials)
+    storage.write_text(storage.join(args.out, "vizier_job.json"), vizier.job_json(job))
+    print(f"wrote {storage.join(args.out, 'vizier_job.json')}")
+    if args.submit:
+        job.run(sync=False)
+        print(f"submitted Vertex AI hyperparameter tuning job {job.resource_name}")
+
+
+def run(args: argparse.Namespace) -> None:
+    from histoxai.components.tune.space import load_space
+    from histoxai.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.targets:
+        overrides["targets"] = args.targets
+    minimum = {"n_trials": 0, "stop_after_trials": 1, "startup_trials": 0, "warmup_epochs": 1,
+               "accelerator_count": 0, "parallel_trials": 1}
+    for name, low in minimum.items():
+        flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+        if value is not None and value < low:
+            raise InputError(f"{flag} {value}: expected an integer >= {low}")
+    base = load_config(args.config, overrides)
+    space = load_space(args.space)
+    if args.backend == "vizier":
+        _run_vizier(args, base, space)
+        return
+    from histoxai.components.tune.tune import tune
+
+    summary = tune(base, space, args.data, args.out, n_trials=args.n_trials or None, timeout_s=args.timeout,
+                   objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
+                   startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs, seed=args.seed,
+                   overwrite=args.overwrite, stop_after_trials=args.stop_after_trials)
+    print(f"trials: {summary['trials']} ({summary['complete']} complete, {summary['pruned']} pruned, "
+          f"{summary['failed']} failed)")
+    print(f"best: trial {summary['best_trial']}, mean validation R² {summary['objective']:.4f} "
+          f"({', '.join(summary['objective_targets'])}); params {summary['params']}")
+    print(f"wrote {args.out}; train the best config with: histoxai train --config {summary['best_config']} "
+          f"--data {args.data} --out MODEL_DIR")

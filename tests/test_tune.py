@@ -1,0 +1,322 @@
+"""Tuning: search space validation, conditional sampling, pruning, results, resume, Vizier spec, KFP."""
+
+# No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from histoxai import config as configs
+from histoxai import storage
+from histoxai.cli import main
+from histoxai.components.train.train import STOPPED_EXIT_CODE, train
+from histoxai.components.tune import results
+from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, restore_ints, table_space
+from histoxai.components.tune.tune import STUDY_FILE, STUDY_NAME, tune
+from histoxai.errors import InputError
+from tests.train_data import write_blob_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+# The tiny CNN learns MD of the blob patches within a few epochs at lr 1e-3.
+QUICK = {"targets": ["MD"], "backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 8,
+         "frozen_epochs": 0, "finetune_epochs": 3, "patience": 5, "optimizer": "adam", "lr_schedule": "none",
+         "learning_rate": 1e-3, "dense_units": 16, "feature_units": 8, "dropout": 0.0, "feature_dropout": 0.0}
+SCHEDULE_CHILDREN = [k for k, (_, when) in CONDITIONS.items() if when == ("warmup_cosine",)]
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return write_blob_manifest(tmp_path_factory.mktemp("blobs"), n=200, size=32, seed=1)
+
+
+def _space_file(tmp_path, values: dict, name: str = "space.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def _journal_study(path: Path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+# ---- search space ----
+
+def test_shipped_spaces_validate_and_reuse_the_table_values():
+    thesis = configs.load_config(str(REPO / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
+    default = load_space(str(REPO / "configs" / "search_space.yaml"))
+    default.check_against(default.start_config(thesis))
+    by_name = {p.name: p for p in default.params}
+    for name in ("batch_size", "learning_rate", "backbone", "optimizer", "lr_schedule"):
+        assert list(by_name[name].choices) == configs.FIELDS[name].metadata["search"]
+    assert (by_name["weight_decay"].low, by_name["weight_decay"].high, by_name["weight_decay"].log) == (
+        1e-3, 1e-2, True)
+    assert set(table_space().names) <= set(default.names)
+    demo = load_space(str(REPO / "configs" / "search_space_demo.yaml"))
+    start = demo.start_config(configs.load_config(str(REPO / "configs" / "demo.yaml"), {"targets": "MD"}))
+    demo.check_against(start)
+    assert start.backbone == "tiny" and start.frozen_epochs + start.finetune_epochs <= 6
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"search": {"batchsize": [8]}}, r"unknown parameter 'batchsize'"),
+    ({"search": {"weight_decay": {"low": 0.01, "high": 0.001}}}, r"'weight_decay': expected low < high"),
+    ({"search": {"dropout": {"low": 0.1, "high": 1.0}}}, r"parameter 'dropout': expected a number in \[0.0"),
+    ({"search": {"learning_rate": {"low": 0, "high": 0.1, "log": True}}}, r"parameter 'learning_rate'"),
+    ({"search": {"batch_size": {"low": 4, "high": 32, "step": 2.5}}}, r"parameter 'batch_size': step"),
+    ({"search": {"backbone": ["ResNet50"]}}, r"parameter 'backbone': expected one of"),
+    ({"search": {"dropout": "table"}}, r"parameter 'dropout' has no Table 3.2 values"),
+    ({"search": {"optimizer": {"low": 1, "high": 2}}}, r"parameter 'optimizer': a range"),
+    ({"search": {"targets": [["MD"]]}}, r"parameter 'targets' cannot be searched"),
+    ({"search": {"dropout": []}}, r"parameter 'dropout': expected at least one choice"),
+    ({"search": {"dropout": [0.1, 0.1]}}, r"parameter 'dropout': choices .* repeat"),
+    ({"fixed": {"dropout": 0.2}, "search": {"dropout": [0.1]}}, r"parameter 'dropout' is both fixed"),
+    ({"fixed": {"patience": 0}, "search": {"dropout": [0.1]}}, r"fixed: parameter 'patience'"),
+    ({"space": {"dropout": [0.1]}}, r"unknown section 'space'"),
+    ({"search": {"optimizer": ["adam"], "weight_decay": "table"}},
+     r"parameter 'weight_decay' is only used when optimizer is one of \['adamw'\]"),
+    ({"search": {"warmup_epochs": {"low": 1, "high": 3}}},
+     r"parameter 'warmup_epochs' is only used when lr_schedule .* config sets lr_schedule: 'none'"),
+])
+def test_invalid_space_is_rejected_naming_the_parameter(tmp_path, capsys, blobs, values, message):
+    path = _space_file(tmp_path, values)
+    config = _space_file(tmp_path, QUICK, "quick.yaml")
+    out = tmp_path / "out"
+    assert main(["tune", "--config", config, "--space", path, "--data", str(blobs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and path in err, err
+    with pytest.raises(InputError, match=message):
+        space = load_space(path)
+        space.check_against(space.start_config(configs.from_dict(QUICK)))
+    assert not out.exists()
+
+
+def test_conditional_parameters_are_sampled_only_when_used():
+    space = table_space()
+    start = configs.from_dict({**QUICK, "backbone": "MobileNet", "weights": "imagenet"})
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=10),
+                                direction="maximize")
+    study.optimize(lambda trial: float(len(space.sample(trial, start))), n_trials=40)
+    for trial in study.trials:
+        params = trial.params
+        assert ("weight_decay" in params) == (params["optimizer"] == "adamw")
+        assert ("learning_rate" in params) == (params["lr_schedule"] == "none")
+        for name in SCHEDULE_CHILDREN:
+            assert (name in params) == (params["lr_schedule"] == "warmup_cosine"), params
+        configs.with_values(start, params)  # every sample is a valid config
+    seen = {(t.params["optimizer"], t.params["lr_schedule"]) for t in study.trials}
+    assert seen == {(o, s) for o in ("adam", "adamw") for s in ("none", "warmup_cosine")}
+
+
+def test_results_on_a_synthetic_study(tmp_path):
+    space = parse_space({"search": {"optimizer": "table", "weight_decay": "table", "dense_units": [8, 16],
+                                    "dropout": {"low": 0.0, "high": 0.5}}})
+    start = configs.from_dict(QUICK)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
+
+    def objective(trial):
+        values = space.sample(trial, start)
+        score = 0.9 - values["dropout"] + (0.05 if values["dense_units"] == 16 else 0.0)
+        trial.set_user_attr("val_MD_r2", score)
+        return score
+
+    study.optimize(objective, n_trials=12)
+    summary = results.write_results(study, start, space, ["MD"], str(tmp_path), "DATA", seed=0)
+    frame = pd.read_parquet(tmp_path / "trials.parquet")
+    assert len(frame) == 12 and summary["complete"] == 12 and summary["best_trial"] == study.best_trial.number
+    assert frame.loc[frame["objective"].idxmax(), "number"] == study.best_trial.number
+    assert set(frame["dense_units"]) == {8, 16}
+    assert pd.read_csv(tmp_path / "trials.csv")["dense_units"].dtype.kind == "i"
+    best = configs.load_config(str(tmp_path / "best_config.yaml"))
+    assert best == configs.with_values(start, study.best_trial.params)
+    text = (tmp_path / "summary.md").read_text()
+    assert f"## Best trial: #{study.best_trial.number}" in text and "| dropout |" in text
+    importances = text.split("## Parameter importances")[1]
+    rated = [line.split("|")[1].strip() for line in importances.splitlines() if line.startswith("| ")]
+    assert rated[0] == "parameter" and rated[1] == "dropout"  # the objective follows dropout most
+    assert sorted(rated[1:]) == sorted(space.names)
+
+    few = optuna.create_study(direction="maximize")
+    few.add_trials(study.trials[:9])
+    assert results.importances(few) == (None, "not computed: 9 complete trials, at least 10 needed")
+
+
+# ---- studies with training ----
+
+def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(tmp_path, blobs):
+    space = parse_space({"search": {"learning_rate": [1e-3, 3e-3, 1e-9, 1e3]}})
+    out = tmp_path / "tune"
+    summary = tune(configs.from_dict(QUICK), space, str(blobs), str(out), n_trials=4, startup_trials=2,
+                   warmup_epochs=1, enqueue=[{"learning_rate": v} for v in (1e-3, 3e-3, 1e-9, 1e3)])
+    frame = pd.read_parquet(out / "trials.parquet")
+    pd.testing.assert_frame_equal(frame, pd.read_csv(out / "trials.csv"), check_dtype=False)
+    assert list(frame["learning_rate"]) == [1e-3, 3e-3, 1e-9, 1e3]
+    assert list(frame["state"]) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"], frame.to_string()
+    assert list(frame["epochs"]) == [3, 3, 1, 1]  # both pruned after their first epoch
+    assert "behind the median" in frame.loc[2, "note"] and "diverged" in frame.loc[3, "note"]
+    assert frame["objective"].isna().tolist() == [False, False, True, True]
+    assert summary["best_trial"] == int(frame.loc[frame["objective"].idxmax(), "number"])
+    assert summary["val_r2"]["MD"] == pytest.approx(summary["objective"]) and summary["objective"] > 0.2
+    assert (out / STUDY_FILE).exists() and "## Best trial: #" in (out / "summary.md").read_text()
+
+    best = configs.load_config(str(out / "best_config.yaml"))
+    assert best.learning_rate == frame.loc[summary["best_trial"], "learning_rate"]
+    retrained = train(best, str(blobs), str(tmp_path / "retrained"))
+    assert retrained["r2"]["val"]["MD"] == pytest.approx(summary["objective"], abs=1e-6)
+
+
+def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_bucket, blobs, capsys):
+    out = storage.join(gcs_bucket, "tune")
+    config = _space_file(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
+    space_path = _space_file(tmp_path, {"search": {"learning_rate": [1e-3, 3e-3], "dense_units": [8, 16]}})
+    args = ["tune", "--config", config, "--space", space_path, "--data", str(blobs), "--out", out,
+            "--n-trials", "2", "--startup-trials", "2"]
+    killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-trials", "1"],
+                            capture_output=True, text=True, env=os.environ, timeout=300)
+    assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
+    assert not storage.exists(storage.join(out, "best_config.yaml"))
+    local = tmp_path / "mirrored.journal"
+    storage.download_file(storage.join(out, STUDY_FILE), local)
+    study = _journal_study(local)
+    [first] = study.trials
+    assert first.state.name == "COMPLETE"
+    # A process killed in the middle of a trial leaves it RUNNING in the study.
+    distributions = {"learning_rate": optuna.distributions.CategoricalDistribution([1e-3, 3e-3]),
+                     "dense_units": optuna.distributions.CategoricalDistribution([8, 16])}
+    interrupted = study.ask(distributions)
+    storage.upload_file(local, storage.join(out, STUDY_FILE))
+
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 finished trials, retrying 1 interrupted" in printed
+    with storage.local_copy(storage.join(out, "trials.parquet")) as path:
+        frame = pd.read_parquet(path)
+    assert list(frame["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert frame.loc[0, "objective"] == first.value  # kept, not trained again
+    assert printed.count("device: ") == 1  # one training: the retry
+    retry = frame.loc[2]
+    assert retry["note"] == "retry of trial 1"
+    assert (retry["learning_rate"], retry["dense_units"]) == (interrupted.params["learning_rate"],
+                                                              interrupted.params["dense_units"])
+    assert "interrupted" in frame.loc[1, "note"]
+
+
+# ---- Vertex AI Vizier and KFP ----
+
+def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
+    from google.auth.credentials import AnonymousCredentials
+
+    from histoxai.components.tune.vizier import build_tuning_job
+
+    base = configs.load_config(str(REPO / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
+    space = load_space(str(REPO / "configs" / "search_space.yaml"))
+    job = build_tuning_job(base, space, "gs://b/split", "gs://b/vizier", project="p", location="us-central1",
+                           credentials=AnonymousCredentials(), max_trial_count=30, objective_targets=["MD"])
+    spec = type(job._gca_resource).to_dict(job._gca_resource, use_integers_for_enums=False)
+    params = {p["parameter_id"]: p for p in spec["study_spec"]["parameters"]}
+    assert set(params) == set(space.names) - set(CONDITIONS)
+    assert params["batch_size"]["discrete_value_spec"]["values"] == [4, 8, 16, 24, 32]
+    assert len(params["backbone"]["categorical_value_spec"]["values"]) == 8
+    [decay] = params["optimizer"]["conditional_parameter_specs"]
+    assert decay["parameter_spec"]["parameter_id"] == "weight_decay"
+    assert decay["parent_categorical_values"]["values"] == ["adamw"]
+    nested = {c["parameter_spec"]["parameter_id"]: c["parent_categorical_values"]["values"]
+              for c in params["lr_schedule"]["conditional_parameter_specs"]}
+    assert nested == {"learning_rate": ["none"], **{k: ["warmup_cosine"] for k in SCHEDULE_CHILDREN}}
+    assert spec["study_spec"]["metrics"][0] == {"metric_id": "val_r2_mean", "goal": "MAXIMIZE"}
+    worker = spec["trial_job_spec"]["worker_pool_specs"][0]
+    assert worker["machine_spec"]["accelerator_type"] == "NVIDIA_TESLA_T4"
+    sent = json.loads(worker["container_spec"]["args"][1])
+    assert configs.from_dict(sent) == space.start_config(base)
+    assert spec["max_trial_count"] == 30
+
+    out = storage.join(gcs_bucket, "vizier")
+    config = _space_file(tmp_path, QUICK, "quick.yaml")
+    assert main(["tune", "--backend", "vizier", "--project", "p", "--config", config, "--data", "gs://b/split",
+                 "--space", str(REPO / "configs" / "search_space_demo.yaml"), "--out", out,
+                 "--n-trials", "4"]) == 0
+    written = json.loads(storage.read_text(storage.join(out, "vizier_job.json")))
+    assert written["maxTrialCount"] == 4 and written["trialJobSpec"]["baseOutputDirectory"] == {
+        "outputUriPrefix": out}
+
+
+def test_vizier_trial_trains_with_the_values_vertex_passes(tmp_path, blobs, monkeypatch):
+    from histoxai.components.tune.vizier import METRIC, run_trial
+
+    metric_file = tmp_path / "hypertune" / "output.metrics"
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
+    monkeypatch.setenv("AIP_MODEL_DIR", str(tmp_path / "trial"))
+    base = {**QUICK, "finetune_epochs": 1}
+    vertex_args = ["--batch_size=16.0", "--optimizer=adamw", "--weight_decay=0.004", "--augment_flip=true"]
+    metrics = run_trial(["--config-json", json.dumps(base), "--data", str(blobs), "--objective-targets", "MD",
+                         *vertex_args])
+    config = configs.load_config(str(tmp_path / "trial" / "config.yaml"))
+    assert (config.batch_size, config.optimizer, config.weight_decay, config.augment_flip) == (
+        16, "adamw", 0.004, True)
+    [line] = metric_file.read_text().splitlines()
+    assert float(json.loads(line)[METRIC]) == pytest.approx(metrics["r2"]["val"]["MD"])
+    with pytest.raises(InputError, match="--batch_size=8.5: expected a int"):
+        run_trial(["--config-json", json.dumps(base), "--data", str(blobs), "--objective-targets", "MD",
+                   "--batch_size=8.5"])
+
+
+def _tune_only_pipeline(base: dict, space: dict, n_trials: int):
+    from kfp import dsl
+
+    from histoxai.components.tune.component import tune_step
+
+    @dsl.pipeline(name="tune-only")
+    def tune_only(split_uri: str = "gs://b/split"):
+        split = dsl.importer(artifact_uri=split_uri, artifact_class=dsl.Dataset, reimport=False)
+        tune_step(split=split.output, base_config=base, search_space=space, targets="MD", n_trials=n_trials)
+
+    return tune_only
+
+
+def test_component_compiles_in_a_one_step_pipeline(tmp_path):
+    from kfp import compiler
+
+    from histoxai.components.tune.component import config_parameter
+    from histoxai.images import GPU_IMAGE
+
+    base = config_parameter(configs.from_dict(QUICK).to_dict())
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(_tune_only_pipeline(base, {"search": {"dropout": [0.0, 0.1]}}, 4), str(path))
+    compiled = yaml.safe_load(path.read_text())
+    executor = compiled["deploymentSpec"]["executors"]["exec-tune-step"]["container"]
+    assert executor["image"] == GPU_IMAGE
+    outputs = compiled["components"]["comp-tune-step"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+        "study": "system.Artifact", "best_config": "system.Artifact", "summary": "system.Markdown",
+        "metrics": "system.Metrics"}
+    constant = compiled["root"]["dag"]["tasks"]["tune-step"]["inputs"]["parameters"]["base_config"]
+    assert constant["runtimeValue"]["constant"]["batch_size"] == 8.0  # a JSON number: why restore_ints exists
+    assert configs.from_dict(restore_ints(constant["runtimeValue"]["constant"])) == configs.from_dict(QUICK)
+
+
+def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs):
+    from kfp import local
+
+    from histoxai.components.tune.component import config_parameter
+
+    # KFP turns the dict parameters' integers into floats; the component must read them back.
+    base = config_parameter(configs.from_dict({**QUICK, "finetune_epochs": 1}).to_dict())
+    space = {"fixed": {"patience": 4}, "search": {"dense_units": [8, 16]}}
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    _tune_only_pipeline(base, space, 1)(split_uri=str(blobs.parent))
+    [step] = (tmp_path / "root").glob("tune-only-*/tune-step")
+    best = configs.load_config(str(step / "best_config"))
+    assert (best.targets, best.patience, best.finetune_epochs) == (("MD",), 4, 1)
+    assert best.dense_units in (8, 16)
+    assert "## Best trial: #0" in (step / "summary").read_text()
+    executor_output = json.loads((step / "executor_output.json").read_text())
+    metrics = executor_output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    frame = pd.read_parquet(step / "study" / "trials.parquet")
+    assert metrics["best_objective"] == pytest.approx(frame.loc[0, "objective"]) and metrics["trials"] == 1
