@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "tune": "histoxai.components.tune.cli",
     "baseline": "histoxai.components.evaluate.cli_baseline",
     "evaluate": "histoxai.components.evaluate.cli",
+    "explain": "histoxai.components.explain.cli",
 }
 
 

@@ -1,0 +1,82 @@
+"""KFP component of the explain step: raw saliency maps of one trained model and its trust report."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
+
+from histoxai.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def explain_model(
+    model: Input[Model],
+    split: Input[Dataset],
+    maps: Output[Dataset],
+    metrics: Output[Metrics],
+    trust_html: Output[HTML],
+    trust_markdown: Output[Markdown],
+    methods: list = ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=30",  # noqa: B006 (KFP reads it)
+                     "smoothgrad:sigma=0.3,n=30", "vanilla", "ig"],
+    targets: str = "",
+    scores: str = "increase",
+    splits: str = "test",
+    samples: str = "",
+    max_patches: int = 0,
+    shard_range: str = "",
+    phantom_dir: str = "",
+    batch_size: int = 16,
+    gradient_batch: int = 64,
+    trust_patches: int = 32,
+    seed: int = 0,
+):
+    """Maps of `model` (a training output folder) for the patches of `split` (the split folder).
+
+    Parameters as `histoxai explain` (comma-separated lists; '' = default; max_patches 0 = all;
+    shard_range 'A:B' to fan out over shards). maps: the output folder (maps.parquet, maps/, trust
+    files, explain.json), readable with histoxai.components.explain.store.open_maps; metrics: map and
+    NaN counts, and per target x method the trust measures.
+    """
+    import re
+
+    import pandas as pd
+
+    from histoxai import storage
+    from histoxai.components.explain.explain import explain, parse_shard_range
+    from histoxai.pipelines.artifacts import location
+
+    def listed(text: str) -> list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    out = location(maps)
+    # overwrite: a retried task may find an earlier attempt's partial output
+    summary = explain(location(model), location(split), out, methods=methods,
+                      targets=listed(targets) or None, scores=listed(scores) or ["increase"],
+                      splits=listed(splits), samples=listed(samples), max_patches=max_patches or None,
+                      shard_range=parse_shard_range(shard_range), batch_size=batch_size,
+                      gradient_batch=gradient_batch, phantom_dir=phantom_dir or None,
+                      trust_patches=trust_patches, seed=seed, overwrite=True)
+    for name in ("maps", "patches", "nan_maps", "blank_maps"):
+        metrics.log_metric(name, summary[name])
+    if trust_patches:
+        import io
+
+        trust = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(out, "trust.parquet"))))
+        measures = [c for c in ("nan_maps", "blank_maps", "mask_mass", "mask_rank_accuracy", "deletion_auc",
+                                "insertion_auc") if c in trust.columns]
+        for row in trust.itertuples(index=False):
+            for measure in measures:
+                value = getattr(row, measure)
+                if pd.notna(value):
+                    name = f"{measure}_{row.target}_{row.method}_{row.setting}_{row.score}"
+                    metrics.log_metric(re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"), float(value))
+        storage.write_bytes(location(trust_html), storage.read_bytes(storage.join(out, "trust.html")))
+        storage.write_bytes(location(trust_markdown), storage.read_bytes(storage.join(out, "trust.md")))
+    else:
+        skipped = "Trust measures not computed (trust_patches = 0)."
+        storage.write_text(location(trust_html), f"<!DOCTYPE html><html><body><p>{skipped}</p></body></html>")
+        storage.write_text(location(trust_markdown), skipped + "\n")
+    maps.metadata.update({"methods": summary["methods"], "scores": summary["scores"],
+                          "targets": summary["targets"], "cam_layer": summary["cam_layer"],
+                          "table": "maps.parquet", "reader": "histoxai.components.explain.store.open_maps",
+                          "flagged": summary.get("trust", {}).get("flagged", [])})
+    for artifact in (trust_html, trust_markdown):
+        artifact.metadata["step"] = "explain"
