@@ -4,7 +4,7 @@ Outputs: `study` (the study folder: study.journal, trials.parquet / .csv, summar
 best_config.yaml), `best_config` (the best config YAML alone, for the train step's --config),
 `summary` (Markdown, shown in the pipeline UI) and `metrics` (best objective, trial counts). On
 Vertex AI the study folder is written through the GCS client to the artifact's gs:// URI, so a
-retried task continues the same study.
+retried task that gets the same output URI continues the same study.
 """
 
 from kfp import dsl

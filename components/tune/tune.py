@@ -7,7 +7,8 @@ validation R² goes to a median pruner, which stops trials that fall behind earl
 trial (non-finite R²) is pruned at once. The sampler is TPE, seeded.
 
 OUT/study.journal (Optuna's journal file) is the resume state: a killed run restarted with the same
-OUT continues the same study, keeps its finished trials and retries the trial it was in. For gs://
+OUT continues the same study, keeps its finished trials and retries the trial it was in (so one
+process at a time per OUT: a trial found RUNNING at the start is taken as interrupted). For gs://
 OUT the journal is kept locally and mirrored to the bucket after every trial. At the end OUT gets
 trials.parquet / trials.csv, summary.md and best_config.yaml (written last: it marks a complete
 result), which `histoxai train --config` accepts unchanged.
