@@ -230,10 +230,11 @@ def test_method_parsing():
         parse_method("vanilla:n=3")
 
 
-def test_mixed_precision_model_is_explained_in_float32(net, engine, images):
-    mixed = _build("mixed_float16")
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_model_is_explained_in_float32(net, engine, images, precision):
+    mixed = _build(precision)
     mixed.set_weights(net.get_weights())
-    assert any(layer.compute_dtype == "float16" for layer in mixed.layers)
+    assert any(layer.compute_dtype == precision.removeprefix("mixed_") for layer in mixed.layers)
     copy = SaliencyEngine(mixed)
     assert all(layer.compute_dtype == "float32" for layer in copy.model.layers)
     for text in ("gradcam++:layer=top_activation", "vanilla"):
@@ -310,12 +311,11 @@ def test_deletion_and_insertion_reward_the_right_order():
     linear = SimpleNamespace(predict=lambda x, target: x[..., 0].mean(axis=(1, 2)))  # S = mean of red
     blurred = np.zeros_like(images)
     best = trust._ranks(images[..., 0])
-    curves = trust.perturbation_curves(linear, images, blurred, best, "t", Score(), np.zeros(4), 36)
-    spread = images[..., 0].mean(axis=(1, 2)).std()
-    expected = -np.cumsum(np.sort(images[..., 0].reshape(4, -1), axis=1)[:, ::-1], axis=1) / 36 / spread
+    curves = trust.perturbation_curves(linear, images, blurred, best, "t", Score(), np.zeros(4), 36, 2.5)
+    expected = -np.cumsum(np.sort(images[..., 0].reshape(4, -1), axis=1)[:, ::-1], axis=1) / 36 / 2.5
     np.testing.assert_allclose(curves["deletion"][:, 1:], expected, rtol=1e-5)
     random = trust.perturbation_curves(linear, images, blurred, np.stack([rng.permutation(36)] * 4), "t",
-                                       Score(), np.zeros(4), 36)
+                                       Score(), np.zeros(4), 36, 2.5)
     assert trust.auc(curves["deletion"]).mean() < trust.auc(random["deletion"]).mean()
     assert trust.auc(curves["insertion"]).mean() > trust.auc(random["insertion"]).mean()
 

@@ -23,6 +23,16 @@ def _subset(frame, patches: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 1).choice(len(frame), count, replace=False))
 
 
+def _spread(table, target: str, score) -> float:
+    """Standard deviation of the score S(ŷ, y) over every explained patch of a target."""
+    import tensorflow as tf
+
+    rows = table[(table["target"] == target) & (table["map_id"] == table.groupby(
+        ["sample", "row", "col", "target"])["map_id"].transform("min"))]
+    values = score(tf.constant(rows["y_hat"], tf.float32), tf.constant(rows["y"], tf.float32)).numpy()
+    return float(np.nanstd(values)) if np.isfinite(values).sum() > 1 else 1.0
+
+
 def _images(frame) -> np.ndarray:
     from histoxai import dataset
 
@@ -88,7 +98,7 @@ def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, tar
         found = {}
         for name, order in (("map", trust._ranks(maps)), ("random", random_order)):
             found[name] = trust.perturbation_curves(saliency, images, blurred, order, target, score,
-                                                    references, steps)
+                                                    references, steps, _spread(table, target, score))
         row = {"target": target, "method": spec.method, "setting": spec.setting, "score": score.label}
         for name, kinds in found.items():
             for kind, values in kinds.items():

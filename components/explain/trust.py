@@ -12,7 +12,8 @@
   relevance (NaN last); deletion replaces the top fraction f by a blurred copy of the image (Gaussian,
   sigma = size / 10), insertion puts the top fraction of the image onto the blurred copy, for
   f = 0, 1/steps, ..., 1. A curve is the score's change from its start (S(f) - S(image) for deletion,
-  S(f) - S(blurred) for insertion) in units of the score's standard deviation over the subset, so
+  S(f) - S(blurred) for insertion) in units of the score's standard deviation over all explained
+  patches (from ŷ and y of the maps table), so
   targets of any scale compare; a lower deletion AUC (the score falls fast) and a higher insertion
   AUC mean a more faithful map. A random pixel order is the reference.
 - Sanity (Adebayo et al. 2018): on the same subset, the head and then the top `randomize_blocks`
@@ -102,10 +103,11 @@ def _ranks(maps: np.ndarray) -> np.ndarray:
 
 
 def perturbation_curves(saliency, images: np.ndarray, blurred: np.ndarray, order: np.ndarray, target: str,
-                        score, references: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+                        score, references: np.ndarray, steps: int, spread: float) -> dict[str, np.ndarray]:
     """Deletion and insertion curves (B, steps + 1) for pixel orders (B, H*W): the score's change from
-    the curve's start (the image for deletion, the blurred image for insertion) over the score's
-    standard deviation across the batch."""
+    the curve's start (the image for deletion, the blurred image for insertion) divided by `spread`
+    (the score's standard deviation over the explained patches: comparable across targets, and,
+    unlike dividing by S(image) - S(blurred) per patch, stable when that gap is small)."""
     import tensorflow as tf
 
     batch, height, width, _ = images.shape
@@ -122,10 +124,7 @@ def perturbation_curves(saliency, images: np.ndarray, blurred: np.ndarray, order
             y = saliency.predict(mixed.astype(np.float32), target)
             values[:, i] = score(tf.constant(y, tf.float32), tf.constant(references, tf.float32)).numpy()
         curves[kind] = values
-    # in units of the score's spread over these patches, from each curve's start: comparable across
-    # targets, and (unlike dividing by S(image) - S(blurred) per patch) stable when that gap is small
-    spread = float(np.std(curves["deletion"][:, 0])) or 1.0
-    return {k: (v - v[:, :1]) / spread for k, v in curves.items()}
+    return {k: (v - v[:, :1]) / (spread or 1.0) for k, v in curves.items()}
 
 
 def blur(images: np.ndarray) -> np.ndarray:
