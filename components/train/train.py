@@ -225,10 +225,9 @@ def _prepare_out(out_uri: str, overwrite: bool) -> None:
     if storage.exists(storage.join(out_uri, "metrics.json")) and not overwrite:
         raise InputError(f"{out_uri}: already holds a finished training (metrics.json); "
                          "pass --overwrite to train again")
-    if overwrite and not storage.is_gcs(out_uri):
+    if overwrite:
         for name in (*RESULT_FILES, "checkpoints"):
-            path = Path(out_uri) / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            storage.remove(storage.join(out_uri, name))
 
 
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
@@ -286,8 +285,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
         _publish(net, config, state, metrics, store, out_uri)
     finally:
         store.close()
-    if not storage.is_gcs(out_uri):
-        shutil.rmtree(store.dir, ignore_errors=True)
+    storage.remove(store.uri)  # the run finished: its resume state is no longer needed
     return metrics
 
 
