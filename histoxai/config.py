@@ -243,19 +243,27 @@ def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, An
 
 def load_config(uri: str | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (local or gs://; None = all defaults), apply overrides, validate."""
-    import yaml
-
     from histoxai import storage
 
-    values: dict[str, Any] = {}
-    source = str(uri) if uri else "defaults"
-    if uri:
-        try:
-            values = yaml.safe_load(storage.read_text(uri)) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{uri}: not valid YAML ({err})") from None
-        if not isinstance(values, dict):
-            raise InputError(f"{uri}: expected a mapping of hyperparameters at the top level")
+    if not uri:
+        return config_from_yaml("", overrides, "defaults")
+    return config_from_yaml(storage.read_text(uri), overrides, str(uri))
+
+
+def config_from_yaml(text: str, overrides: Mapping[str, Any] | None = None,
+                     source: str = "config") -> TrainConfig:
+    """Validate YAML text (a mapping of hyperparameters; empty = all defaults) with overrides applied.
+
+    `source` names the text in error messages (a file, or a pipeline parameter).
+    """
+    import yaml
+
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{source}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{source}: expected a mapping of hyperparameters at the top level")
     if overrides:
         values = {**values, **overrides}
         source = f"{source} (with overrides {sorted(overrides)})"

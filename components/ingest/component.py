@@ -1,0 +1,39 @@
+"""KFP component of the ingest step: one sample folder -> a Dataset (shards + manifest) and its QC page."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Output
+
+from histoxai.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(
+    samples_uri: str,
+    sample: str,
+    data: Output[Dataset],
+    qc: Output[Markdown],
+    patch_size: int = 360,
+    erosion: int = 5,
+    encoding: str = "png",
+    shard_size: int = 1000,
+):
+    """Cut sample `sample` (the folder SAMPLES_URI/<sample>, local or gs://) into patches.
+
+    data: the ingest output folder (shards/, manifest.parquet, qc.md, qc_thumbnail.png, ingest.json);
+    qc: the sample's QC page (rules, drop counts, value ranges).
+    """
+    from histoxai import storage
+    from histoxai.components.ingest.ingest import ingest_sample
+    from histoxai.pipelines.artifacts import location
+
+    out = location(data)
+    counts = ingest_sample(storage.join(samples_uri, str(sample)), out, sample_id=str(sample),
+                           patch_size=patch_size, erosion=erosion, encoding=encoding,
+                           shard_size=shard_size, overwrite=True)  # a retried task replaces its own output
+    data.metadata.update({
+        "sample": counts["sample"], "patches": counts["kept"], "voxels": counts["voxels"],
+        "patch_size": counts["patch_size"], "encoding": counts["encoding"], "shards": counts["shards"],
+        "source": counts["sample_dir"], "manifest": "manifest.parquet",
+    })
+    storage.write_text(location(qc), storage.read_text(storage.join(out, "qc.md")))
+    qc.metadata["sample"] = counts["sample"]

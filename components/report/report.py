@@ -1,0 +1,249 @@
+"""The run report: one Markdown + HTML page and a summary.json that sum up a run from its steps' outputs.
+
+`build_report(...)` reads what the other steps wrote (ingest.json per sample, split.json, each model's
+metrics.json and config.yaml, and, when given, the evaluate step's table and the explain steps'
+trust measures) and returns the summary (summary.json), the Markdown and the self-contained HTML.
+`terminal_summary` prints the summary's headline figures.
+The report holds no numbers of its own: every figure is read from the step that produced it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from histoxai import storage
+from histoxai.errors import InputError
+from histoxai.metrics import format_value, markdown_table
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def _json(uri: str, what: str) -> dict:
+    try:
+        return json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{uri}: not valid JSON ({err}); expected the {what}") from err
+
+
+def _config(uri: str) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(storage.read_text(uri)) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{uri}: not valid YAML ({err}); expected a training config") from err
+
+
+def data_section(ingest_dirs: Sequence[str], split_dir: str) -> dict:
+    """Patches per sample (ingest.json) and per sample and set (split.json)."""
+    samples = []
+    for folder in ingest_dirs:
+        info = _json(storage.join(folder, "ingest.json"), "ingest step's ingest.json")
+        samples.append({"sample": info["sample"], "voxels": info["voxels"], "patches": info["kept"],
+                        "patch_size": info["patch_size"], "source": info["sample_dir"]})
+    split = _json(storage.join(split_dir, "split.json"), "split step's split.json")
+    return {"samples": samples, "split_options": split["options"], "split_counts": split["counts"]}
+
+
+def models_section(model_dirs: Mapping[str, str]) -> dict:
+    """Per model: targets, backbone, epochs and R² per split and target as training measured it."""
+    models = {}
+    for name, folder in model_dirs.items():
+        metrics = _json(storage.join(folder, "metrics.json"), "train step's metrics.json")
+        config = _config(storage.join(folder, "config.yaml"))
+        models[name] = {"targets": metrics["targets"], "backbone": config.get("backbone"),
+                        "epochs": metrics["epochs"], "device": metrics["device"],
+                        "r2": metrics["r2"], "n": metrics["n"], "folder": folder}
+    return models
+
+
+def training_r2_table(models: Mapping[str, dict]) -> pd.DataFrame:
+    """Rows: train / val / test set; columns: '<target> (<model>)'; cells: R² from training."""
+    rows = []
+    for split in SPLIT_ORDER:
+        row = {"set": split}
+        for name, model in models.items():
+            for target in model["targets"]:
+                row[f"{target} ({name})"] = model["r2"].get(split, {}).get(target)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _parquet(uri: str, what: str) -> pd.DataFrame:
+    import io
+
+    try:
+        return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+    except InputError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise InputError(f"{uri}: not a readable Parquet table ({err}); expected the {what}") from err
+
+
+def evaluation_table(evaluation_dir: str) -> pd.DataFrame:
+    """R² in the thesis's Table 4.1 layout (samples, then train / validation / test set), from evaluate."""
+    from histoxai.components.evaluate.evaluate import TABLE_FILE
+    from histoxai.components.evaluate.report import table41
+
+    table = _parquet(storage.join(evaluation_dir, TABLE_FILE), "evaluate step's evaluation table")
+    return table41(table, "r2")
+
+
+TRUST_COLUMNS = {  # trust.parquet column -> heading in the report
+    "target": "target", "method": "method", "setting": "setting", "nan_maps": "NaN share",
+    "blank_maps": "blank share", "mask_mass": "mask mass", "mask_area": "mask area (random mass)",
+    "deletion_auc": "deletion AUC", "random_deletion_auc": "deletion AUC, random order",
+    "insertion_auc": "insertion AUC", "random_insertion_auc": "insertion AUC, random order",
+    "randomization_flag": "randomisation flag",
+}
+
+
+def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, list[str]]:
+    """The explain steps' trust measures per model, target and method (one row per output part when
+    the maps were fanned out over shard ranges), and the methods flagged by the randomisation check."""
+    from histoxai.components.explain.explain import SUMMARY_NAME
+    from histoxai.components.explain.trust import TRUST_TABLE
+
+    frames, flagged = [], []
+    for model, folders in maps_dirs.items():
+        for part, folder in enumerate(folders):
+            info = _json(storage.join(folder, SUMMARY_NAME), "explain step's explain.json")
+            flagged += [f"{model}: {item}" for item in info.get("trust", {}).get("flagged", [])]
+            if not storage.exists(storage.join(folder, TRUST_TABLE)):
+                continue  # trust measures were turned off for this run
+            frame = _parquet(storage.join(folder, TRUST_TABLE), "explain step's trust table")
+            frame = frame[[c for c in TRUST_COLUMNS if c in frame.columns]].rename(columns=TRUST_COLUMNS)
+            frame.insert(0, "model", model if len(folders) == 1 else f"{model} (part {part + 1})")
+            frames.append(frame)
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), flagged
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def build_report(*, ingest_dirs: Sequence[str], split_dir: str, model_dirs: Mapping[str, str],
+                 evaluation_dir: str | None = None, maps_dirs: Mapping[str, Sequence[str]] | None = None,
+                 parameters: Mapping | None = None, config: str = "",
+                 code_version: str | None = None) -> tuple[dict, str, str]:
+    """(summary, markdown, html) for one run; evaluation and saliency sections when given."""
+    data = data_section(ingest_dirs, split_dir)
+    models = models_section(model_dirs)
+    training = training_r2_table(models)
+    evaluation = evaluation_table(evaluation_dir) if evaluation_dir else None
+    trust, flagged = trust_table(maps_dirs or {})
+    summary = {"code_version": code_version, "parameters": dict(parameters or {}), "config": config, **data,
+               "models": models, "training_r2_table": _records(training),
+               "r2_table": _records(evaluation) if evaluation is not None else None,
+               "trust_table": _records(trust), "flagged": flagged}
+    sections = _sections(summary, training, evaluation, trust)
+    return summary, render_markdown(sections), render_html(sections, "histoxai run report")
+
+
+def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | None,
+              trust: pd.DataFrame) -> list[tuple[str, object]]:
+    options = summary["split_options"]
+    counts = pd.DataFrame.from_dict(summary["split_counts"], orient="index")
+    counts.insert(0, "sample", counts.index)
+    models = pd.DataFrame([
+        {"model": name, "targets": ", ".join(m["targets"]), "backbone": m["backbone"],
+         "epochs frozen": m["epochs"]["frozen"], "epochs fine-tuned": m["epochs"]["finetune"],
+         "device": m["device"]} for name, m in summary["models"].items()])
+    fractions = "/".join(str(f) for f in options["fractions"])
+    sections: list[tuple[str, object]] = [("h1", "histoxai run report")]
+    if summary["code_version"]:
+        sections.append(("p", f"Code version {summary['code_version']}."))
+    if summary["parameters"]:
+        sections.append(("list", [f"{k}: {v}" for k, v in summary["parameters"].items()]))
+    if evaluation is not None:
+        sections += [("h2", "R² per sample and set (Table 4.1 layout; * = a training sample)"),
+                     ("table", evaluation),
+                     ("p", "Standard R² = 1 - SSE/SST; the evaluate step's report adds the other metrics, "
+                           "the original study's baselines and the predicted, measured and residual maps.")]
+    sections += [("h2", "R² as training measured it (train / validation / test set)"), ("table", training)]
+    if not trust.empty:
+        sections += [("h2", "Can the saliency maps be trusted?"), ("table", trust),
+                     ("p", "Mask mass: share of positive relevance inside the true nuclei (phantom, CC); "
+                           "a trustworthy map beats the mask area. Deletion AUC lower and insertion AUC "
+                           "higher than with a random pixel order mean a faithful map. Randomisation flag: "
+                           "the maps barely change when the model's weights are re-initialised.")]
+        if summary["flagged"]:
+            sections.append(("list", [f"flagged: {item}" for item in summary["flagged"]]))
+    sections += [
+        ("h2", "Models"), ("table", models),
+        ("h2", "Data"),
+        ("table", pd.DataFrame(summary["samples"]).drop(columns="source")),
+        ("p", f"Split: strategy {options['strategy']}, "
+              f"training samples {', '.join(options['train_samples'])}, fractions {fractions}, "
+              f"seed {options['seed']}."),
+        ("table", counts),
+    ]
+    if summary["config"]:
+        sections += [("h2", "Training config"), ("pre", summary["config"])]
+    return sections
+
+
+def render_markdown(sections: Sequence[tuple[str, object]]) -> str:
+    """Sections ('h1'|'h2'|'p'|'list'|'pre'|'table', content) as Markdown."""
+    parts = []
+    for kind, content in sections:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"{'#' * int(kind[1])} {content}\n")
+        elif kind == "p":
+            parts.append(f"{content}\n")
+        elif kind == "list":
+            parts.append("".join(f"- {item}\n" for item in content))
+        elif kind == "pre":
+            parts.append(f"```\n{content.rstrip()}\n```\n")
+        elif kind == "table":
+            parts.append(markdown_table(content))
+    return "\n".join(parts)
+
+
+STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+         "td:first-child,th:first-child{text-align:left}th{background:#eee}")
+
+
+def render_html(sections: Sequence[tuple[str, object]], title: str) -> str:
+    """The same sections as one self-contained HTML page (the pipeline UI shows it as is)."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>"]
+    for kind, content in sections:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(str(content))}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(str(content))}</p>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(str(content))}</pre>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in content) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in content.columns)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>"
+                           for row in content.itertuples(index=False))
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def terminal_summary(summary: Mapping) -> str:
+    """The summary's headline figures as plain text for a terminal: R² table, trust table, flags."""
+    if summary.get("r2_table"):
+        lines = ["R² per sample and set (* = a training sample), from the evaluate step:",
+                 markdown_table(pd.DataFrame(summary["r2_table"])).rstrip()]
+    else:
+        lines = ["R² (train / validation / test set), from training:",
+                 markdown_table(pd.DataFrame(summary["training_r2_table"])).rstrip()]
+    if summary.get("trust_table"):
+        trust = pd.DataFrame(summary["trust_table"])
+        lines += ["\nSaliency trust, from the explain step:", markdown_table(trust).rstrip()]
+    if summary.get("flagged"):
+        lines.append("Flagged by the randomisation check: " + "; ".join(summary["flagged"]))
+    patches = ", ".join(f"sample {s['sample']}: {s['patches']}" for s in summary["samples"])
+    lines.append(f"\nPatches: {patches}")
+    return "\n".join(lines)

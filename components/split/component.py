@@ -1,0 +1,42 @@
+"""KFP component of the split step: the ingested samples -> one split Dataset and its table of counts."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Output
+
+from histoxai.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def split(
+    manifests: Input[list[Dataset]],
+    train_samples: list[str],
+    data: Output[Dataset],
+    table: Output[Markdown],
+    strategy: str = "random",
+    fractions: list[float] = [0.6, 0.2, 0.2],  # noqa: B006 (KFP reads defaults from the signature)
+    seed: int = 0,
+    block_size: int = 8,
+    guard: int = 1,
+):
+    """Pool `train_samples` into train/val/test (random or spatially blocked); other samples are heldout.
+
+    data: the split folder (split.parquet, split.json, split.md); table: split.md, counts per sample and set.
+    """
+    import json
+
+    from histoxai import storage
+    from histoxai.components.split.split import INFO_FILE, TABLE_FILE, split_manifests
+    from histoxai.pipelines.artifacts import location
+
+    out = location(data)
+    # dsl.Collected and JSON list parameters can turn whole numbers into floats; sample ids are strings
+    ids = [str(int(s)) if isinstance(s, float) and s.is_integer() else str(s) for s in train_samples]
+    split_manifests([location(m) for m in manifests], out, train_samples=ids, strategy=strategy,
+                    fractions=fractions, seed=int(seed), block_size=int(block_size), guard=int(guard),
+                    overwrite=True)
+    info = json.loads(storage.read_text(storage.join(out, INFO_FILE)))
+    totals = {name: sum(row[name] for row in info["counts"].values())
+              for name in next(iter(info["counts"].values()))}
+    data.metadata.update({"strategy": strategy, "train_samples": info["options"]["train_samples"],
+                          "samples": sorted(info["counts"]), "patches": totals, "table": "split.parquet"})
+    storage.write_text(location(table), storage.read_text(storage.join(out, TABLE_FILE)))

@@ -1,0 +1,91 @@
+"""KFP components of the train step: resolve the run's training config, then train one model on the split."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from histoxai.images import CPU_IMAGE, GPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def resolve_config(
+    config: str = "",
+    overrides: list = [],  # noqa: B006 (KFP reads the default from the signature)
+    config_file: Input[Artifact] = None,
+) -> NamedTuple("Outputs", [("config", str), ("values", dict)]):
+    """The training config as the trainings get it: `config_file` (e.g. the tuning step's best config)
+    when given, else `config` (YAML text); then `overrides` (KEY=VALUE, values in YAML); validated.
+
+    Pipeline parameters carry the config as text, so a run records exactly what it trained with and
+    needs no config file in the image; a wrong key or value fails the run before any ingestion.
+    Targets are left to each model. Outputs: config (YAML text) and values, the same as a KFP dict
+    parameter (no nulls: weights null is "none", other null keys are left out), as the tuning step's
+    base_config takes it.
+    """
+    import yaml
+
+    from histoxai import storage
+    from histoxai.config import config_from_yaml, parse_overrides
+    from histoxai.pipelines.artifacts import location
+
+    source, text = "pipeline parameter config", config
+    if config_file is not None:
+        source, text = location(config_file), storage.read_text(location(config_file))
+    changes = parse_overrides(overrides, "pipeline parameter config_overrides")
+    resolved = config_from_yaml(text, changes, source)
+    values = resolved.to_dict()
+    values.pop("targets")
+    as_parameter = {k: v for k, v in values.items() if v is not None}
+    if values["weights"] is None:
+        as_parameter["weights"] = "none"
+    return yaml.safe_dump(values, sort_keys=False), as_parameter
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def train_model(
+    data: Input[Dataset],
+    config: str,
+    targets: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train one model for `targets` (e.g. MD,FA or CC) on the split with `config` (resolved YAML).
+
+    model: the training output folder (model.keras, config.yaml, history.csv, metrics.json,
+    tensorboard/), with lineage metadata; metrics: R² per split and target (r2_<split>_<target>) and
+    the patch counts (n_<split>). A retried task resumes from the checkpoints in its own output.
+    """
+    import hashlib
+    import json
+
+    from histoxai import storage
+    from histoxai.components.train.train import train
+    from histoxai.config import config_from_yaml
+    from histoxai.pipelines.artifacts import code_version, location
+
+    resolved = config_from_yaml(config, {"targets": targets}, "resolved config")
+    out, data_uri = location(model), location(data)
+    finished = storage.join(out, "metrics.json")
+    if storage.exists(finished):  # a retry of a task whose training had already finished
+        result = json.loads(storage.read_text(finished))
+    else:
+        result = train(resolved, data_uri, out)
+    for split, values in result["r2"].items():
+        metrics.log_metric(f"n_{split}", result["n"][split])
+        for target, value in values.items():
+            if value is not None:  # R² is undefined on an empty or constant split
+                metrics.log_metric(f"r2_{split}_{target}", value)
+    split_info = json.loads(storage.read_text(storage.join(data_uri, "split.json")))
+    import keras
+    import tensorflow as tf
+
+    model.metadata.update({
+        "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        "backbone": resolved.backbone, "targets": list(resolved.targets),
+        "config_hash": hashlib.sha256(resolved.to_yaml().encode()).hexdigest()[:16],
+        "training_samples": split_info["options"]["train_samples"],
+        "split_strategy": split_info["options"]["strategy"],
+        "code_version": code_version(), "device": result["device"], "epochs": result["epochs"],
+        "files": "model.keras, config.yaml, history.csv, metrics.json, tensorboard/",
+    })

@@ -1,0 +1,138 @@
+"""Submit the pipeline to Vertex AI Pipelines or to a Kubeflow Pipelines endpoint, once or on a schedule.
+
+Vertex AI (the default): the run goes to --project (default $HISTOXAI_PROJECT or $GOOGLE_CLOUD_PROJECT)
+in --region, writes its artifacts under --pipeline-root gs://..., runs as --service-account and
+carries --label KEY=VALUE labels. Credentials are Application Default Credentials
+(`gcloud auth application-default login`, or a service account on Google Cloud).
+Kubeflow Pipelines: --kfp-host URL (e.g. http://localhost:8888 after `make minikube-up`).
+--schedule CRON creates a Vertex AI pipeline schedule or a KFP recurring run instead of one run;
+--wait blocks until a single run ends. --no-cache turns step caching off for this run.
+
+--package sends a compiled package (`histoxai compile`); without it the current code is compiled
+with the compile options below. Run parameters as for `histoxai run-local`; --samples-uri must be a
+gs:// URI (Vertex AI) or a path the cluster's pods can read.
+
+Examples:
+  histoxai submit --project my-proj --region europe-west4 --pipeline-root gs://my-proj-runs/root \\
+      --service-account pipelines@my-proj.iam.gserviceaccount.com --samples-uri gs://my-proj-data/samples \\
+      --samples 3,4,5,6 --label team=histo --wait
+  histoxai submit --package pipeline.yaml --kfp-host http://localhost:8888 \\
+      --samples-uri gs://b/samples --schedule '0 3 * * 1'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+
+from histoxai.errors import InputError
+from histoxai.pipelines.cli_compile import COMPILE_OPTIONS, add_compile_arguments, compile_options
+from histoxai.pipelines.params import add_parameter_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package", help="compiled pipeline YAML (local or gs://); default: compile now")
+    parser.add_argument("--run-name", help="display name of the run (default: histoxai)")
+    parser.add_argument("--schedule", metavar="CRON",
+                        help="run on this 5-field cron schedule (e.g. '0 3 * * 1') instead of once")
+    parser.add_argument("--wait", action="store_true", help="wait for a single run to end")
+    parser.add_argument("--no-cache", action="store_true", help="turn step caching off for this run")
+    vertex = parser.add_argument_group("Vertex AI")
+    vertex.add_argument("--project", default=os.environ.get("HISTOXAI_PROJECT"),
+                        help="Google Cloud project (default $HISTOXAI_PROJECT, $GOOGLE_CLOUD_PROJECT or "
+                             "the credentials' project)")
+    vertex.add_argument("--region", default=os.environ.get("HISTOXAI_REGION", "us-central1"),
+                        help="Vertex AI region (default $HISTOXAI_REGION or us-central1)")
+    vertex.add_argument("--pipeline-root", default=os.environ.get("HISTOXAI_PIPELINE_ROOT"),
+                        help="gs:// folder for the run's artifacts (default $HISTOXAI_PIPELINE_ROOT)")
+    vertex.add_argument("--service-account", default=os.environ.get("HISTOXAI_SERVICE_ACCOUNT"),
+                        help="service account the steps run as (default $HISTOXAI_SERVICE_ACCOUNT)")
+    vertex.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="label on the run (repeatable)")
+    vertex.add_argument("--api-endpoint", help="another Vertex AI API endpoint (regional or private)")
+    kfp_group = parser.add_argument_group("Kubeflow Pipelines")
+    kfp_group.add_argument("--kfp-host", help="KFP API endpoint; submits there instead of Vertex AI")
+    kfp_group.add_argument("--experiment", default="histoxai", help="KFP experiment (default histoxai)")
+    kfp_group.add_argument("--namespace", help="KFP namespace (multi-user deployments)")
+    add_parameter_arguments(parser)
+    add_compile_arguments(parser, caching=False)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _vertex_credentials(project: str | None):
+    """Application Default Credentials and the project to use, or one clear InputError."""
+    import google.auth
+    from google.auth import exceptions as auth_exc
+
+    try:
+        credentials, adc_project = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except auth_exc.DefaultCredentialsError as err:
+        raise InputError("submit: no Google Cloud credentials; run `gcloud auth application-default login` "
+                         f"or set GOOGLE_APPLICATION_CREDENTIALS ({str(err).splitlines()[0]})") from err
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or adc_project
+    if not project:
+        raise InputError("submit: no Google Cloud project; pass --project or set GOOGLE_CLOUD_PROJECT")
+    return credentials, project
+
+
+@contextlib.contextmanager
+def _package(args: argparse.Namespace):
+    """A local copy of the package to send (compiled now when --package is not given)."""
+    from histoxai import storage
+    from histoxai.pipelines.pipeline import compile_package
+
+    if args.package:
+        fixed = [f"--{n.replace('_', '-')}" for n in COMPILE_OPTIONS if getattr(args, n) is not None]
+        if fixed:
+            raise InputError(f"{', '.join(fixed)}: compile options do not change a compiled --package; "
+                             "recompile it with `histoxai compile`, or leave out --package")
+        with storage.local_copy(args.package) as path:
+            yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="histoxai-submit-") as tmp:
+        path = os.path.join(tmp, "pipeline.yaml")
+        compile_package(path, compile_options(args))
+        yield path
+
+
+def run(args: argparse.Namespace) -> None:
+    from kfp import components
+
+    from histoxai.pipelines.params import check_parameters, parameters_from_args
+    from histoxai.pipelines.submit import check_cron, submit_kfp, submit_vertex, vertex_job
+
+    if args.schedule:
+        check_cron(args.schedule)
+    values = parameters_from_args(args)
+    caching = False if args.no_cache else None  # None: the compiled per-step settings
+    with _package(args) as package:
+        parameters = check_parameters(values, components.load_component_from_file(package).component_spec)
+        if args.kfp_host:
+            result = submit_kfp(package, host=args.kfp_host, parameters=parameters,
+                                experiment=args.experiment, run_name=args.run_name, caching=caching,
+                                schedule=args.schedule, namespace=args.namespace,
+                                service_account=args.service_account, wait=args.wait)
+        else:
+            if not args.pipeline_root:
+                raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
+                                 "(or set HISTOXAI_PIPELINE_ROOT)")
+            credentials, project = _vertex_credentials(args.project)
+            job = vertex_job(package, project=project, region=args.region, pipeline_root=args.pipeline_root,
+                             parameters=parameters, labels=_labels(args.label), caching=caching,
+                             run_name=args.run_name, credentials=credentials, api_endpoint=args.api_endpoint)
+            result = submit_vertex(job, service_account=args.service_account, schedule=args.schedule,
+                                   wait=args.wait)
+    for key, value in result.items():
+        print(f"{key:15s} {value}")

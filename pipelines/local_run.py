@@ -1,0 +1,152 @@
+"""Run the whole pipeline on this machine (kfp.local, subprocess runner, this environment), and publish it.
+
+kfp.local runs every task as a subprocess of the current Python (SubprocessRunner(use_venv=False):
+no Docker, no per-task virtual environment) and writes each output under
+OUT/<pipeline>-<timestamp>/<task>/<output>, the layout a KFP pipeline root has. Its verbose
+per-task log goes to OUT/<pipeline>-<timestamp>.log; the terminal gets a progress bar, one line per
+finished task and, on failure, the failing task with its error in one line.
+
+The pipeline root must be local: kfp.local writes a gs:// root to a local folder named `gs:`.
+`publish_run` copies a finished run to gs:// (or another folder) instead.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import json
+import re
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from histoxai import storage
+from histoxai.errors import InputError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILED_TASK = re.compile(r"Inner task failed: '([^']+)'")
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    run_dir: Path  # OUT/<pipeline>-<timestamp>
+    report_html: Path
+    summary: dict  # the report step's summary.json
+    log: Path
+    seconds: float
+
+
+class _TaskLog:
+    """A stdout replacement that sends the run's log to a file and remembers the last error line printed.
+
+    kfp.local's own "task finished" log lines get lost when ParallelFor branches log at the same time,
+    so progress comes from _Progress instead.
+    """
+
+    def __init__(self, log_file):
+        self._file, self._lock = log_file, threading.Lock()
+        self._pending = ""
+        self.last_error: str | None = None
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            text = _ANSI.sub("", text)
+            self._file.write(text)
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                error = _ERROR_LINE.match(line)
+                if error:
+                    self.last_error = f"{error.group(1)}: {error.group(2).strip()}"
+        return len(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class _Progress(threading.Thread):
+    """Advances the bar for each task that finished: kfp writes a task's executor_output.json on success."""
+
+    def __init__(self, root: Path, bar, terminal):
+        super().__init__(daemon=True)
+        self.root, self.bar, self.terminal = root, bar, terminal
+        self.started = time.time()
+        self.seen: set[Path] = set()
+        self.stopping = threading.Event()
+
+    def poll(self) -> None:
+        for path in sorted(self.root.glob("*/**/executor_output.json")):
+            if path not in self.seen and path.stat().st_mtime >= self.started:
+                self.seen.add(path)
+                task = path.parent.relative_to(self.root).as_posix().split("/", 1)[-1]
+                self.bar.update(1)
+                self.bar.write(f"  done {task}  (after {time.time() - self.started:.0f} s)",
+                               file=self.terminal)  # not sys.stdout: that is the log
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            self.poll()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        self.poll()
+
+
+def run_local(arguments: dict, out: str, *, options=None, caching: bool = False) -> LocalRun:
+    """Run the pipeline with `arguments` (pipeline parameters) into the local folder `out`."""
+    from kfp import local
+    from tqdm import tqdm
+
+    from histoxai.pipelines.params import check_parameters
+    from histoxai.pipelines.pipeline import CompileOptions, build_pipeline, task_count
+
+    if storage.is_gcs(out):
+        raise InputError(f"--out {out}: a local run needs a local folder (kfp.local would write a gs:// "
+                         "pipeline root to a local folder named 'gs:'); give a folder and --publish gs://...")
+    # no retries: a step that fails here fails the same way on a second try
+    pipeline_func = build_pipeline(options or CompileOptions(retries=0))
+    arguments = check_parameters(arguments, pipeline_func.component_spec)
+    root = Path(out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / f"{pipeline_func.name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}.log"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=caching)
+    started = time.perf_counter()
+    terminal, print_function = sys.stdout, builtins.print
+    with open(log, "w") as log_file, \
+            tqdm(total=task_count(arguments, pipeline_func), desc="pipeline", unit="task") as bar:
+        task_log, progress = _TaskLog(log_file), _Progress(root, bar, terminal)
+        progress.start()
+        try:
+            with contextlib.redirect_stdout(task_log), warnings.catch_warnings():
+                # accelerator, retry and image settings only mean something on a cluster
+                warnings.filterwarnings("ignore", module=r"kfp\.local")
+                task = pipeline_func(**arguments)
+        except RuntimeError as err:
+            failed = _FAILED_TASK.search(_ANSI.sub("", str(err)))
+            if not failed:
+                raise
+            error = task_log.last_error or "see the log"
+            raise InputError(f"pipeline task {failed.group(1)} failed: {error} (full log: {log})") from None
+        finally:
+            progress.stop()
+            # kfp.local indents print() per task; parallel branches can leave builtins.print swapped
+            builtins.print = print_function
+    report_html = Path(task.outputs["report"].uri)
+    summary = json.loads(Path(task.outputs["summary"].uri).read_text())
+    return LocalRun(run_dir=report_html.parents[1], report_html=report_html, summary=summary, log=log,
+                    seconds=time.perf_counter() - started)
+
+
+def publish_run(run: LocalRun, destination: str) -> str:
+    """Copy a finished local run (its folder and log) to DESTINATION/<run name>; returns that URI."""
+    target = storage.join(destination, run.run_dir.name)
+    if storage.list_files(target):
+        raise InputError(f"--publish {destination}: {target} already exists; expected a new location")
+    storage.upload_file(run.log, storage.join(target, "run.log"))
+    storage.publish_dir(run.run_dir, target, commit_last="report/summary")
+    return target

@@ -1,0 +1,117 @@
+"""Pipeline parameters from the command line: shared by `histoxai run-local` and `histoxai submit`.
+
+Common parameters have their own options (--samples-uri, --samples, --train-samples, --config,
+--set); any other goes through --param NAME=VALUE (VALUE in YAML: 64, true, [0.7, 0.15, 0.15]).
+Values are checked against the pipeline's own interface (names, types, required parameters), so a
+typo fails here with one line, not in the cloud an hour later.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from histoxai import storage
+from histoxai.errors import InputError
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# KFP's type names of pipeline parameters -> the Python types a value may have
+_TYPES = {"String": (str,), "Integer": (int,), "Float": (int, float), "Boolean": (bool,),
+          "List": (list,), "Dict": (dict,)}
+
+
+def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline parameters")
+    group.add_argument("--samples-uri", help="folder (local or gs://) holding one folder per sample, "
+                                             "in the dataset layout")
+    group.add_argument("--samples", help="comma-separated ids of the samples to ingest (default: all 16)")
+    group.add_argument("--train-samples", help="comma-separated ids of the samples pooled for training "
+                                               "(default: 3,4)")
+    group.add_argument("--config", help="training config: a YAML file (local or gs://) or the name of one in "
+                                        "configs/ (demo, thesis); default: the compiled default (thesis)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one training config key (value in YAML); repeatable")
+    group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="any pipeline parameter (value in YAML, e.g. patch_size=64, tuning=true); "
+                            "repeatable")
+
+
+def config_text(source: str) -> str:
+    """The training config named by `source` (file, gs:// URI or configs/ name), validated, as one line
+    of YAML (a pipeline parameter's default must be a single line in the compiled YAML's header)."""
+    import yaml
+
+    from histoxai.config import config_from_yaml
+
+    named = CONFIGS_DIR / f"{source}.yaml"
+    if not storage.is_gcs(source) and not Path(source).exists() and named.exists():
+        source = str(named)
+    if not storage.is_gcs(source) and not Path(source).exists():
+        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+        raise InputError(f"--config {source}: no such file; expected a YAML file, a gs:// URI or one of "
+                         f"{names or 'the names in configs/'}")
+    text = storage.read_text(source)
+    config_from_yaml(text, source=source)
+    values = yaml.safe_load(text) or {}
+    return yaml.safe_dump(values, default_flow_style=True, sort_keys=False, width=10**6).strip()
+
+
+def _comma_list(text: str, option: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise InputError(f"{option} {text!r}: expected a comma-separated list without empty entries, "
+                         "e.g. 3,4")
+    return items
+
+
+def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters the options name (not yet checked against a pipeline)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for pair in args.param:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--param {pair!r}: expected NAME=VALUE")
+        try:
+            values[name.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise InputError(f"--param {pair!r}: value is not valid YAML ({err})") from None
+    if args.samples_uri:
+        values["samples_uri"] = args.samples_uri
+    if args.samples:
+        values["samples"] = _comma_list(args.samples, "--samples")
+    if args.train_samples:
+        values["train_samples"] = _comma_list(args.train_samples, "--train-samples")
+    if args.config:
+        values["config"] = config_text(args.config)
+    if args.set:
+        from histoxai.config import config_from_yaml, parse_overrides
+
+        config_from_yaml(values.get("config", ""), parse_overrides(args.set))  # fail here, not in the run
+        values["config_overrides"] = list(args.set)
+    return values
+
+
+def check_parameters(values: Mapping[str, Any], component_spec) -> dict[str, Any]:
+    """Check names and types against a pipeline's inputs; every required parameter must be given."""
+    inputs = component_spec.inputs or {}
+    checked = {}
+    for name, value in values.items():
+        if name not in inputs:
+            raise InputError(f"pipeline parameter {name!r}: unknown; expected one of {sorted(inputs)}")
+        kind = inputs[name].type
+        if kind == "String" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # YAML reads 3 as a number; a string parameter wants "3"
+        allowed = _TYPES.get(kind, (object,))
+        if not isinstance(value, allowed) or (kind in ("Integer", "Float") and isinstance(value, bool)):
+            raise InputError(f"pipeline parameter {name}={value!r}: expected a {kind.lower()}")
+        checked[name] = value
+    missing = sorted(n for n, spec in inputs.items() if not spec.optional and n not in checked)
+    if missing:
+        options = ", ".join(f"--{n.replace('_', '-')}" if n == "samples_uri" else f"--param {n}=..."
+                            for n in missing)
+        raise InputError(f"pipeline parameter {', '.join(missing)}: required; give {options}")
+    return checked

@@ -1,0 +1,237 @@
+"""The histoxai pipeline (KFP v2): ingest per sample, split, [tune], train x2, evaluate, explain, report.
+
+DAG: the config is checked first (resolve config); ingest fans out over the samples (ParallelFor);
+split pools the training samples; with `tuning` on, an Optuna study (the tune step) picks the config,
+else the given one is used (dsl.If / dsl.Else joined by dsl.OneOf); the multi-task (MD, FA) and the
+single-task (CC) models train in parallel; evaluate scores both on every sample; explain runs per
+model, fanned out over shard ranges; the report sums up the run.
+
+`build_pipeline(options)` returns the @dsl.pipeline function. What a run may change is a pipeline
+parameter; what KFP fixes when it compiles is a CompileOptions field: CPU and memory requests, the
+accelerator type and count, retries, caching, and the parameters' defaults.
+
+Accelerators are compile-time constants (CompileOptions.accelerator_type / accelerator_count) on the
+GPU steps (tune, train, explain). KFP 2.17 would accept pipeline parameters there, but its compiler
+does not hand them into ParallelFor and dsl.If sub-DAGs (the explain fan-out, the tune branch): the
+compiled task reads an input its loop never declares and the run fails with "Parent pipeline input
+argument 'pipelinechannel--accelerator_count' not found". Vertex AI names accelerators NVIDIA_L4,
+NVIDIA_TESLA_T4, ...; open-source KFP wants a Kubernetes resource such as nvidia.com/gpu;
+"none" compiles no accelerator requests (CPU-only clusters).
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature's types at runtime.
+import dataclasses
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact
+
+from histoxai import storage
+from histoxai.errors import InputError
+from histoxai.pipelines.artifacts import CODE_VERSION_ENV, REPO, code_version
+
+PIPELINE_NAME = "histoxai"
+DESCRIPTION = "Explainable CNNs on H&E histology that predict diffusion-MRI MD, FA and the cell count"
+ALL_SAMPLES = tuple(str(n) for n in range(1, 17))  # the 16 samples of Brabec et al. 2023
+DEFAULT_CONFIG = REPO / "configs" / "thesis.yaml"
+DEFAULT_SEARCH_SPACE = REPO / "configs" / "search_space.yaml"
+NO_ACCELERATOR = "none"
+MODELS = ("multitask", "single_task")
+
+# (cpu, memory) per step class; Vertex AI picks the machine from these, Kubernetes schedules by them.
+RESOURCE_PROFILES = {
+    "cloud": {"ingest": ("4", "16G"), "light": ("1", "4G"), "evaluate": ("4", "16G"), "gpu": ("8", "32G")},
+    "small": {"ingest": ("1", "2G"), "light": ("0.5", "1G"), "evaluate": ("1", "4G"), "gpu": ("1", "4G")},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What is fixed in the compiled pipeline; a run can change everything else."""
+
+    accelerator_type: str = "NVIDIA_L4"  # "none": no accelerator requests
+    accelerator_count: int = 1
+    resources: str = "cloud"
+    retries: int = 2  # per ingest and GPU task: preemptible workers come back after a preemption
+    caching: bool = True
+    config_text: str = ""  # default of the `config` parameter (one line of YAML); "" = configs/thesis.yaml
+    code_version: str = ""  # "" = the package version and git commit now
+
+    def __post_init__(self):
+        if self.resources not in RESOURCE_PROFILES:
+            raise InputError(f"--resources {self.resources}: expected one of {', '.join(RESOURCE_PROFILES)}")
+        if isinstance(self.accelerator_count, bool) or not isinstance(self.accelerator_count, int) \
+                or self.accelerator_count < 1:
+            raise InputError(f"--accelerator-count {self.accelerator_count}: expected an integer >= 1")
+        if not self.accelerator_type.strip():
+            raise InputError("--accelerator-type: empty; expected e.g. NVIDIA_L4 (Vertex AI), "
+                             f"nvidia.com/gpu (Kubeflow) or {NO_ACCELERATOR}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise InputError(f"--retries {self.retries}: expected an integer >= 0")
+
+    @property
+    def gpu(self) -> bool:
+        return self.accelerator_type.lower() != NO_ACCELERATOR
+
+
+class Outputs(NamedTuple):
+    report: HTML
+    summary: Artifact
+
+
+def _search_space() -> dict:
+    import yaml
+
+    return yaml.safe_load(DEFAULT_SEARCH_SPACE.read_text())
+
+
+def build_pipeline(options: CompileOptions = CompileOptions()):
+    """The pipeline function for `options` (compile it, or call it under kfp.local)."""
+    from histoxai.components.evaluate.component import evaluate_models
+    from histoxai.components.explain.component import explain_model
+    from histoxai.components.ingest.component import ingest
+    from histoxai.components.report.component import report
+    from histoxai.components.split.component import split
+    from histoxai.components.train.component import resolve_config, train_model
+    from histoxai.components.tune.component import tune_step
+    from histoxai.pipelines.params import config_text
+
+    profile = RESOURCE_PROFILES[options.resources]
+    config_default = options.config_text or config_text(str(DEFAULT_CONFIG))
+    version = options.code_version or code_version()
+    explain_defaults = {k: v.default for k, v in explain_model.component_spec.inputs.items()}
+    tune_defaults = {k: v.default for k, v in tune_step.component_spec.inputs.items()}
+
+    def configure(task, kind: str, display_name: str, retry: bool = False):
+        cpu, memory = profile[kind]
+        task.set_display_name(display_name).set_caching_options(options.caching)
+        task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+        task.set_env_variable(CODE_VERSION_ENV, version)
+        if retry and options.retries:
+            task.set_retry(num_retries=options.retries, backoff_duration="60s", backoff_factor=2.0)
+        return task
+
+    def gpu_step(task, display_name: str):
+        configure(task, "gpu", display_name, retry=True)
+        if options.gpu:
+            task.set_accelerator_type(options.accelerator_type).set_accelerator_limit(options.accelerator_count)
+        return task
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    def histoxai_pipeline(
+        samples_uri: str,
+        samples: list = list(ALL_SAMPLES),  # noqa: B006 (KFP reads defaults from the signature)
+        train_samples: list = ["3", "4"],  # noqa: B006
+        patch_size: int = 360,
+        erosion: int = 5,
+        encoding: str = "png",
+        shard_size: int = 1000,
+        split_strategy: str = "random",
+        split_fractions: list = [0.6, 0.2, 0.2],  # noqa: B006
+        split_seed: int = 0,
+        split_block_size: int = 8,
+        split_guard: int = 1,
+        config: str = config_default,
+        config_overrides: list = [],  # noqa: B006
+        multitask_targets: str = "MD,FA",
+        single_task_targets: str = "CC",
+        tuning: bool = False,
+        tuning_trials: int = tune_defaults["n_trials"],
+        tuning_timeout_s: float = tune_defaults["timeout_s"],
+        tuning_targets: str = "MD,FA",
+        tuning_startup_trials: int = tune_defaults["startup_trials"],
+        tuning_search_space: dict = _search_space(),  # noqa: B008 (read once, when the pipeline is built)
+        evaluate_baseline_summary: str = "bundled",
+        evaluate_baseline_repeats: int = 100,
+        explain_methods: list = list(explain_defaults["methods"]),  # noqa: B006
+        explain_scores: str = explain_defaults["scores"],
+        explain_splits: str = explain_defaults["splits"],
+        explain_samples: str = "",
+        explain_max_patches: int = 0,
+        explain_shard_ranges: list = [""],  # noqa: B006 ("" = all shards; "0:4", "4:8": one task each)
+        explain_phantom_dir: str = "",
+        explain_trust_patches: int = explain_defaults["trust_patches"],
+    ) -> Outputs:
+        checked = configure(resolve_config(config=config, overrides=config_overrides), "light",
+                            "check config")
+        with dsl.ParallelFor(samples) as sample:
+            ingested = configure(
+                ingest(samples_uri=samples_uri, sample=sample, patch_size=patch_size, erosion=erosion,
+                       encoding=encoding, shard_size=shard_size),
+                "ingest", "ingest", retry=True)
+        ingested.after(checked)  # a bad config fails the run before the long ingestion
+        data = configure(
+            split(manifests=dsl.Collected(ingested.outputs["data"]), train_samples=train_samples,
+                  strategy=split_strategy, fractions=split_fractions, seed=split_seed,
+                  block_size=split_block_size, guard=split_guard),
+            "light", "split").outputs["data"]
+
+        with dsl.If(tuning == True, name="tuning-on"):  # noqa: E712 (a KFP condition, not a Python test)
+            study = gpu_step(
+                tune_step(split=data, base_config=checked.outputs["values"], search_space=tuning_search_space,
+                          targets=tuning_targets, n_trials=tuning_trials, timeout_s=tuning_timeout_s,
+                          startup_trials=tuning_startup_trials),
+                "tune")
+            tuned = configure(resolve_config(config_file=study.outputs["best_config"]), "light",
+                              "tuned config")
+        with dsl.Else(name="tuning-off"):
+            given = configure(resolve_config(config=checked.outputs["config"]), "light", "given config")
+        chosen = dsl.OneOf(tuned.outputs["config"], given.outputs["config"])
+
+        models = {}
+        for name, targets in zip(MODELS, (multitask_targets, single_task_targets), strict=True):
+            models[name] = gpu_step(train_model(data=data, config=chosen, targets=targets),
+                                    f"train {name.replace('_', '-')}").outputs["model"]
+        evaluation = configure(
+            evaluate_models(split=data, multitask_model=models["multitask"],
+                            single_task_model=models["single_task"],
+                            baseline_summary=evaluate_baseline_summary,
+                            baseline_repeats=evaluate_baseline_repeats, seed=split_seed),
+            "evaluate", "evaluate").outputs["evaluation"]
+        maps = {}
+        for name in MODELS:
+            with dsl.ParallelFor(explain_shard_ranges) as shard_range:
+                explained = gpu_step(
+                    explain_model(model=models[name], split=data, methods=explain_methods,
+                                  scores=explain_scores, splits=explain_splits, samples=explain_samples,
+                                  max_patches=explain_max_patches, shard_range=shard_range,
+                                  phantom_dir=explain_phantom_dir, trust_patches=explain_trust_patches),
+                    f"explain {name.replace('_', '-')}")
+            maps[name] = dsl.Collected(explained.outputs["maps"])
+        summary = configure(
+            report(ingested=dsl.Collected(ingested.outputs["data"]), split=data,
+                   multitask_model=models["multitask"], single_task_model=models["single_task"],
+                   evaluation=evaluation, multitask_maps=maps["multitask"],
+                   single_task_maps=maps["single_task"], samples=samples, train_samples=train_samples,
+                   multitask_targets=multitask_targets, single_task_targets=single_task_targets,
+                   tuning=tuning, config=chosen),
+            "light", "report")
+        return Outputs(report=summary.outputs["report_html"], summary=summary.outputs["summary"])
+
+    return histoxai_pipeline
+
+
+def compile_package(out: str, options: CompileOptions = CompileOptions()) -> dict:
+    """Compile to a YAML package at OUT (local or gs://, written whole); returns the pipeline's inputs."""
+    import tempfile
+
+    from kfp import compiler
+
+    pipeline_func = build_pipeline(options)
+    with tempfile.TemporaryDirectory(prefix="histoxai-compile-") as tmp:
+        package = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(pipeline_func, str(package))
+        storage.write_bytes(out, package.read_bytes())
+    return dict(pipeline_func.component_spec.inputs)
+
+
+def task_count(arguments: dict, pipeline_func) -> int:
+    """How many tasks a run with `arguments` executes (a local run's progress bar counts them)."""
+    def value(name):
+        return arguments.get(name, pipeline_func.component_spec.inputs[name].default)
+
+    # check config, ingest per sample, split, [tune +] chosen config, two trainings, evaluate,
+    # explain per model and shard range, report
+    return (len(value("samples")) + 2 + (2 if value("tuning") else 1) + 2 + 1
+            + len(MODELS) * len(value("explain_shard_ranges")) + 1)

@@ -1,0 +1,149 @@
+"""Submit a compiled pipeline to Vertex AI Pipelines (PipelineJob, PipelineJobSchedule) or a KFP endpoint.
+
+Both take the YAML package `histoxai compile` writes and the run parameters, and turn the platforms'
+failures (no credentials, no project, refused request, unreachable endpoint) into one InputError.
+Vertex AI is reached over its REST transport; `api_endpoint` may name another endpoint (a regional
+or private one). Schedules: a 5-field cron (Vertex AI's format, optionally with a TZ= prefix); KFP
+recurring runs take 6 fields with seconds first, so a 5-field cron gets "0 " put in front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+
+from histoxai import storage
+from histoxai.errors import InputError
+
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_TZ = re.compile(r"^(CRON_TZ|TZ)=\S+\s+")
+
+
+def check_cron(cron: str) -> str:
+    """A 5-field cron expression (minute hour day month weekday), optionally after TZ=Zone/Name."""
+    fields = _TZ.sub("", cron.strip()).split()
+    if len(fields) != 5:
+        raise InputError(f"--schedule {cron!r}: expected a cron expression of 5 fields "
+                         "(minute hour day-of-month month day-of-week), e.g. '0 3 * * 1'")
+    return cron.strip()
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise InputError(f"--label {key}={value}: expected lowercase letters, digits, _ and -, the key "
+                             "starting with a letter (Vertex AI's label rules)")
+    return dict(labels)
+
+
+@contextlib.contextmanager
+def _google_errors(what: str) -> Iterator[None]:
+    from google.api_core import exceptions as api_exc
+    from google.auth import exceptions as auth_exc
+
+    try:
+        yield
+    except auth_exc.DefaultCredentialsError as err:
+        raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
+                         "or set GOOGLE_APPLICATION_CREDENTIALS") from err
+    except auth_exc.RefreshError as err:
+        raise InputError(f"{what}: the Google Cloud credentials were refused ({err}); "
+                         "run `gcloud auth application-default login` again") from err
+    except api_exc.GoogleAPICallError as err:
+        raise InputError(f"{what}: Vertex AI refused the request: {err.code} {err.message}") from err
+    except (api_exc.RetryError, ConnectionError) as err:
+        raise InputError(f"{what}: Vertex AI unreachable ({err})") from err
+
+
+def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, parameters: Mapping,
+               labels: Mapping[str, str] | None = None, caching: bool | None = None,
+               run_name: str | None = None, credentials=None, api_endpoint: str | None = None):
+    """An aiplatform.PipelineJob for the package, built (and validated) without any network call."""
+    from google.cloud import aiplatform
+
+    if not project:
+        raise InputError("--project: no Google Cloud project; pass --project or set GOOGLE_CLOUD_PROJECT")
+    if not region:
+        raise InputError("--region: empty; expected a Vertex AI region such as us-central1")
+    if not storage.is_gcs(pipeline_root):
+        raise InputError(f"--pipeline-root {pipeline_root!r}: expected a gs://BUCKET/PATH URI")
+    aiplatform.init(project=project, location=region, credentials=credentials, api_endpoint=api_endpoint,
+                    api_transport="rest")
+    with _google_errors("submit"):
+        return aiplatform.PipelineJob(
+            display_name=run_name or "histoxai", template_path=package, pipeline_root=pipeline_root,
+            parameter_values=dict(parameters), enable_caching=caching, labels=check_labels(labels or {}),
+            project=project, location=region, credentials=credentials)
+
+
+def submit_vertex(job, *, service_account: str | None = None, schedule: str | None = None,
+                  wait: bool = False) -> dict:
+    """Create the run (or, with `schedule`, a PipelineJobSchedule); returns its resource name and link."""
+    from google.cloud import aiplatform
+
+    with _google_errors("submit"):
+        if schedule:
+            planned = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=job.display_name,
+                                                     credentials=job.credentials)
+            planned.create(cron=check_cron(schedule), max_concurrent_run_count=1,
+                           service_account=service_account)
+            return {"schedule": planned.resource_name, "cron": schedule}
+        job.submit(service_account=service_account)
+        result = {"run": job.resource_name,
+                  "url": f"https://console.cloud.google.com/vertex-ai/locations/{job.location}/pipelines/runs/"
+                         f"{job.name}?project={job.project}"}
+        if wait:
+            try:
+                job.wait()
+            except RuntimeError as err:  # aiplatform's way of saying the run failed
+                raise InputError(f"run {job.resource_name} did not succeed: {err}") from err
+            result["state"] = job.state.name
+        return result
+
+
+def _kfp_cron(cron: str) -> str:
+    cron = check_cron(cron)
+    zone = _TZ.match(cron)
+    if zone:
+        raise InputError(f"--schedule {cron!r}: KFP recurring runs take no time zone; "
+                         "give the time in the cluster's zone")
+    return f"0 {cron}"
+
+
+def submit_kfp(package: str, *, host: str, parameters: Mapping, experiment: str = "histoxai",
+               run_name: str | None = None, caching: bool | None = None, schedule: str | None = None,
+               namespace: str | None = None, service_account: str | None = None,
+               wait: bool = False) -> dict:
+    """Create a run (or a recurring run) on the KFP endpoint at `host`; returns its id and link."""
+    import kfp
+    import urllib3
+    from kfp_server_api import ApiException
+
+    try:
+        client = kfp.Client(host=host, namespace=namespace or "kubeflow")
+        name = run_name or "histoxai"
+        if schedule:
+            found = client.create_experiment(experiment, namespace=namespace)
+            job = client.create_recurring_run(
+                experiment_id=found.experiment_id, job_name=name, cron_expression=_kfp_cron(schedule),
+                pipeline_package_path=package, params=dict(parameters), enable_caching=caching,
+                service_account=service_account, max_concurrency=1)
+            return {"recurring_run": job.recurring_run_id, "cron": schedule}
+        run = client.create_run_from_pipeline_package(
+            package, arguments=dict(parameters), run_name=name, experiment_name=experiment,
+            namespace=namespace, enable_caching=caching, service_account=service_account)
+        result = {"run": run.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
+        if wait:
+            done = client.wait_for_run_completion(run.run_id, timeout=7 * 24 * 3600)
+            result["state"] = str(done.state)
+            if result["state"] != "SUCCEEDED":
+                raise InputError(f"run {run.run_id} ended {result['state']}; see {result['url']}")
+        return result
+    except ApiException as err:
+        raise InputError(f"--kfp-host {host}: the endpoint refused the request: {err.status} {err.reason}"
+                         ) from err
+    except (urllib3.exceptions.HTTPError, ConnectionError) as err:
+        raise InputError(f"--kfp-host {host}: endpoint unreachable ({type(err).__name__}); "
+                         "expected the KFP API, e.g. http://localhost:8888") from err
