@@ -406,6 +406,17 @@ def test_gcs_output_reads_back_like_local(run_inputs, tmp_path, gcs_bucket):
         np.testing.assert_array_equal(remote.read(map_id), local.read(map_id))
 
 
+def test_tf_keras_vis_engine_through_the_step(run_inputs, tmp_path):
+    options = {"methods": ["gradcam++", "vanilla"], "targets": ["CC"], "max_patches": 4, "trust_patches": 0}
+    explain(run_inputs["model"], run_inputs["data"], str(tmp_path / "a"), **options)
+    summary = explain(run_inputs["model"], run_inputs["data"], str(tmp_path / "b"), engine="tf-keras-vis",
+                      **options)
+    assert summary["engine"] == "tf-keras-vis" and summary["nan_maps"] == 0  # CC near 300: no overflow
+    batched, library = store.open_maps(str(tmp_path / "a")), store.open_maps(str(tmp_path / "b"))
+    for map_id in batched.table["map_id"]:
+        _close(library.read(map_id), batched.read(map_id), 1e-3)  # float16 storage of both
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--methods", "scorecam"], "Score-CAM"),
     (["--targets", "FA"], "not outputs of"),

@@ -159,9 +159,11 @@ def _notes(measures, summary: dict, phantom_dir, patches: int, steps: int) -> li
     if summary["nan_maps"]:
         notes.insert(2, "WARNING: some maps contain NaN or infinite values: " +
                      ", ".join(f"{k} ({v})" for k, v in summary["nan_maps_by_method"].items()))
-    if phantom_dir:
-        notes.append(f"Nuclei masks from {phantom_dir}: mask_mass and mask_rank_accuracy against "
+    if phantom_dir and "CC" in summary["targets"]:
+        notes.append(f"Nuclei masks from {phantom_dir} (CC maps): mask_mass and mask_rank_accuracy against "
                      "mask_area, their value for a random map.")
+    elif phantom_dir:
+        notes.append(f"{phantom_dir}: not used; the nuclei masks score CC maps, and this run has no CC.")
     return notes
 
 

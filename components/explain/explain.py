@@ -205,8 +205,8 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
             "map_size": map_size or image_size, "image_size": image_size, "seed": seed})
         if trust_patches:
             table = assess(stage, reader, model, saliency, frame, keys, specs, score_list, targets,
-                                 phantom_dir=phantom_dir, patches=trust_patches, steps=trust_steps,
-                                 randomize_blocks=randomize_blocks, seed=seed, summary=summary)
+                           phantom_dir=phantom_dir, patches=trust_patches, steps=trust_steps,
+                           randomize_blocks=randomize_blocks, seed=seed, summary=summary)
         store.write_table(table, stage / store.TABLE_NAME)
         (stage / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
