@@ -91,3 +91,16 @@ minikube-down:  ## stop the port-forwards and delete the minikube cluster (KEEP_
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info
+
+# --- Review app ------------------------------------------------------------------------------------------
+APP_USERS ?= $(OUT)/app-users.yaml
+APP_PORT ?= 8501
+.PHONY: app
+
+app: install  ## the review app on the demo run ($(OUT)/demo, after make demo) at http://127.0.0.1:$(APP_PORT)
+	@test -d $(OUT)/demo || { echo "make app: $(OUT)/demo not found; run make demo first" >&2; exit 2; }
+	@test -f $(APP_USERS) || { password=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))') && \
+	  echo "$$password" | $(BIN)/histoxai app --hash-password demo > $(APP_USERS) && \
+	  echo "make app: sign in as 'demo' with password '$$password' (its bcrypt hash is in $(APP_USERS);" \
+	       "delete that file for a new password)"; }
+	$(BIN)/histoxai app --run $(OUT)/demo --users $(APP_USERS) --port $(APP_PORT)

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "baseline": "histoxai.components.evaluate.cli_baseline",
     "evaluate": "histoxai.components.evaluate.cli",
     "explain": "histoxai.components.explain.cli",
+    "app": "histoxai.app.cli",
     "compile": "histoxai.pipelines.cli_compile",
     "run-local": "histoxai.pipelines.cli_run_local",
     "submit": "histoxai.pipelines.cli_submit",

@@ -1,0 +1,105 @@
+"""Review app benchmark: time to the first grid of 24 tiles on a run with 10,000 patches.
+
+The run is synthetic (tests/app_data.py): 10,000 test patches of 360 px (JPEG records in shards of
+1,000) and one 90 x 90 map each, written with the explain step's own store. Two measures:
+- server: the Single Target page's script in Streamlit's AppTest, with every cache empty (the run's
+  tables, the page's patches and maps, the display range), then again warm, then the next page;
+- browser: `histoxai app` on loopback and headless Chromium (installed with apt-get when missing),
+  signed in on the Main page (which loads the run's tables), from the click on "Single Target" until
+  24 tiles are decoded and shown; a fresh server for each cold repeat, then warm repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+REPEATS = 3
+TILES = 24
+
+
+def _server_times(run: str, users: str) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    from histoxai.app import auth, cache
+    from histoxai.app.settings import ENV
+
+    os.environ.update({ENV["run"]: run, ENV["users_file"]: users})
+    main = str(Path(auth.__file__).with_name("main.py"))
+    cold = []
+    for _ in range(REPEATS):
+        cache.clear()
+        at = AppTest.from_file(main, default_timeout=120)
+        at.session_state[auth.SESSION_USER] = "bench"
+        at.run()  # the Main page: sign-in state and the navigation, tables not yet loaded
+        cache.clear()
+        at.switch_page("page_single_target.py")
+        start = time.perf_counter()
+        at.run()
+        cold.append(time.perf_counter() - start)
+        assert len(at.image) == TILES, f"expected {TILES} tiles, got {len(at.image)}"
+    start = time.perf_counter()
+    at.run()
+    warm = time.perf_counter() - start
+    at.pagination[0].set_value(2)
+    start = time.perf_counter()
+    at.run()
+    next_page = time.perf_counter() - start
+    return {"cold_s": cold, "cold_median_s": statistics.median(cold), "warm_s": warm,
+            "next_page_s": next_page}
+
+
+def _browser_times(run: str, users: Path, password: str) -> dict:
+    from selenium.webdriver.common.by import By
+
+    from tests import app_browser
+
+    def click(driver, title: str) -> None:
+        driver.find_element(By.XPATH, f'//a[@data-testid="stSidebarNavLink"][contains(., "{title}")]').click()
+
+    cold, warm = [], []
+    for repeat in range(REPEATS):
+        with app_browser.serve_app(run, users) as url, app_browser.chromium() as driver:
+            driver.get(url)
+            app_browser.sign_in(driver, "bench", password)
+            app_browser.wait_for(driver, lambda d: d.find_elements(By.XPATH, '//*[text()="Reload run"]'), 120,
+                                 "the Main page")
+            time.sleep(1.0)
+            click(driver, "Single Target")
+            cold.append(app_browser.wait_tiles(driver, TILES, timeout=120))
+            if repeat == 0:
+                for _ in range(REPEATS):
+                    click(driver, "Main")
+                    app_browser.wait_for(driver, lambda d: app_browser.loaded_tiles(d) == 0, 30, "Main")
+                    time.sleep(1.0)
+                    click(driver, "Single Target")
+                    warm.append(app_browser.wait_tiles(driver, TILES, timeout=120))
+    return {"cold_s": cold, "cold_median_s": statistics.median(cold), "cold_max_s": max(cold),
+            "warm_s": warm, "warm_median_s": statistics.median(warm)}
+
+
+def bench_app(work: Path) -> dict:
+    from histoxai.app import auth
+    from tests.app_data import synthesise_run
+
+    work = Path(work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    start = time.perf_counter()
+    made = synthesise_run(work / "run", patches=10_000, patch_size=360, map_size=90, encoding="jpeg")
+    password = "bench password"
+    users = work / "users.yaml"
+    users.write_text(f"bench: '{auth.hash_password(password, rounds=4)}'\n")
+    results = {"patches": made["patches"], "maps": made["maps"], "patch_px": 360, "map_px": 90,
+               "encoding": "jpeg", "tiles": TILES, "synthesis_s": time.perf_counter() - start,
+               "load_average_before": os.getloadavg()}
+    try:
+        results["server"] = _server_times(made["run"], str(users))
+        results["browser"] = _browser_times(made["run"], users, password)
+    finally:
+        results["load_average_after"] = os.getloadavg()
+        shutil.rmtree(work / "run", ignore_errors=True)  # about 1.1 GB
+    return results
