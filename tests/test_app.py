@@ -221,6 +221,9 @@ def test_single_target_grid_titles_and_pagination(run, app_env):
         (top["sample"], top["row"], top["col"]))  # patches are numbered by sample, row, col
     assert _captions(at)[0] == render.tile_title({**top.to_dict(), "patch": number})
     assert sum("tiles" in c.value or "patches pass" in c.value for c in at.caption) == 1
+    next(b for b in at.main.button if b.label == "Inspect").click().run()  # the first tile's
+    assert [t.value for t in at.title] == ["Multiple Targets"]
+    assert at.subheader[0].value.startswith(f"Patch #{number}: sample {top['sample']}")
 
 
 def test_filters_narrow_the_grid_and_the_histograms_follow(run, app_env):
