@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: install test demo lint bench lock clean tools build retrain-source deploy minikube-up minikube-run minikube-down
+.PHONY: install test demo compile lint bench lock clean tools build retrain-source deploy minikube-up minikube-run minikube-down
 
 install: $(STAMP)  ## create .venv and install the project with pinned dependencies
 
@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: install tools  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-demo: install  ## phantom -> ingest -> split on two samples, into $(OUT)/demo
+demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 10 min), into $(OUT)/demo
 	$(BIN)/python -m histoxai.demo --out $(OUT)/demo
+
+compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)
+	$(BIN)/histoxai compile --out $(OUT)/pipeline.yaml
 
 lint: install
 	$(BIN)/ruff check .

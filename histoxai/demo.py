@@ -1,7 +1,11 @@
-"""`make demo`: the whole flow on phantom data, ending with a one-screen summary of where results are.
+"""`make demo`: the whole pipeline on phantom data, run locally, ending with a summary and the report's path.
 
-Runs phantom -> ingest (each sample) -> split with small, fast settings (64 px per voxel, 64 px
-patches), through the same library functions as the `histoxai` subcommands.
+Renders phantom samples 3 and 4 (the thesis's training samples) and 5 (held out) at 64 px per voxel
+into OUT/phantom, then runs every pipeline step with kfp.local's subprocess runner (the same DAG a
+cluster runs: ingest per sample in parallel branches, split, a small tuning study, the multi-task
+MD+FA and the single-task CC model, evaluation on every sample, saliency maps with trust measures,
+report) into OUT/runs, with settings sized for a 2-core CPU: the tiny CNN at 64 px (configs/demo.yaml),
+two tuning trials over configs/search_space_demo.yaml, maps for 48 test patches per model.
 """
 
 from __future__ import annotations
@@ -14,56 +18,63 @@ from pathlib import Path
 from histoxai import storage
 from histoxai.errors import InputError
 
-DEMO_SAMPLES = ("3", "4")  # the thesis's training samples
+DEMO_SAMPLES = ("3", "4", "5")
+TRAIN_SAMPLES = ("3", "4")  # the thesis's training samples; 5 is scored as an unseen tumour
+PIXELS_PER_VOXEL = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run_demo(out: str, *, samples=DEMO_SAMPLES, pixels_per_voxel: int = 64, patch_size: int = 64,
-             seed: int = 0) -> dict:
-    from histoxai.components.ingest.ingest import ingest_sample
-    from histoxai.components.split.split import split_manifests
+def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRAIN_SAMPLES) -> dict:
+    """The pipeline parameters of the demo run."""
+    import yaml
+
+    from histoxai.pipelines.params import config_text
+
+    return {
+        "samples_uri": samples_uri, "samples": list(samples), "train_samples": list(train_samples),
+        "patch_size": PIXELS_PER_VOXEL, "config": config_text(str(REPO / "configs" / "demo.yaml")),
+        "tuning": True, "tuning_trials": 2, "tuning_startup_trials": 1,
+        "tuning_search_space": yaml.safe_load((REPO / "configs" / "search_space_demo.yaml").read_text()),
+        "explain_methods": ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=16", "vanilla", "ig"],
+        "explain_max_patches": 48, "explain_trust_patches": 16, "explain_phantom_dir": samples_uri,
+        "evaluate_baseline_repeats": 20,
+    }
+
+
+def run_demo(out: str, *, seed: int = 0):
+    """Phantom, then the pipeline; returns the local run (histoxai.pipelines.local_run.LocalRun)."""
     from histoxai.phantom import render_phantom
+    from histoxai.pipelines.local_run import run_local
 
-    timings = {}
-    t0 = time.perf_counter()
-    phantom_dir = storage.join(out, "phantom")
-    render_phantom(phantom_dir, [int(s) for s in samples], pixels_per_voxel=pixels_per_voxel,
-                   seed=seed, overwrite=True)
-    timings["phantom"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    manifests = []
-    for sample in samples:
-        ingest_out = storage.join(out, "ingest", sample)
-        ingest_sample(storage.join(phantom_dir, sample), ingest_out, patch_size=patch_size, overwrite=True)
-        manifests.append(storage.join(ingest_out, "manifest.parquet"))
-    timings["ingest"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    split_out = storage.join(out, "split")
-    counts = split_manifests(manifests, split_out, train_samples=tuple(samples), seed=seed, overwrite=True)
-    timings["split"] = time.perf_counter() - t0
-    return {"counts": counts, "timings": timings, "phantom": phantom_dir, "manifests": manifests,
-            "split": split_out}
+    if storage.is_gcs(out):
+        raise InputError(f"--out {out}: the demo runs locally; expected a local folder")
+    started = time.perf_counter()
+    phantom = str(Path(out) / "phantom")
+    render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL, seed=seed,
+                   overwrite=True)
+    print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")
+    return run_local(demo_parameters(phantom), str(Path(out) / "runs"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m histoxai.demo", description=__doc__)
-    parser.add_argument("--out", default="outputs/demo", help="output folder or gs:// URI")
+    parser = argparse.ArgumentParser(prog="python -m histoxai.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/demo", help="local output folder (default outputs/demo)")
     args = parser.parse_args(argv)
-    out = args.out if storage.is_gcs(args.out) else str(Path(args.out).resolve())
+    from histoxai.components.report.report import terminal_summary
+
+    started = time.perf_counter()
     try:
-        result = run_demo(out)
+        run = run_demo(str(Path(args.out).resolve()))
     except InputError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
-    print("\nPatches per sample and split:")
-    print(result["counts"].to_string())
-    print("\nTime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items()))
-    print("\nOutputs:")
-    print(f"  phantom samples (dataset layout)  {result['phantom']}")
-    for manifest in result["manifests"]:
-        print(f"  ingest manifest + shards + QC      {manifest.rsplit('/', 1)[0]}")
-    print(f"  split (split.parquet, split.md)    {result['split']}")
+    print()
+    print(terminal_summary(run.summary))
+    print(f"\nThe report (open it in a browser): {run.report_html}")
+    print(f"Every step's outputs:              {run.run_dir}")
+    print(f"Full log:                          {run.log}")
+    print(f"Demo time: {time.perf_counter() - started:.0f} s (pipeline {run.seconds:.0f} s)")
     return 0
 
 

@@ -133,6 +133,6 @@ def run(args: argparse.Namespace) -> None:
                              parameters=parameters, labels=_labels(args.label), caching=caching,
                              run_name=args.run_name, credentials=credentials, api_endpoint=args.api_endpoint)
             result = submit_vertex(job, service_account=args.service_account, schedule=args.schedule,
-                                   wait=args.wait)
+                                   wait=args.wait, run_name=args.run_name)
     for key, value in result.items():
         print(f"{key:15s} {value}")

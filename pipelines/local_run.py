@@ -4,7 +4,8 @@ kfp.local runs every task as a subprocess of the current Python (SubprocessRunne
 no Docker, no per-task virtual environment) and writes each output under
 OUT/<pipeline>-<timestamp>/<task>/<output>, the layout a KFP pipeline root has. Its verbose
 per-task log goes to OUT/<pipeline>-<timestamp>.log; the terminal gets a progress bar, one line per
-finished task and, on failure, the failing task with its error in one line.
+finished task and, on failure, the failing task with its error in one line. The report is also
+copied to OUT/<pipeline>-<timestamp>/report.html, to open in a browser.
 
 The pipeline root must be local: kfp.local writes a gs:// root to a local folder named `gs:`.
 `publish_run` copies a finished run to gs:// (or another folder) instead.
@@ -16,7 +17,9 @@ import builtins
 import contextlib
 import dataclasses
 import json
+import logging
 import re
+import shutil
 import sys
 import threading
 import time
@@ -34,7 +37,7 @@ _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit)): (.+)$
 @dataclasses.dataclass(frozen=True)
 class LocalRun:
     run_dir: Path  # OUT/<pipeline>-<timestamp>
-    report_html: Path
+    report_html: Path  # RUN_DIR/report.html
     summary: dict  # the report step's summary.json
     log: Path
     seconds: float
@@ -117,6 +120,8 @@ def run_local(arguments: dict, out: str, *, options=None, caching: bool = False)
                enable_caching=caching)
     started = time.perf_counter()
     terminal, print_function = sys.stdout, builtins.print
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
     with open(log, "w") as log_file, \
             tqdm(total=task_count(arguments, pipeline_func), desc="pipeline", unit="task") as bar:
         task_log, progress = _TaskLog(log_file), _Progress(root, bar, terminal)
@@ -134,11 +139,18 @@ def run_local(arguments: dict, out: str, *, options=None, caching: bool = False)
             raise InputError(f"pipeline task {failed.group(1)} failed: {error} (full log: {log})") from None
         finally:
             progress.stop()
-            # kfp.local indents print() per task; parallel branches can leave builtins.print swapped
+            # kfp.local swaps print() and the root logger's handlers per task; parallel branches can
+            # leave them swapped (a handler writing to the closed log), so put them back
             builtins.print = print_function
-    report_html = Path(task.outputs["report"].uri)
+            root_logger.handlers[:] = handlers
+            root_logger.setLevel(level)
+    report_artifact = Path(task.outputs["report"].uri)
+    run_dir = report_artifact.parents[1]
+    # KFP names the artifact file after the output; a copy with .html opens in a browser
+    report_html = run_dir / "report.html"
+    shutil.copyfile(report_artifact, report_html)
     summary = json.loads(Path(task.outputs["summary"].uri).read_text())
-    return LocalRun(run_dir=report_html.parents[1], report_html=report_html, summary=summary, log=log,
+    return LocalRun(run_dir=run_dir, report_html=report_html, summary=summary, log=log,
                     seconds=time.perf_counter() - started)
 
 

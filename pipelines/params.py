@@ -103,7 +103,9 @@ def check_parameters(values: Mapping[str, Any], component_spec) -> dict[str, Any
         if name not in inputs:
             raise InputError(f"pipeline parameter {name!r}: unknown; expected one of {sorted(inputs)}")
         kind = inputs[name].type
-        if kind == "String" and isinstance(value, int | float) and not isinstance(value, bool):
+        if kind == "String" and value is None:
+            value = ""  # NAME= gives YAML's null: an empty string
+        elif kind == "String" and isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)  # YAML reads 3 as a number; a string parameter wants "3"
         allowed = _TYPES.get(kind, (object,))
         if not isinstance(value, allowed) or (kind in ("Integer", "Float") and isinstance(value, bool)):

@@ -79,13 +79,13 @@ def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, p
 
 
 def submit_vertex(job, *, service_account: str | None = None, schedule: str | None = None,
-                  wait: bool = False) -> dict:
+                  wait: bool = False, run_name: str | None = None) -> dict:
     """Create the run (or, with `schedule`, a PipelineJobSchedule); returns its resource name and link."""
     from google.cloud import aiplatform
 
     with _google_errors("submit"):
         if schedule:
-            planned = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=job.display_name,
+            planned = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=run_name or "histoxai",
                                                      credentials=job.credentials)
             planned.create(cron=check_cron(schedule), max_concurrent_run_count=1,
                            service_account=service_account)

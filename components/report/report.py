@@ -231,6 +231,25 @@ def render_html(sections: Sequence[tuple[str, object]], title: str) -> str:
     return "".join(parts)
 
 
+def _compact_trust(trust: pd.DataFrame) -> pd.DataFrame:
+    """The trust table narrowed for a terminal: each measure beside its random reference in one cell."""
+    def pair(value, reference) -> str:
+        return "n/a" if pd.isna(value) else f"{format_value(value)} ({format_value(reference)})"
+
+    out = pd.DataFrame({"model": trust["model"], "target": trust["target"],
+                        "method": [f"{m}:{s}" if s else m for m, s in zip(trust["method"], trust["setting"],
+                                                                           strict=True)]})
+    for label, value, reference in (("mask mass", "mask mass", "mask area (random mass)"),
+                                    ("deletion AUC", "deletion AUC", "deletion AUC, random order"),
+                                    ("insertion AUC", "insertion AUC", "insertion AUC, random order")):
+        if value in trust.columns:
+            out[label] = [pair(v, r) for v, r in zip(trust[value], trust[reference], strict=True)]
+    for column in ("NaN share", "blank share", "randomisation flag"):
+        if column in trust.columns:
+            out[column] = trust[column]
+    return out
+
+
 def terminal_summary(summary: Mapping) -> str:
     """The summary's headline figures as plain text for a terminal: R² table, trust table, flags."""
     if summary.get("r2_table"):
@@ -240,8 +259,8 @@ def terminal_summary(summary: Mapping) -> str:
         lines = ["R² (train / validation / test set), from training:",
                  markdown_table(pd.DataFrame(summary["training_r2_table"])).rstrip()]
     if summary.get("trust_table"):
-        trust = pd.DataFrame(summary["trust_table"])
-        lines += ["\nSaliency trust, from the explain step:", markdown_table(trust).rstrip()]
+        lines += ["\nSaliency trust, from the explain step (in brackets: a random map or order):",
+                  markdown_table(_compact_trust(pd.DataFrame(summary["trust_table"]))).rstrip()]
     if summary.get("flagged"):
         lines.append("Flagged by the randomisation check: " + "; ".join(summary["flagged"]))
     patches = ", ".join(f"sample {s['sample']}: {s['patches']}" for s in summary["samples"])

@@ -1,0 +1,475 @@
+"""The KFP pipeline: compiled package (KFP loader, Vertex AI PipelineJob offline), a local run over the
+subprocess runner with samples in the GCS emulator, and submission to Vertex AI and KFP against local
+HTTP servers that stand in for the services (the clients' own transports make the requests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from histoxai import storage
+from histoxai.cli import main as histoxai_main
+from histoxai.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_EXECUTORS = ("exec-train-model", "exec-train-model-2", "exec-tune-step", "exec-explain-model",
+                 "exec-explain-model-2")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The pipeline compiled by the CLI in a fresh process, with images named by the environment."""
+    out = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    env = {**os.environ, "HISTOXAI_CPU_IMAGE": "registry.example/histoxai-cpu:t1",
+           "HISTOXAI_GPU_IMAGE": "registry.example/histoxai-gpu:t1"}
+    done = subprocess.run([sys.executable, "-m", "histoxai.cli", "compile", "--out", str(out),
+                           "--accelerator-type", "NVIDIA_TESLA_T4", "--accelerator-count", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "NVIDIA_TESLA_T4 x 2 per GPU step" in done.stdout
+    return out
+
+
+def test_package_structure(package):
+    spec = yaml.safe_load(package.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        if name in GPU_EXECUTORS:
+            assert resources["accelerator"] == {"resourceType": "NVIDIA_TESLA_T4", "resourceCount": "2",
+                                                "type": "NVIDIA_TESLA_T4", "count": "2"}
+            assert images[name] == "registry.example/histoxai-gpu:t1"
+            assert resources["resourceMemoryLimit"] == "32G"
+        else:
+            assert "accelerator" not in resources, name
+            assert images[name] == "registry.example/histoxai-cpu:t1"
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env["HISTOXAI_CODE_VERSION"].startswith("0.1.0")
+    assert set(GPU_EXECUTORS) <= set(executors)
+
+    components = spec["components"]
+    loops = {name: c for name, c in components.items() if name.startswith("comp-for-loop")}
+    root_tasks = spec["root"]["dag"]["tasks"]
+    iterators = {name: task["parameterIterator"]["items"]["inputParameter"]
+                 for name, task in root_tasks.items() if "parameterIterator" in task}
+    assert sorted(iterators.values()) == ["pipelinechannel--explain_shard_ranges"] * 2 + [
+        "pipelinechannel--samples"]
+    assert len(loops) == 3
+    ingest_loop = next(n for n, t in root_tasks.items()
+                       if iterators.get(n) == "pipelinechannel--samples")
+    assert "ingest" in components[f"comp-{ingest_loop}"]["dag"]["tasks"]
+    # tuning is a condition; both branches feed the trainings through one OneOf output
+    (branches,) = [c["dag"] for name, c in components.items() if name.startswith("comp-condition-branches")]
+    by_name = {t["taskInfo"]["name"]: t for t in branches["tasks"].values()}
+    assert by_name["tuning-on"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--tuning'] == true"
+    tuning_on = components[by_name["tuning-on"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert tuning_on["tune-step"]["inputs"]["artifacts"]["split"]
+    oneof = branches["outputs"]["parameters"]
+    assert [len(o["valueFromOneof"]["parameterSelectors"]) for o in oneof.values()] == [2]
+    for task in ("train-model", "train-model-2"):
+        assert root_tasks[task]["retryPolicy"]["maxRetryCount"] == 2
+        assert root_tasks[task]["cachingOptions"]["enableCache"] is True
+        outputs = components[f"comp-{task}"]["outputDefinitions"]["artifacts"]
+        assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+        assert outputs["model"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert components["comp-evaluate-models"]["outputDefinitions"]["artifacts"]["metrics"][
+        "artifactType"]["schemaTitle"] == "system.Metrics"
+    report_outputs = components["comp-report"]["outputDefinitions"]["artifacts"]
+    assert report_outputs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert report_outputs["report_markdown"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_package_loads_in_kfp_and_in_a_vertex_pipeline_job(package):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+    from kfp import components
+
+    loaded = components.load_component_from_file(str(package))
+    inputs = loaded.component_spec.inputs
+    assert not inputs["samples_uri"].optional
+    assert inputs["samples"].default == [str(n) for n in range(1, 17)]
+    assert inputs["train_samples"].default == ["3", "4"]
+    assert "EfficientNetV2S" in inputs["config"].default and "\n" not in inputs["config"].default
+    assert set(loaded.component_spec.outputs) == {"report", "summary"}
+
+    job = aiplatform.PipelineJob(
+        display_name="offline", template_path=str(package), pipeline_root="gs://bucket/root",
+        parameter_values={"samples_uri": "gs://bucket/samples", "samples": ["3", "4", "5"], "tuning": True,
+                          "config_overrides": ["batch_size=8"]},
+        enable_caching=False, project="histoxai-test", location="europe-west4",
+        credentials=AnonymousCredentials(), labels={"team": "histo"})
+    request = job._gca_resource  # the PipelineJob message submit() would send; nothing was sent
+    values = request.runtime_config.parameter_values
+    assert values["samples_uri"] == "gs://bucket/samples"
+    assert list(values["samples"]) == ["3", "4", "5"] and values["tuning"] is True
+    assert request.runtime_config.gcs_output_directory == "gs://bucket/root"
+    assert request.labels == {"team": "histo"}
+    assert request.pipeline_spec["pipelineInfo"]["name"] == "histoxai"
+
+
+def test_compile_without_accelerators_and_small_resources(tmp_path):
+    from histoxai.pipelines.pipeline import CompileOptions, compile_package
+
+    out = tmp_path / "cpu.yaml"
+    compile_package(str(out), CompileOptions(accelerator_type="none", resources="small", retries=0,
+                                             caching=False, code_version="test-version"))
+    spec = yaml.safe_load(out.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert not any("accelerator" in e["container"]["resources"] for e in executors.values())
+    assert executors["exec-train-model"]["container"]["resources"]["resourceMemoryLimit"] == "4G"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "retryPolicy" not in tasks["train-model"]
+    assert tasks["train-model"]["cachingOptions"] == {}  # caching off
+    assert {e["value"] for e in executors["exec-report"]["container"]["env"]} == {"test-version"}
+
+
+def test_compile_errors_are_one_line(tmp_path, capsys):
+    assert histoxai_main(["compile", "--out", str(tmp_path / "p.yaml"), "--accelerator-count", "0"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "histoxai compile: error: --accelerator-count 0: expected an integer >= 1"
+    assert histoxai_main(["compile", "--out", str(tmp_path / "p.yaml"), "--config", "nonesuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--config nonesuch: no such file" in err and "'demo'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_parameters_are_checked_against_the_pipeline(tmp_path):
+    import argparse
+
+    from kfp import components
+
+    from histoxai.pipelines.params import add_parameter_arguments, check_parameters, parameters_from_args
+    from histoxai.pipelines.pipeline import compile_package
+
+    out = tmp_path / "p.yaml"
+    compile_package(str(out))
+    spec = components.load_component_from_file(str(out)).component_spec
+    parser = argparse.ArgumentParser()
+    add_parameter_arguments(parser)
+
+    def parameters(*argv):
+        return check_parameters(parameters_from_args(parser.parse_args(argv)), spec)
+
+    got = parameters("--samples-uri", "gs://b/s", "--samples", "3, 4", "--config", "demo", "--set",
+                     "batch_size=8", "--param", "patch_size=64", "--param", "explain_samples=5",
+                     "--param", "tuning=true", "--param", "split_fractions=[0.7, 0.15, 0.15]")
+    assert got["samples"] == ["3", "4"] and got["patch_size"] == 64 and got["explain_samples"] == "5"
+    assert got["tuning"] is True and got["split_fractions"] == [0.7, 0.15, 0.15]
+    assert got["config_overrides"] == ["batch_size=8"]
+    assert yaml.safe_load(got["config"])["backbone"] == "tiny" and "\n" not in got["config"]
+    for argv, message in [
+        (["--samples-uri", "x", "--param", "patch_sise=64"], "pipeline parameter 'patch_sise': unknown"),
+        (["--samples-uri", "x", "--param", "patch_size=big"], "patch_size='big': expected a integer"),
+        (["--samples-uri", "x", "--param", "tuning=3"], "tuning=3: expected a boolean"),
+        (["--samples-uri", "x", "--param", "samples=3,4"], "samples='3,4': expected a list"),
+        (["--samples", "3"], "samples_uri: required; give --samples-uri"),
+        (["--samples-uri", "x", "--set", "batch_sise=8"], "unknown key 'batch_sise'"),
+        (["--samples-uri", "x", "--samples", "3,,4"], "--samples '3,,4': expected a comma-separated list"),
+        (["--samples-uri", "x", "--param", "tuning"], "--param 'tuning': expected NAME=VALUE"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            parameters(*argv)
+
+
+def test_run_local_refuses_a_gs_pipeline_root(capsys):
+    code = histoxai_main(["run-local", "--samples-uri", "x", "--out", "gs://bucket/runs"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "a local run needs a local folder" in err and "--publish" in err
+
+
+@pytest.mark.slow
+def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
+    """The whole DAG under kfp.local (no tuning: the demo runs that branch) on a 20 x 20 voxel phantom
+    crop of samples 3 and 4, read from the emulator bucket; then the run is published there."""
+    from histoxai.phantom import render_phantom
+    from histoxai.pipelines.local_run import publish_run, run_local
+
+    samples = storage.join(gcs_bucket, "samples")
+    render_phantom(samples, [3, 4], pixels_per_voxel=16, n_max=8, crop=(20, 20), seed=1)
+    arguments = {
+        "samples_uri": samples, "samples": ["3", "4"], "patch_size": 32, "erosion": 2,
+        "config": (REPO / "configs" / "demo.yaml").read_text(),
+        "config_overrides": ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32"],
+        "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 4,
+        "explain_trust_patches": 2, "explain_phantom_dir": samples,
+    }
+    run = run_local(arguments, str(tmp_path / "runs"))
+    captured = capsys.readouterr()
+    assert captured.out.count("  done ") == 11 and "for-loop-1-iteration-1/ingest" in captured.out
+    assert "pipeline: 100%" in captured.err  # the progress bar
+
+    summary = run.summary
+    assert [(s["sample"], s["source"]) for s in summary["samples"]] == [
+        ("3", f"{samples}/3"), ("4", f"{samples}/4")]
+    assert all(s["patches"] > 50 for s in summary["samples"])
+    rows = [r["data"] for r in summary["r2_table"]]
+    assert rows == ["sample 3 *", "sample 4 *", "train set", "validation set", "test set"]
+    assert set(summary["r2_table"][0]) == {"data", "MD (multitask)", "FA (multitask)", "CC (single_task)"}
+    trust = {(r["model"], r["target"]) for r in summary["trust_table"]}
+    assert trust == {("multitask", "MD"), ("multitask", "FA"), ("single_task", "CC")}
+    assert summary["parameters"]["tuning"] == "off" and "image_size: 32" in summary["config"]
+    page = run.report_html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "sample 4 *" in page and "Can the saliency maps" in page
+
+    outputs = json.loads((run.run_dir / "train-model" / "executor_output.json").read_text())["artifacts"]
+    model = outputs["model"]["artifacts"][0]["metadata"]
+    assert model["targets"] == ["MD", "FA"] and model["backbone"] == "tiny"
+    assert model["training_samples"] == ["3", "4"] and model["framework"].startswith("tensorflow")
+    assert re.fullmatch(r"[0-9a-f]{16}", model["config_hash"]) and model["code_version"].startswith("0.1.0")
+    metrics = outputs["metrics"]["artifacts"][0]["metadata"]
+    assert {"r2_test_MD", "r2_test_FA", "n_train"} <= set(metrics)
+    assert (run.run_dir / "train-model" / "model" / "model.keras").is_file()
+    ingest = run.run_dir / "for-loop-1-iteration-0" / "ingest"
+    assert (ingest / "data" / "manifest.parquet").is_file() and (ingest / "qc").read_text().startswith("# ")
+
+    published = publish_run(run, storage.join(gcs_bucket, "runs"))
+    files = storage.list_files(published)
+    assert f"{published}/report.html" in files and f"{published}/run.log" in files
+    assert f"{published}/train-model/model/model.keras" in files
+    with pytest.raises(InputError, match="already exists"):
+        publish_run(run, storage.join(gcs_bucket, "runs"))
+
+
+def test_local_run_names_the_failing_task(tmp_path, capsys):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    code = histoxai_main(["run-local", "--samples-uri", str(samples), "--samples", "3", "--config", "demo",
+                          "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert re.fullmatch(rf"histoxai run-local: error: pipeline task ingest failed: InputError: {samples}/3: "
+                        r".*\(full log: .*\.log\)", err), err
+
+
+# ---- submission: the services are local HTTP servers; the clients' transports send real requests ----
+
+class FakeService:
+    """A local HTTP server that records requests and answers from `routes`: (method, path regex) ->
+    function(match, body, query) -> JSON-able response."""
+
+    def __init__(self, routes):
+        self.requests: list[dict] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                url = urlparse(self.path)
+                try:
+                    body = json.loads(raw) if raw else {}
+                except ValueError:
+                    body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}  # OAuth token form
+                service.requests.append({"method": self.command, "path": url.path, "body": body,
+                                         "query": parse_qs(url.query),
+                                         "headers": {k.lower(): v for k, v in self.headers.items()}})
+                for (method, pattern), respond in routes.items():
+                    match = re.fullmatch(pattern, url.path)
+                    if method == self.command and match:
+                        data = json.dumps(respond(match, body, parse_qs(url.query))).encode()
+                        self.send_response(200)
+                        break
+                else:
+                    data = json.dumps({"error": {"code": 404, "message": f"no route {url.path}"}}).encode()
+                    self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def find(self, method, pattern):
+        return [r for r in self.requests if r["method"] == method and re.fullmatch(pattern, r["path"])]
+
+
+VERTEX = "/v1/projects/histoxai-test/locations/europe-west4"
+RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def vertex(tmp_path, monkeypatch, gcs_emulator):
+    """A stand-in for Vertex AI and Google's token endpoint, and credentials that point at it."""
+    state = {"final": "PIPELINE_STATE_SUCCEEDED"}
+
+    def created(match, body, query):
+        job_id = query["pipelineJobId"][0]
+        return {**body, "name": f"projects/123/locations/europe-west4/pipelineJobs/{job_id}",
+                "state": "PIPELINE_STATE_PENDING"}
+
+    def fetched(match, body, query):
+        return {"name": f"projects/123/locations/europe-west4/pipelineJobs/{match.group(1)}",
+                "state": state["final"], "error": {"code": 9, "message": "step train failed"}}
+
+    service = FakeService({
+        ("POST", "/token"): lambda m, b, q: {"access_token": "token-1", "expires_in": 3600,
+                                             "token_type": "Bearer"},
+        ("POST", f"{VERTEX}/pipelineJobs"): created,
+        ("GET", r".*/pipelineJobs/([\w-]+)"): fetched,
+        ("POST", f"{VERTEX}/schedules"): lambda m, b, q: {
+            **b, "name": "projects/123/locations/europe-west4/schedules/77", "state": "ACTIVE"},
+    })
+    # a service account key whose token endpoint is the stand-in (it names no project)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    credentials = tmp_path / "key.json"
+    credentials.write_text(json.dumps({
+        "type": "service_account", "private_key_id": "k1", "private_key": key.decode(), "client_id": "1",
+        "client_email": "submitter@histoxai-test.iam.gserviceaccount.com",
+        "token_uri": f"{service.url}/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    for name in ("HISTOXAI_PROJECT", "HISTOXAI_PIPELINE_ROOT", "HISTOXAI_SERVICE_ACCOUNT", "HISTOXAI_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    service.state = state
+    yield service
+    service.close()
+
+
+def _vertex_args(package, bucket, url, *extra):
+    # A pipeline root in a bucket that does not exist yet: aiplatform creates it (in the emulator). For an
+    # existing bucket it would ask Resource Manager who owns it, which no test can reach.
+    _vertex_args.runs = getattr(_vertex_args, "runs", 0) + 1
+    root = f"{bucket}-{_vertex_args.runs}/root"
+    return ["submit", "--package", str(package), "--project", "histoxai-test", "--region", "europe-west4",
+            "--pipeline-root", root, "--service-account", RUNNER,
+            "--label", "team=histo", "--samples-uri", f"{bucket}/samples", "--samples", "3,4,5",
+            "--set", "batch_size=8", "--api-endpoint", url, *extra]
+
+
+def test_submit_to_vertex(package, vertex, gcs_bucket, capsys):
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--no-cache", "--wait",
+                                      "--run-name", "nightly")) == 0
+    (create,) = vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    assert create["headers"]["authorization"].startswith("Bearer ")
+    assert create["query"]["pipelineJobId"][0].startswith("histoxai-")
+    job = create["body"]
+    assert job["displayName"] == "nightly" and job["labels"] == {"team": "histo"}
+    assert job["serviceAccount"] == RUNNER
+    runtime = job["runtimeConfig"]
+    assert re.fullmatch(rf"{gcs_bucket}-\d+/root", runtime["gcsOutputDirectory"])
+    assert runtime["parameterValues"]["samples"] == ["3", "4", "5"]
+    assert runtime["parameterValues"]["config_overrides"] == ["batch_size=8"]
+    assert runtime["parameterValues"]["samples_uri"] == f"{gcs_bucket}/samples"
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert tasks["train-model"]["cachingOptions"] == {"enableCache": False}  # --no-cache
+    assert vertex.find("GET", r".*/pipelineJobs/histoxai-.*")  # --wait polled the run
+    out = capsys.readouterr().out
+    assert "state           PIPELINE_STATE_SUCCEEDED" in out
+    assert "console.cloud.google.com/vertex-ai/locations/europe-west4/pipelines/runs/histoxai-" in out
+
+    vertex.state["final"] = "PIPELINE_STATE_FAILED"
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--wait")) == 2
+    err = capsys.readouterr().err
+    assert "histoxai submit: error: run projects/123/locations/europe-west4/pipelineJobs/histoxai-" in err
+    assert "did not succeed" in err and "step train failed" in err
+
+
+def test_submit_a_vertex_schedule(package, vertex, gcs_bucket, capsys):
+    cron = "TZ=Europe/Prague 0 3 * * 1"
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--schedule", cron)) == 0
+    (schedule,) = vertex.find("POST", f"{VERTEX}/schedules")
+    assert schedule["body"]["cron"] == cron
+    assert schedule["body"]["maxConcurrentRunCount"] == "1"
+    request = schedule["body"]["createPipelineJobRequest"]
+    assert request["parent"] == "projects/histoxai-test/locations/europe-west4"
+    assert request["pipelineJob"]["serviceAccount"] == RUNNER
+    assert request["pipelineJob"]["runtimeConfig"]["parameterValues"]["samples"] == ["3", "4", "5"]
+    assert not vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    assert "projects/123/locations/europe-west4/schedules/77" in capsys.readouterr().out
+
+
+def test_submit_explains_missing_credentials_and_project(package, vertex, gcs_bucket, monkeypatch, tmp_path,
+                                                          capsys):
+    working = os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "histoxai submit: error: submit: no Google Cloud credentials; run `gcloud auth application-default "
+        "login`")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", working)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    args = [a for a in _vertex_args(package, gcs_bucket, vertex.url)
+            if a not in ("--project", "histoxai-test")]
+    assert histoxai_main(args) == 2
+    assert capsys.readouterr().err.strip() == ("histoxai submit: error: submit: no Google Cloud project; "
+                                               "pass --project or set GOOGLE_CLOUD_PROJECT")
+    assert not vertex.find("POST", f"{VERTEX}/pipelineJobs")
+
+
+@pytest.fixture
+def kfp_api():
+    service = FakeService({
+        ("GET", "/apis/v2beta1/healthz"): lambda m, b, q: {"multi_user": False},
+        ("GET", "/apis/v2beta1/experiments"): lambda m, b, q: {},
+        ("POST", "/apis/v2beta1/experiments"): lambda m, b, q: {**b, "experiment_id": "exp-1"},
+        ("POST", "/apis/v2beta1/runs"): lambda m, b, q: {**b, "run_id": "run-1", "state": "PENDING"},
+        ("GET", "/apis/v2beta1/runs/run-1"): lambda m, b, q: {"run_id": "run-1", "state": "SUCCEEDED"},
+        ("POST", "/apis/v2beta1/recurringruns"): lambda m, b, q: {**b, "recurring_run_id": "rr-1"},
+    })
+    yield service
+    service.close()
+
+
+def test_submit_to_kfp(package, kfp_api, capsys):
+    args = ["submit", "--package", str(package), "--kfp-host", kfp_api.url, "--experiment", "minikube",
+            "--run-name", "demo-1", "--samples-uri", "/data/samples", "--samples", "3,4"]
+    assert histoxai_main([*args, "--wait"]) == 0
+    (experiment,) = kfp_api.find("POST", "/apis/v2beta1/experiments")
+    assert experiment["body"]["display_name"] == "minikube"
+    (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
+    assert run["body"]["display_name"] == "demo-1" and run["body"]["experiment_id"] == "exp-1"
+    assert run["body"]["runtime_config"]["parameters"]["samples"] == ["3", "4"]
+    assert run["body"]["pipeline_spec"]["pipelineInfo"]["name"] == "histoxai"
+    out = capsys.readouterr().out
+    assert f"{kfp_api.url}/#/runs/details/run-1" in out and "SUCCEEDED" in out
+
+    assert histoxai_main([*args, "--schedule", "30 2 * * *"]) == 0
+    (recurring,) = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+    assert recurring["body"]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"
+    assert recurring["body"]["max_concurrency"] == 1
+    assert recurring["body"]["runtime_config"]["parameters"]["samples_uri"] == "/data/samples"
+    assert "rr-1" in capsys.readouterr().out
+
+
+def test_submit_errors_are_one_line(package, tmp_path, capsys):
+    closed = FakeService({})
+    closed.close()  # nothing listens on this port any more
+    base = ["submit", "--package", str(package), "--samples-uri", "/data"]
+    for argv, message in [
+        ([*base, "--kfp-host", closed.url], f"--kfp-host {closed.url}: endpoint unreachable"),
+        ([*base, "--kfp-host", closed.url, "--schedule", "daily"], "--schedule 'daily': expected a cron"),
+        ([*base, "--accelerator-type", "NVIDIA_L4"], "--accelerator-type: compile options do not change"),
+        ([*base], "--pipeline-root: not given"),
+        ([*base, "--param", "nonesuch=1"], "pipeline parameter 'nonesuch': unknown"),
+    ]:
+        assert histoxai_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
