@@ -26,15 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRAIN_SAMPLES) -> dict:
     """The pipeline parameters of the demo run."""
-    import yaml
-
-    from histoxai.pipelines.params import config_text
+    from histoxai.pipelines.params import config_text, search_space
 
     return {
         "samples_uri": samples_uri, "samples": list(samples), "train_samples": list(train_samples),
         "patch_size": PIXELS_PER_VOXEL, "config": config_text(str(REPO / "configs" / "demo.yaml")),
         "tuning": True, "tuning_trials": 2, "tuning_startup_trials": 1,
-        "tuning_search_space": yaml.safe_load((REPO / "configs" / "search_space_demo.yaml").read_text()),
+        "tuning_search_space": search_space(str(REPO / "configs" / "search_space_demo.yaml")),
         "explain_methods": ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=16", "vanilla", "ig"],
         "explain_max_patches": 48, "explain_trust_patches": 16, "explain_phantom_dir": samples_uri,
         "evaluate_baseline_repeats": 20,

@@ -1,8 +1,9 @@
 """Compile the pipeline to a KFP v2 YAML package, which Vertex AI Pipelines and Kubeflow Pipelines run.
 
-The package holds every step (ingest per sample, split, training of the multi-task MD+FA and the
-single-task CC model, report) and the run parameters with their defaults; `histoxai submit --package`
-sends it, and the pipeline UI of either platform accepts it as a pipeline template.
+The package holds every step (ingest per sample, split, optional tuning, training of the multi-task
+MD+FA and the single-task CC model, evaluation, saliency maps per model, report) and the run
+parameters with their defaults; `histoxai submit --package` sends it, and the pipeline UI of either
+platform accepts it as a pipeline template.
 
 The GPU steps (tune, train, explain) request ACCELERATOR_TYPE x COUNT, fixed in the package (KFP
 2.17 cannot pass run parameters to accelerators inside ParallelFor and dsl.If; recompile to change

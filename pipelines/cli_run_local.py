@@ -24,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local folder for the run's outputs (the pipeline root; default outputs/runs)")
     parser.add_argument("--publish", metavar="URI",
                         help="afterwards, copy the run folder and its log to URI/<run name> (e.g. gs://...)")
-    parser.add_argument("--cache", action="store_true",
-                        help="reuse outputs of identical earlier tasks under OUT (kfp.local's cache)")
     add_parameter_arguments(parser)
 
 
@@ -34,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
     from histoxai.pipelines.local_run import publish_run, run_local
     from histoxai.pipelines.params import parameters_from_args
 
-    result = run_local(parameters_from_args(args), args.out, caching=args.cache)
+    result = run_local(parameters_from_args(args), args.out)
     print(terminal_summary(result.summary))
     print(f"\nrun folder  {result.run_dir}")
     print(f"report      {result.report_html}")

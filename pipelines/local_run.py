@@ -99,7 +99,7 @@ class _Progress(threading.Thread):
         self.poll()
 
 
-def run_local(arguments: dict, out: str, *, options=None, caching: bool = False) -> LocalRun:
+def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     """Run the pipeline with `arguments` (pipeline parameters) into the local folder `out`."""
     from kfp import local
     from tqdm import tqdm
@@ -116,8 +116,8 @@ def run_local(arguments: dict, out: str, *, options=None, caching: bool = False)
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"{pipeline_func.name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}.log"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
-               enable_caching=caching)
+    # no kfp.local cache: its keys hold the artifacts' URIs, which are new in every run
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     started = time.perf_counter()
     terminal, print_function = sys.stdout, builtins.print
     root_logger = logging.getLogger()

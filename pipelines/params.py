@@ -1,7 +1,8 @@
 """Pipeline parameters from the command line: shared by `histoxai run-local` and `histoxai submit`.
 
 Common parameters have their own options (--samples-uri, --samples, --train-samples, --config,
---set); any other goes through --param NAME=VALUE (VALUE in YAML: 64, true, [0.7, 0.15, 0.15]).
+--set, --tuning-trials, --search-space); any other goes through --param NAME=VALUE (VALUE in YAML:
+64, true, [0.7, 0.15, 0.15]).
 Values are checked against the pipeline's own interface (names, types, required parameters), so a
 typo fails here with one line, not in the cloud an hour later.
 """
@@ -33,9 +34,39 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
                                         "configs/ (demo, thesis); default: the compiled default (thesis)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one training config key (value in YAML); repeatable")
+    group.add_argument("--tuning-trials", type=int, metavar="N",
+                       help="turn tuning on with a budget of N trials (default: tuning off)")
+    group.add_argument("--search-space", help="tuning search space: a YAML file (local or gs://) or the name "
+                                              "of one in configs/ (default: search_space)")
     group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="any pipeline parameter (value in YAML, e.g. patch_size=64, tuning=true); "
                             "repeatable")
+
+
+def _named_file(source: str, option: str) -> str:
+    """The text of a YAML file, a gs:// object or a file named <source>.yaml in configs/."""
+    named = CONFIGS_DIR / f"{source}.yaml"
+    if not storage.is_gcs(source) and not Path(source).exists() and named.exists():
+        source = str(named)
+    if not storage.is_gcs(source) and not Path(source).exists():
+        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+        raise InputError(f"{option} {source}: no such file; expected a YAML file, a gs:// URI or one of "
+                         f"{names or 'the names in configs/'}")
+    return storage.read_text(source)
+
+
+def search_space(source: str) -> dict:
+    """A tuning search space ({search, fixed}) from a file or configs/ name, checked by the tune step."""
+    import yaml
+
+    from histoxai.components.tune.space import parse_space
+
+    try:
+        values = yaml.safe_load(_named_file(source, "--search-space")) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"--search-space {source}: not valid YAML ({err})") from None
+    parse_space(values, source)
+    return values
 
 
 def config_text(source: str) -> str:
@@ -45,14 +76,7 @@ def config_text(source: str) -> str:
 
     from histoxai.config import config_from_yaml
 
-    named = CONFIGS_DIR / f"{source}.yaml"
-    if not storage.is_gcs(source) and not Path(source).exists() and named.exists():
-        source = str(named)
-    if not storage.is_gcs(source) and not Path(source).exists():
-        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
-        raise InputError(f"--config {source}: no such file; expected a YAML file, a gs:// URI or one of "
-                         f"{names or 'the names in configs/'}")
-    text = storage.read_text(source)
+    text = _named_file(source, "--config")
     config_from_yaml(text, source=source)
     values = yaml.safe_load(text) or {}
     return yaml.safe_dump(values, default_flow_style=True, sort_keys=False, width=10**6).strip()
@@ -87,6 +111,12 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
         values["train_samples"] = _comma_list(args.train_samples, "--train-samples")
     if args.config:
         values["config"] = config_text(args.config)
+    if args.tuning_trials is not None:
+        if args.tuning_trials < 1:
+            raise InputError(f"--tuning-trials {args.tuning_trials}: expected a number of trials >= 1")
+        values.update(tuning=True, tuning_trials=args.tuning_trials)
+    if args.search_space:
+        values["tuning_search_space"] = search_space(args.search_space)
     if args.set:
         from histoxai.config import config_from_yaml, parse_overrides
 

@@ -80,12 +80,6 @@ class Outputs(NamedTuple):
     summary: Artifact
 
 
-def _search_space() -> dict:
-    import yaml
-
-    return yaml.safe_load(DEFAULT_SEARCH_SPACE.read_text())
-
-
 def build_pipeline(options: CompileOptions = CompileOptions()):
     """The pipeline function for `options` (compile it, or call it under kfp.local)."""
     from histoxai.components.evaluate.component import evaluate_models
@@ -95,13 +89,14 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     from histoxai.components.split.component import split
     from histoxai.components.train.component import resolve_config, train_model
     from histoxai.components.tune.component import tune_step
-    from histoxai.pipelines.params import config_text
+    from histoxai.pipelines.params import config_text, search_space
 
     profile = RESOURCE_PROFILES[options.resources]
     config_default = options.config_text or config_text(str(DEFAULT_CONFIG))
     version = options.code_version or code_version()
     explain_defaults = {k: v.default for k, v in explain_model.component_spec.inputs.items()}
     tune_defaults = {k: v.default for k, v in tune_step.component_spec.inputs.items()}
+    space_default = search_space(str(DEFAULT_SEARCH_SPACE))
 
     def configure(task, kind: str, display_name: str, retry: bool = False):
         cpu, memory = profile[kind]
@@ -141,7 +136,7 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         tuning_timeout_s: float = tune_defaults["timeout_s"],
         tuning_targets: str = "MD,FA",
         tuning_startup_trials: int = tune_defaults["startup_trials"],
-        tuning_search_space: dict = _search_space(),  # noqa: B008 (read once, when the pipeline is built)
+        tuning_search_space: dict = space_default,
         evaluate_baseline_summary: str = "bundled",
         evaluate_baseline_repeats: int = 100,
         explain_methods: list = list(explain_defaults["methods"]),  # noqa: B006

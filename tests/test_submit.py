@@ -1,0 +1,245 @@
+"""`histoxai submit` to Vertex AI and to a KFP endpoint, against local HTTP servers that stand in for the
+services: the real clients (aiplatform over REST, google-auth, kfp.Client) build and send the requests,
+and the tests read what arrived."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from histoxai.cli import main as histoxai_main
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    from histoxai.pipelines.pipeline import compile_package
+
+    out = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    compile_package(str(out))
+    return out
+
+
+
+class FakeService:
+    """A local HTTP server that records requests and answers from `routes`: (method, path regex) ->
+    function(match, body, query) -> JSON-able response."""
+
+    def __init__(self, routes):
+        self.requests: list[dict] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                url = urlparse(self.path)
+                try:
+                    body = json.loads(raw) if raw else {}
+                except ValueError:
+                    body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}  # OAuth token form
+                service.requests.append({"method": self.command, "path": url.path, "body": body,
+                                         "query": parse_qs(url.query),
+                                         "headers": {k.lower(): v for k, v in self.headers.items()}})
+                for (method, pattern), respond in routes.items():
+                    match = re.fullmatch(pattern, url.path)
+                    if method == self.command and match:
+                        data = json.dumps(respond(match, body, parse_qs(url.query))).encode()
+                        self.send_response(200)
+                        break
+                else:
+                    data = json.dumps({"error": {"code": 404, "message": f"no route {url.path}"}}).encode()
+                    self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def find(self, method, pattern):
+        return [r for r in self.requests if r["method"] == method and re.fullmatch(pattern, r["path"])]
+
+
+VERTEX = "/v1/projects/histoxai-test/locations/europe-west4"
+RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def vertex(tmp_path, monkeypatch, gcs_emulator):
+    """A stand-in for Vertex AI and Google's token endpoint, and credentials that point at it."""
+    state = {"final": "PIPELINE_STATE_SUCCEEDED"}
+
+    def created(match, body, query):
+        job_id = query["pipelineJobId"][0]
+        return {**body, "name": f"projects/123/locations/europe-west4/pipelineJobs/{job_id}",
+                "state": "PIPELINE_STATE_PENDING"}
+
+    def fetched(match, body, query):
+        return {"name": f"projects/123/locations/europe-west4/pipelineJobs/{match.group(1)}",
+                "state": state["final"], "error": {"code": 9, "message": "step train failed"}}
+
+    service = FakeService({
+        ("POST", "/token"): lambda m, b, q: {"access_token": "token-1", "expires_in": 3600,
+                                             "token_type": "Bearer"},
+        ("POST", f"{VERTEX}/pipelineJobs"): created,
+        ("GET", r".*/pipelineJobs/([\w-]+)"): fetched,
+        ("POST", f"{VERTEX}/schedules"): lambda m, b, q: {
+            **b, "name": "projects/123/locations/europe-west4/schedules/77", "state": "ACTIVE"},
+    })
+    # a service account key whose token endpoint is the stand-in (it names no project)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    credentials = tmp_path / "key.json"
+    credentials.write_text(json.dumps({
+        "type": "service_account", "private_key_id": "k1", "private_key": key.decode(), "client_id": "1",
+        "client_email": "submitter@histoxai-test.iam.gserviceaccount.com",
+        "token_uri": f"{service.url}/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    for name in ("HISTOXAI_PROJECT", "HISTOXAI_PIPELINE_ROOT", "HISTOXAI_SERVICE_ACCOUNT", "HISTOXAI_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    service.state = state
+    yield service
+    service.close()
+
+
+def _vertex_args(package, bucket, url, *extra):
+    # A pipeline root in a bucket that does not exist yet: aiplatform creates it (in the emulator). For an
+    # existing bucket it would ask Resource Manager who owns it, which no test can reach.
+    _vertex_args.runs = getattr(_vertex_args, "runs", 0) + 1
+    root = f"{bucket}-{_vertex_args.runs}/root"
+    return ["submit", "--package", str(package), "--project", "histoxai-test", "--region", "europe-west4",
+            "--pipeline-root", root, "--service-account", RUNNER,
+            "--label", "team=histo", "--samples-uri", f"{bucket}/samples", "--samples", "3,4,5",
+            "--set", "batch_size=8", "--api-endpoint", url, *extra]
+
+
+def test_submit_to_vertex(package, vertex, gcs_bucket, capsys):
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--no-cache", "--wait",
+                                      "--run-name", "nightly")) == 0
+    (create,) = vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    assert create["headers"]["authorization"].startswith("Bearer ")
+    assert create["query"]["pipelineJobId"][0].startswith("histoxai-")
+    job = create["body"]
+    assert job["displayName"] == "nightly" and job["labels"] == {"team": "histo"}
+    assert job["serviceAccount"] == RUNNER
+    runtime = job["runtimeConfig"]
+    assert re.fullmatch(rf"{gcs_bucket}-\d+/root", runtime["gcsOutputDirectory"])
+    assert runtime["parameterValues"]["samples"] == ["3", "4", "5"]
+    assert runtime["parameterValues"]["config_overrides"] == ["batch_size=8"]
+    assert runtime["parameterValues"]["samples_uri"] == f"{gcs_bucket}/samples"
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert tasks["train-model"]["cachingOptions"] == {"enableCache": False}  # --no-cache
+    assert vertex.find("GET", r".*/pipelineJobs/histoxai-.*")  # --wait polled the run
+    out = capsys.readouterr().out
+    assert "state           PIPELINE_STATE_SUCCEEDED" in out
+    assert "console.cloud.google.com/vertex-ai/locations/europe-west4/pipelines/runs/histoxai-" in out
+
+    vertex.state["final"] = "PIPELINE_STATE_FAILED"
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--wait")) == 2
+    err = capsys.readouterr().err
+    assert "histoxai submit: error: run projects/123/locations/europe-west4/pipelineJobs/histoxai-" in err
+    assert "did not succeed" in err and "step train failed" in err
+
+
+def test_submit_a_vertex_schedule(package, vertex, gcs_bucket, capsys):
+    cron = "TZ=Europe/Prague 0 3 * * 1"
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--schedule", cron)) == 0
+    (schedule,) = vertex.find("POST", f"{VERTEX}/schedules")
+    assert schedule["body"]["cron"] == cron
+    assert schedule["body"]["maxConcurrentRunCount"] == "1"
+    request = schedule["body"]["createPipelineJobRequest"]
+    assert request["parent"] == "projects/histoxai-test/locations/europe-west4"
+    assert request["pipelineJob"]["serviceAccount"] == RUNNER
+    assert request["pipelineJob"]["runtimeConfig"]["parameterValues"]["samples"] == ["3", "4", "5"]
+    assert not vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    assert "projects/123/locations/europe-west4/schedules/77" in capsys.readouterr().out
+
+
+def test_submit_explains_missing_credentials_and_project(package, vertex, gcs_bucket, monkeypatch, tmp_path,
+                                                          capsys):
+    working = os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "histoxai submit: error: submit: no Google Cloud credentials; run `gcloud auth application-default "
+        "login`")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", working)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    args = [a for a in _vertex_args(package, gcs_bucket, vertex.url)
+            if a not in ("--project", "histoxai-test")]
+    assert histoxai_main(args) == 2
+    assert capsys.readouterr().err.strip() == ("histoxai submit: error: submit: no Google Cloud project; "
+                                               "pass --project or set GOOGLE_CLOUD_PROJECT")
+    assert not vertex.find("POST", f"{VERTEX}/pipelineJobs")
+
+
+@pytest.fixture
+def kfp_api():
+    service = FakeService({
+        ("GET", "/apis/v2beta1/healthz"): lambda m, b, q: {"multi_user": False},
+        ("GET", "/apis/v2beta1/experiments"): lambda m, b, q: {},
+        ("POST", "/apis/v2beta1/experiments"): lambda m, b, q: {**b, "experiment_id": "exp-1"},
+        ("POST", "/apis/v2beta1/runs"): lambda m, b, q: {**b, "run_id": "run-1", "state": "PENDING"},
+        ("GET", "/apis/v2beta1/runs/run-1"): lambda m, b, q: {"run_id": "run-1", "state": "SUCCEEDED"},
+        ("POST", "/apis/v2beta1/recurringruns"): lambda m, b, q: {**b, "recurring_run_id": "rr-1"},
+    })
+    yield service
+    service.close()
+
+
+def test_submit_to_kfp(package, kfp_api, capsys):
+    args = ["submit", "--package", str(package), "--kfp-host", kfp_api.url, "--experiment", "minikube",
+            "--run-name", "demo-1", "--samples-uri", "/data/samples", "--samples", "3,4"]
+    assert histoxai_main([*args, "--wait"]) == 0
+    (experiment,) = kfp_api.find("POST", "/apis/v2beta1/experiments")
+    assert experiment["body"]["display_name"] == "minikube"
+    (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
+    assert run["body"]["display_name"] == "demo-1" and run["body"]["experiment_id"] == "exp-1"
+    assert run["body"]["runtime_config"]["parameters"]["samples"] == ["3", "4"]
+    assert run["body"]["pipeline_spec"]["pipelineInfo"]["name"] == "histoxai"
+    out = capsys.readouterr().out
+    assert f"{kfp_api.url}/#/runs/details/run-1" in out and "SUCCEEDED" in out
+
+    assert histoxai_main([*args, "--schedule", "30 2 * * *"]) == 0
+    (recurring,) = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+    assert recurring["body"]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"
+    assert recurring["body"]["max_concurrency"] == 1
+    assert recurring["body"]["runtime_config"]["parameters"]["samples_uri"] == "/data/samples"
+    assert "rr-1" in capsys.readouterr().out
+
+
+def test_submit_errors_are_one_line(package, tmp_path, capsys):
+    closed = FakeService({})
+    closed.close()  # nothing listens on this port any more
+    base = ["submit", "--package", str(package), "--samples-uri", "/data"]
+    for argv, message in [
+        ([*base, "--kfp-host", closed.url], f"--kfp-host {closed.url}: endpoint unreachable"),
+        ([*base, "--kfp-host", closed.url, "--schedule", "daily"], "--schedule 'daily': expected a cron"),
+        ([*base, "--accelerator-type", "NVIDIA_L4"], "--accelerator-type: compile options do not change"),
+        ([*base], "--pipeline-root: not given"),
+        ([*base, "--param", "nonesuch=1"], "pipeline parameter 'nonesuch': unknown"),
+    ]:
+        assert histoxai_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
