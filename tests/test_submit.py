@@ -209,9 +209,9 @@ def kfp_api():
 
 
 def test_submit_to_kfp(package, kfp_api, capsys):
-    args = ["submit", "--package", str(package), "--kfp-host", kfp_api.url, "--experiment", "minikube",
+    args = ["submit", "--kfp-host", kfp_api.url, "--experiment", "minikube",
             "--run-name", "demo-1", "--samples-uri", "/data/samples", "--samples", "3,4"]
-    assert histoxai_main([*args, "--wait"]) == 0
+    assert histoxai_main([*args, "--package", str(package), "--wait"]) == 0
     (experiment,) = kfp_api.find("POST", "/apis/v2beta1/experiments")
     assert experiment["body"]["display_name"] == "minikube"
     (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
@@ -221,8 +221,12 @@ def test_submit_to_kfp(package, kfp_api, capsys):
     out = capsys.readouterr().out
     assert f"{kfp_api.url}/#/runs/details/run-1" in out and "SUCCEEDED" in out
 
-    assert histoxai_main([*args, "--schedule", "30 2 * * *"]) == 0
+    # without --package: compiled now, here for a Kubeflow cluster's GPU resource
+    assert histoxai_main([*args, "--schedule", "30 2 * * *", "--accelerator-type", "nvidia.com/gpu"]) == 0
     (recurring,) = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+    executors = recurring["body"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert executors["exec-train-model"]["container"]["resources"]["accelerator"]["resourceType"] == \
+        "nvidia.com/gpu"
     assert recurring["body"]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"
     assert recurring["body"]["max_concurrency"] == 1
     assert recurring["body"]["runtime_config"]["parameters"]["samples_uri"] == "/data/samples"
