@@ -1,13 +1,15 @@
 """Run the whole pipeline on this machine with kfp.local (subprocess runner, no Docker), then print a summary.
 
 Every step runs as a subprocess of this Python environment, in the order and with the artifacts a
-cluster would use. Outputs land in OUT/histoxai-<timestamp>/<step>/<output> (the report is
-report/report_html), the full log in OUT/histoxai-<timestamp>.log. Samples may be read from gs://;
-OUT must be local (use --publish gs://... to copy the finished run to a bucket).
+cluster would use. Outputs land in OUT/histoxai-<timestamp>/<step>/<output>, the report also as
+OUT/histoxai-<timestamp>/report.html, the full log in OUT/histoxai-<timestamp>.log. Samples may be
+read from gs://; OUT must be local (use --publish gs://... to copy the finished run to a bucket).
+On a CPU, limit the saliency work (--param explain_max_patches=48): every method on every test
+patch takes hours. `make demo` shows a complete small setting.
 
 Examples:
-  histoxai run-local --samples-uri outputs/demo/phantom --samples 3,4 --config demo \\
-      --param patch_size=64 --out outputs/runs
+  histoxai run-local --samples-uri outputs/demo/phantom --samples 3,4,5 --config demo \\
+      --param patch_size=64 --param explain_max_patches=48 --out outputs/runs
   histoxai run-local --samples-uri gs://BUCKET/samples --samples 3,4,5 --config demo \\
       --set finetune_epochs=3 --out outputs/runs --publish gs://BUCKET/runs
 """
