@@ -4,14 +4,15 @@ Every step runs as a subprocess of this Python environment, in the order and wit
 cluster would use. Outputs land in OUT/histoxai-<timestamp>/<step>/<output>, the report also as
 OUT/histoxai-<timestamp>/report.html, the full log in OUT/histoxai-<timestamp>.log. Samples may be
 read from gs://; OUT must be local (use --publish gs://... to copy the finished run to a bucket).
-On a CPU, limit the saliency work (--param explain_max_patches=48): every method on every test
-patch takes hours. `make demo` shows a complete small setting.
+The defaults (the thesis's config, all six saliency methods on every test patch) are sized for a
+GPU cluster; on a CPU use a small config and limit the maps (--param explain_max_patches=48), as
+`make demo` does.
 
 Examples:
   histoxai run-local --samples-uri outputs/demo/phantom --samples 3,4,5 --config demo \\
       --param patch_size=64 --param explain_max_patches=48 --out outputs/runs
   histoxai run-local --samples-uri gs://BUCKET/samples --samples 3,4,5 --config demo \\
-      --set finetune_epochs=3 --out outputs/runs --publish gs://BUCKET/runs
+      --set finetune_epochs=3 --param explain_max_patches=48 --out outputs/runs --publish gs://BUCKET/runs
 """
 
 from __future__ import annotations
