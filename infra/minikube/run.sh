@@ -23,8 +23,16 @@ if [[ "$GPU" == 1 ]]; then
   HISTOXAI_GPU_IMAGE="histoxai-gpu:$TAG"
 fi
 
+# The pods read samples through the storage layer (local paths inside the pod, or gs://): give them a
+# bucket holding phantom samples (histoxai phantom --out gs://BUCKET/phantom) and credentials in the image
+# environment, e.g. with minikube's gcp-auth addon.
+[[ -n "${SAMPLES_URI:-}" ]] || die "set SAMPLES_URI to a gs:// folder of samples the cluster can read (see make minikube-run in the README)"
+accelerator=none
+[[ "$GPU" == 1 ]] && accelerator=nvidia.com/gpu
+
 mkdir -p "$OUT"
-"$HISTOXAI" compile --out "$OUT/pipeline.yaml"
+"$HISTOXAI" compile --out "$OUT/pipeline.yaml" --resources small --config demo --accelerator-type "$accelerator"
 "$HISTOXAI" submit --kfp-host "$kfp_host" --package "$OUT/pipeline.yaml" \
-  --experiment histoxai-minikube --run-name "demo-$(date +%Y%m%d-%H%M%S)"
+  --experiment histoxai-minikube --run-name "demo-$(date +%Y%m%d-%H%M%S)" \
+  --samples-uri "$SAMPLES_URI" --samples 3,4,5 --param patch_size=64 --param explain_max_patches=48
 echo "Follow the run at http://localhost:$UI_PORT (Runs, experiment histoxai-minikube)."
