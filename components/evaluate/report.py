@@ -8,13 +8,12 @@ data), so the pipeline UI shows it without other files.
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 
 import pandas as pd
 
-from histoxai.metrics import METRIC_LABELS, format_value, markdown_table
+from histoxai.metrics import METRIC_LABELS, format_value
+from histoxai.sections import render_html, render_markdown
 
 SPLIT_LABELS = {"train": "train set", "val": "validation set", "test": "test set"}
 TRAINING_MARK = " *"
@@ -142,54 +141,9 @@ def _sections(result: dict) -> list[tuple[str, object]]:
 
 
 def markdown_report(result: dict) -> str:
-    parts = []
-    for kind, content in _sections(result):
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"{'#' * int(kind[1])} {content}\n")
-        elif kind == "p":
-            parts.append(f"{content}\n")
-        elif kind == "list":
-            parts.append("".join(f"- {item}\n" for item in content))
-        elif kind == "table":
-            parts.append(markdown_table(content))
-        elif kind == "image":
-            parts.append(f"![{content[0]}]({content[1]})\n")
-    return "\n".join(parts)
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    highlighted = set(frame.attrs.get("training_rows", []))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for i, row in enumerate(frame.itertuples(index=False)):
-        cells = "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row)
-        body.append(f"<tr class=\"training\">{cells}</tr>" if i in highlighted else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td:first-child,th:first-child"
-         "{text-align:left}th{background:#eee}tr.training{background:#fff3c4}"
-         "figure{display:inline-block;margin:6px}img{max-width:100%}figcaption{font-size:90%}")
+    return render_markdown(_sections(result))
 
 
 def html_report(result: dict, folder: Path) -> str:
     """Self-contained HTML; map PNGs are read from `folder` (the output being built) and embedded."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>histoxai evaluation</title>"
-             f"<style>{STYLE}</style></head><body>"]
-    for kind, content in _sections(result):
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(content.replace(chr(92), ''))}</p>")
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
-        elif kind == "table":
-            parts.append(_html_table(content))
-        elif kind == "image":
-            data = base64.b64encode((Path(folder) / content[1]).read_bytes()).decode()
-            caption = html.escape(content[0])
-            parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{caption}\">"
-                         f"<figcaption>{caption}</figcaption></figure>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
+    return render_html(_sections(result), "histoxai evaluation", image_root=folder)

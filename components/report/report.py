@@ -9,7 +9,6 @@ The report holds no numbers of its own: every figure is read from the step that 
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +17,7 @@ import pandas as pd
 from histoxai import storage
 from histoxai.errors import InputError
 from histoxai.metrics import format_value, markdown_table
+from histoxai.sections import render_html, render_markdown
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -185,50 +185,6 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
     if summary["config"]:
         sections += [("h2", "Training config"), ("pre", summary["config"])]
     return sections
-
-
-def render_markdown(sections: Sequence[tuple[str, object]]) -> str:
-    """Sections ('h1'|'h2'|'p'|'list'|'pre'|'table', content) as Markdown."""
-    parts = []
-    for kind, content in sections:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"{'#' * int(kind[1])} {content}\n")
-        elif kind == "p":
-            parts.append(f"{content}\n")
-        elif kind == "list":
-            parts.append("".join(f"- {item}\n" for item in content))
-        elif kind == "pre":
-            parts.append(f"```\n{content.rstrip()}\n```\n")
-        elif kind == "table":
-            parts.append(markdown_table(content))
-    return "\n".join(parts)
-
-
-STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-         "td:first-child,th:first-child{text-align:left}th{background:#eee}")
-
-
-def render_html(sections: Sequence[tuple[str, object]], title: str) -> str:
-    """The same sections as one self-contained HTML page (the pipeline UI shows it as is)."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body>"]
-    for kind, content in sections:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(str(content))}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(str(content))}</p>")
-        elif kind == "pre":
-            parts.append(f"<pre>{html.escape(str(content))}</pre>")
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in content) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in content.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>"
-                           for row in content.itertuples(index=False))
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
 
 
 def _compact_trust(trust: pd.DataFrame) -> pd.DataFrame:
