@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "compile": "histoxai.pipelines.cli_compile",
     "run-local": "histoxai.pipelines.cli_run_local",
     "submit": "histoxai.pipelines.cli_submit",
+    "retrain": "histoxai.pipelines.cli_retrain",
 }
 
 

@@ -157,6 +157,50 @@ def read_range(uri: str | os.PathLike, start: int, length: int) -> bytes:
         return _blob(uri).download_as_bytes(start=start, end=start + length - 1)
 
 
+def size(uri: str | os.PathLike) -> int | None:
+    """Size of a file in bytes, None when there is no such file (one metadata request on GCS)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        path = Path(uri)
+        return path.stat().st_size if path.is_file() else None
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        blob = _client().bucket(bucket).get_blob(key)
+    return None if blob is None else blob.size
+
+
+def read_versioned(uri: str) -> tuple[bytes | None, int]:
+    """A gs:// object's bytes and generation, (None, 0) when it does not exist: what
+    `write_if_generation` takes for a read-modify-write that no concurrent writer can undo."""
+    from google.api_core import exceptions as gexc
+
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        while True:
+            blob = _client().bucket(bucket).get_blob(key)
+            if blob is None:
+                return None, 0
+            generation = blob.generation
+            try:  # the bytes of exactly the generation seen; replaced in between: look again
+                return blob.download_as_bytes(if_generation_match=generation), generation
+            except (gexc.PreconditionFailed, gexc.NotFound):
+                continue
+
+
+def write_if_generation(uri: str, data: bytes, generation: int, *,
+                        content_type: str = "application/octet-stream") -> bool:
+    """Write a gs:// object only if it is still at `generation` (0: only if it does not exist yet).
+    False when another writer came first: re-read and re-apply the change."""
+    from google.api_core import exceptions as gexc
+
+    with _gcs_errors(uri):
+        try:
+            _blob(uri).upload_from_string(data, content_type=content_type, if_generation_match=generation)
+        except gexc.PreconditionFailed:
+            return False
+    return True
+
+
 def read_text(uri: str | os.PathLike) -> str:
     return read_bytes(uri).decode("utf-8")
 

@@ -70,23 +70,6 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
-def _vertex_credentials(project: str | None):
-    """Application Default Credentials and the project to use, or one clear InputError."""
-    import google.auth
-    from google.auth import exceptions as auth_exc
-
-    try:
-        credentials, adc_project = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    except auth_exc.DefaultCredentialsError as err:
-        raise InputError("submit: no Google Cloud credentials; run `gcloud auth application-default login` "
-                         f"or set GOOGLE_APPLICATION_CREDENTIALS ({str(err).splitlines()[0]})") from err
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or adc_project
-    if not project:
-        raise InputError("submit: no Google Cloud project; pass --project or set GOOGLE_CLOUD_PROJECT")
-    return credentials, project
-
-
 @contextlib.contextmanager
 def _package(args: argparse.Namespace):
     """A local copy of the package to send (compiled now when --package is not given)."""
@@ -111,7 +94,13 @@ def run(args: argparse.Namespace) -> None:
     from kfp import components
 
     from histoxai.pipelines.params import check_parameters, parameters_from_args
-    from histoxai.pipelines.submit import check_cron, submit_kfp, submit_vertex, vertex_job
+    from histoxai.pipelines.submit import (
+        check_cron,
+        default_credentials,
+        submit_kfp,
+        submit_vertex,
+        vertex_job,
+    )
 
     if args.schedule:
         check_cron(args.schedule)
@@ -128,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
             if not args.pipeline_root:
                 raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
                                  "(or set HISTOXAI_PIPELINE_ROOT)")
-            credentials, project = _vertex_credentials(args.project)
+            credentials, project = default_credentials(args.project)
             job = vertex_job(package, project=project, region=args.region, pipeline_root=args.pipeline_root,
                              parameters=parameters, labels=_labels(args.label), caching=caching,
                              run_name=args.run_name, credentials=credentials, api_endpoint=args.api_endpoint)

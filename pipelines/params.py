@@ -90,12 +90,12 @@ def _comma_list(text: str, option: str) -> list[str]:
     return items
 
 
-def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The parameters the options name (not yet checked against a pipeline)."""
+def parse_param_pairs(pairs: list[str]) -> dict[str, Any]:
+    """--param NAME=VALUE pairs (VALUE in YAML) as a dict."""
     import yaml
 
     values: dict[str, Any] = {}
-    for pair in args.param:
+    for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
             raise InputError(f"--param {pair!r}: expected NAME=VALUE")
@@ -103,6 +103,12 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
             values[name.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise InputError(f"--param {pair!r}: value is not valid YAML ({err})") from None
+    return values
+
+
+def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters the options name (not yet checked against a pipeline)."""
+    values = parse_param_pairs(args.param)
     if args.samples_uri:
         values["samples_uri"] = args.samples_uri
     if args.samples:

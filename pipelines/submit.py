@@ -10,6 +10,7 @@ recurring runs take 6 fields with seconds first, so a 5-field cron gets "0 " put
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Mapping
 
@@ -38,6 +39,27 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+class RunExists(InputError):
+    """Vertex AI already has a run with this job id (a retried submission that went through before)."""
+
+
+def default_credentials(project: str | None, what: str = "submit"):
+    """Application Default Credentials and the project to use, or one clear InputError."""
+    import google.auth
+    from google.auth import exceptions as auth_exc
+
+    try:
+        credentials, adc_project = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except auth_exc.DefaultCredentialsError as err:
+        raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
+                         f"or set GOOGLE_APPLICATION_CREDENTIALS ({str(err).splitlines()[0]})") from err
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or adc_project
+    if not project:
+        raise InputError(f"{what}: no Google Cloud project; pass --project or set GOOGLE_CLOUD_PROJECT")
+    return credentials, project
+
+
 @contextlib.contextmanager
 def _google_errors(what: str) -> Iterator[None]:
     from google.api_core import exceptions as api_exc
@@ -45,6 +67,8 @@ def _google_errors(what: str) -> Iterator[None]:
 
     try:
         yield
+    except api_exc.AlreadyExists as err:
+        raise RunExists(f"{what}: Vertex AI already has this run ({err.message})") from err
     except auth_exc.DefaultCredentialsError as err:
         raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
                          "or set GOOGLE_APPLICATION_CREDENTIALS") from err
@@ -59,8 +83,10 @@ def _google_errors(what: str) -> Iterator[None]:
 
 def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, parameters: Mapping,
                labels: Mapping[str, str] | None = None, caching: bool | None = None,
-               run_name: str | None = None, credentials=None, api_endpoint: str | None = None):
-    """An aiplatform.PipelineJob for the package, built (and validated) without any network call."""
+               run_name: str | None = None, credentials=None, api_endpoint: str | None = None,
+               job_id: str | None = None):
+    """An aiplatform.PipelineJob for the package, built (and validated) without any network call.
+    `job_id` fixes the run's id, so a second submission of the same run is refused (RunExists)."""
     from google.cloud import aiplatform
 
     if not project:
@@ -75,7 +101,7 @@ def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, p
         return aiplatform.PipelineJob(
             display_name=run_name or "histoxai", template_path=package, pipeline_root=pipeline_root,
             parameter_values=dict(parameters), enable_caching=caching, labels=check_labels(labels or {}),
-            project=project, location=region, credentials=credentials)
+            project=project, location=region, credentials=credentials, job_id=job_id)
 
 
 def submit_vertex(job, *, service_account: str | None = None, schedule: str | None = None,

@@ -25,17 +25,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
-    """Starts gcp-storage-emulator on a free loopback port; yields its host URL.
+    """Starts gcp-storage-emulator (with write preconditions) on a free loopback port; yields its host URL.
 
     STORAGE_EMULATOR_HOST is set for the test process and its children, so the real
     google-cloud-storage client (and every `histoxai` subprocess) talks to it.
     """
     port = _free_port()
     workdir = tmp_path_factory.mktemp("gcs-emulator")
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
     log = open(workdir / "emulator.log", "wb")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
+    proc = subprocess.Popen(  # the emulator with GCS's write preconditions (tests/gcs_emulator.py)
+        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory", "-q"],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from histoxai.cli import main as histoxai_main
+from tests.vertex_recorder import service_account_key
 
 
 @pytest.fixture(scope="module")
@@ -104,16 +105,7 @@ def vertex(tmp_path, monkeypatch, gcs_emulator):
             **b, "name": "projects/123/locations/europe-west4/schedules/77", "state": "ACTIVE"},
     })
     # a service account key whose token endpoint is the stand-in (it names no project)
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    credentials = tmp_path / "key.json"
-    credentials.write_text(json.dumps({
-        "type": "service_account", "private_key_id": "k1", "private_key": key.decode(), "client_id": "1",
-        "client_email": "submitter@histoxai-test.iam.gserviceaccount.com",
-        "token_uri": f"{service.url}/token"}))
+    credentials = service_account_key(tmp_path / "key.json", f"{service.url}/token")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     for name in ("HISTOXAI_PROJECT", "HISTOXAI_PIPELINE_ROOT", "HISTOXAI_SERVICE_ACCOUNT", "HISTOXAI_REGION"):
         monkeypatch.delenv(name, raising=False)

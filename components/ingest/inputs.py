@@ -211,3 +211,58 @@ def read_errors_named(sample: Sample) -> Iterator[None]:
         for rel, mat in ((layout.HE_MAT, sample.he), (layout.HE_MASK_MAT, sample.he_mask)):
             stack.enter_context(_named(sample.files[rel], mat.path))
         yield
+
+
+_MAT_HEADERS = (b"MATLAB 5.0 MAT-file", b"MATLAB 7.3 MAT-file")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # where a v7.3 file's HDF5 part begins, after 512 header bytes
+
+
+def _check_mat_header(uri: str) -> None:
+    head = storage.read_range(uri, 0, 520)
+    if not head.startswith(_MAT_HEADERS):
+        raise InputError(f"{uri}: not a MATLAB file (its header does not start with 'MATLAB 5.0 MAT-file' "
+                         "or 'MATLAB 7.3 MAT-file'); expected the .mat file of the dataset layout")
+    if head.startswith(_MAT_HEADERS[1]) and head[512:520] != _HDF5_SIGNATURE:
+        raise InputError(f"{uri}: a MATLAB 7.3 header without its HDF5 part (truncated upload?); "
+                         "expected a complete v7.3 file")
+
+
+def _check_table_header(uri: str) -> None:
+    first_line = storage.read_range(uri, 0, 1 << 16).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        header = first_line.decode("utf-8").split("\t")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{uri}: not a readable tab-separated table ({err})") from err
+    missing = [c for c in (layout.CENTROID_X, layout.CENTROID_Y) if c not in header]
+    if missing:
+        raise InputError(f"{uri}: column(s) {', '.join(missing)} missing from the header line; "
+                         "expected QuPath measurements with centroids in pixels")
+
+
+def check_upload(sample_dir: str) -> dict[str, int]:
+    """Check that an uploaded sample folder is complete, without downloading its slide.
+
+    Every file of the layout must exist and be non-empty; MR.mat (small) is read and validated as
+    ingestion does; HE.mat and HE_mask.mat must carry a MATLAB header (and a v7.3 file its HDF5 part);
+    the nuclei table must have the centroid columns. Returns each file's size in bytes.
+    Shapes of the slide and masks are checked by ingestion itself.
+    """
+    sample_dir = str(sample_dir).rstrip("/")
+    sizes = {}
+    for rel in (layout.MR_MAT, layout.HE_MAT, layout.HE_MASK_MAT, layout.NUCLEI_TSV):
+        uri = storage.join(sample_dir, rel)
+        size = storage.size(uri)
+        if not size:
+            state = "file not found" if size is None else "empty file"
+            raise InputError(f"{uri}: {state}; expected {rel} inside the sample folder (the dataset layout: "
+                             "coreg_fine/ver1/{MR,HE,HE_mask}.mat, cell_density/QuPath/measurements.tsv)")
+        sizes[rel] = size
+    for rel in (layout.MR_MAT, layout.HE_MAT, layout.HE_MASK_MAT):
+        _check_mat_header(storage.join(sample_dir, rel))
+    _check_table_header(storage.join(sample_dir, layout.NUCLEI_TSV))
+    with contextlib.ExitStack() as stack:
+        mr_uri, mr_local = _fetch(stack, sample_dir, layout.MR_MAT)
+        mr = _open(stack, mr_uri, mr_local)
+        with _named(mr_uri, mr_local):
+            _read_mr(mr, mr_uri)
+    return sizes

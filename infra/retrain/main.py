@@ -1,5 +1,6 @@
-"""Entry module of the retraining function: the platform loads main.py; the handler is in histoxai.retrain."""
+"""Entry module of the retraining function: the platform loads main.py; the handler lives in
+histoxai.pipelines.retrain (pipelines/retrain.py)."""
 
-from histoxai.retrain import on_sample_uploaded
+from histoxai.pipelines.retrain import on_sample_uploaded
 
 __all__ = ["on_sample_uploaded"]

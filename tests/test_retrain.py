@@ -1,0 +1,316 @@
+"""Retraining on new samples (pipelines/retrain.py, `histoxai retrain`).
+
+The function runs as deployed (infra/retrain/main.py under functions-framework, on loopback) and gets
+real CloudEvent requests for objects in the GCS emulator, whose metadata is the event's data, as with
+Eventarc. Credentials, template loading, parameter checks and the aiplatform PipelineJob are real; only
+its final submit call is recorded instead of sent (tests/vertex_recorder.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from histoxai import layout, storage
+from histoxai.cli import main as histoxai_main
+from histoxai.pipelines import retrain
+from tests import vertex_recorder
+from tests.samples import make_sample, write_sample
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = "histoxai-test"
+RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory) -> Path:
+    return write_sample(tmp_path_factory.mktemp("upload") / "sample", make_sample(seed=11))
+
+
+@pytest.fixture(scope="module")
+def cloud(gcs_emulator, tmp_path_factory):
+    """A samples bucket and a pipeline-root bucket in the emulator, the compiled pipeline in it, a
+    service account key, and the environment the trigger's Terraform sets."""
+    from google.cloud import storage as gcs
+
+    from histoxai.pipelines.pipeline import compile_package
+
+    client = gcs.Client(project=PROJECT)
+    samples = client.create_bucket(f"samples-{uuid.uuid4().hex[:10]}").name
+    root = f"runs-{uuid.uuid4().hex[:10]}"  # created by aiplatform at the first submission
+    work = tmp_path_factory.mktemp("retrain")
+    template = f"gs://{samples}-templates/histoxai.yaml"
+    client.create_bucket(f"{samples}-templates")
+    compile_package(template)
+    env = {"HISTOXAI_SAMPLES_BUCKET": f"gs://{samples}/incoming", "HISTOXAI_PROJECT": PROJECT,
+           "HISTOXAI_REGION": "europe-west4", "HISTOXAI_PIPELINE_ROOT": f"gs://{root}/root",
+           "HISTOXAI_PIPELINE_TEMPLATE": template, "HISTOXAI_SERVICE_ACCOUNT": RUNNER,
+           "HISTOXAI_RUN_PARAMETERS": json.dumps({"config": "{epochs: 1}", "train_samples": ["7"]}),
+           "GOOGLE_APPLICATION_CREDENTIALS": str(vertex_recorder.service_account_key(work / "key.json"))}
+    return {"bucket": samples, "env": env, "work": work, "samples_uri": env["HISTOXAI_SAMPLES_BUCKET"]}
+
+
+def upload_sample(folder: Path, target: str, *, skip: tuple[str, ...] = (), ready: bool = True) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in skip:
+            storage.upload_file(path, storage.join(target, rel))
+    if ready:
+        storage.write_bytes(storage.join(target, retrain.READY), b"")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FunctionServer:
+    """infra/retrain/main.py under functions-framework, as Cloud Run runs it (tests/retrain_server.py)."""
+
+    def __init__(self, env: dict, record: Path, log: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "retrain_server.py"), str(self.port), str(record)],
+            env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"function server exited: {log.read_text()}") from None
+                time.sleep(0.2)
+        raise RuntimeError(f"function server did not start: {log.read_text()}")
+
+    def deliver(self, bucket: str, name: str, event_id: str | None = None) -> requests.Response:
+        """A storage finalize CloudEvent (binary mode, as Eventarc sends it) for the object as it is now."""
+        from google.cloud import storage as gcs
+
+        blob = gcs.Client(project=PROJECT).bucket(bucket).get_blob(name)
+        headers = {"ce-id": event_id or uuid.uuid4().hex, "ce-specversion": "1.0",
+                   "ce-type": "google.cloud.storage.object.v1.finalized",
+                   "ce-source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+                   "ce-subject": f"objects/{name}", "ce-time": blob._properties["updated"],
+                   "Content-Type": "application/json"}
+        return requests.post(self.url, data=json.dumps(blob._properties), headers=headers, timeout=300)
+
+    def lines(self) -> list[dict]:
+        """The structured log lines the function wrote."""
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{"severity"')]
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def servers(cloud):
+    """Two instances of the function (Cloud Run may run several), recording into one file."""
+    record = cloud["work"] / "submitted.jsonl"
+    started = [FunctionServer(cloud["env"], record, cloud["work"] / f"function-{i}.log") for i in range(2)]
+    yield started, record
+    for server in started:
+        server.close()
+
+
+def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
+    samples_uri = f"{gcs_bucket}/samples"
+    calls = []
+
+    def add_seven(registry):
+        calls.append(json.dumps(registry))
+        if len(calls) == 1:  # another writer gets in between this read and this write
+            storage.write_text(retrain.registry_uri(samples_uri), json.dumps({"samples": {"8": {}}}))
+        registry.setdefault("samples", {})["7"] = {}
+
+    retrain.update_registry(samples_uri, add_seven)
+    assert len(calls) == 2 and json.loads(calls[1]) == {"samples": {"8": {}}}  # re-read, re-applied
+    assert set(retrain.read_registry(samples_uri)["samples"]) == {"7", "8"}
+
+    def register(sample):
+        retrain.update_registry(samples_uri, lambda r: r.setdefault("samples", {}).__setitem__(sample, {}))
+
+    threads = [threading.Thread(target=register, args=(f"s{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(retrain.read_registry(samples_uri)["samples"]) == {"7", "8"} | {f"s{i}" for i in range(8)}
+
+    storage.write_text(retrain.registry_uri(samples_uri), "{not json")
+    with pytest.raises(retrain.InputError, match="histoxai-registry.json: not valid JSON"):
+        register("9")
+
+
+def test_marker_and_job_id():
+    assert retrain.marker_sample("gs://b/incoming", "b", "incoming/17/READY") == "17"
+    for bucket, name in [("b", "incoming/17/coreg_fine/ver1/MR.mat"), ("b", "incoming/histoxai-registry.json"),
+                         ("c", "incoming/17/READY"), ("b", "other/17/READY"), ("b", "incoming/a/17/READY")]:
+        assert retrain.marker_sample("gs://b/incoming", bucket, name) is None
+    assert retrain.marker_sample("gs://b", "b", "17/READY") == "17"
+    assert retrain.ordered(["10", "b", "2", "a"]) == ["2", "10", "a", "b"]
+    one = retrain.job_id("gs://b/incoming", "Tumour_7", "1700000000000001")
+    assert one.startswith("histoxai-retrain-tumour-7-1700000000000001-") and len(one) <= 128
+    assert one != retrain.job_id("gs://b/other", "Tumour_7", "1700000000000001")
+    assert one != retrain.job_id("gs://b/incoming", "Tumour_7", "1700000000000002")
+
+
+def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_files):
+    (first, second), record = servers
+    bucket, samples_uri = cloud["bucket"], cloud["samples_uri"]
+    registry = retrain.registry_uri(samples_uri)
+
+    # A data file's event and an incomplete sample's marker: acknowledged, nothing registered or started.
+    upload_sample(sample_files, f"{samples_uri}/7", ready=False)
+    assert first.deliver(bucket, f"incoming/7/{layout.MR_MAT}").status_code == 200
+    upload_sample(sample_files, f"{samples_uri}/8", skip=(layout.NUCLEI_TSV,))
+    assert first.deliver(bucket, "incoming/8/READY").status_code == 200
+    assert not storage.exists(registry) and not vertex_recorder.recorded(record)
+    (rejected,) = [line for line in first.lines() if line["severity"] == "WARNING"]
+    assert rejected["message"] == (f"sample 8 rejected: {samples_uri}/8/{layout.NUCLEI_TSV}: file not found; "
+                                   f"expected {layout.NUCLEI_TSV} inside the sample folder (the dataset "
+                                   "layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
+                                   "cell_density/QuPath/measurements.tsv)")
+
+    # A complete sample: registered, one run over the registered samples.
+    storage.write_bytes(f"{samples_uri}/7/{retrain.READY}", b"")
+    event = first.deliver(bucket, "incoming/7/READY", event_id="event-7")
+    assert event.status_code == 200, first.log.read_text()
+    (run,) = vertex_recorder.recorded(record)
+    job = run["job"]
+    assert run["service_account"] == RUNNER
+    assert run["job_id"].startswith("histoxai-retrain-7-")
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == cloud["env"]["HISTOXAI_PIPELINE_ROOT"]
+    values = job["runtimeConfig"]["parameterValues"]
+    assert values["samples"] == ["7"] and values["samples_uri"] == samples_uri
+    assert values["train_samples"] == ["7"] and values["config"] == "{epochs: 1}"
+    assert job["labels"] == {"trigger": "retrain", "sample": "7"} and job["displayName"] == "histoxai-retrain-7"
+    assert "train-model" in job["pipelineSpec"]["root"]["dag"]["tasks"]
+    state = json.loads(storage.read_text(registry))
+    assert set(state["samples"]) == {"7"}
+    assert state["samples"]["7"]["files"][layout.HE_MAT] == (sample_files / layout.HE_MAT).stat().st_size
+    (claim,) = state["runs"].values()
+    assert claim["state"] == "submitted" and claim["event"] == "event-7"
+    assert claim["run"] == f"projects/{PROJECT}/locations/europe-west4/pipelineJobs/{run['job_id']}"
+
+    # The same event again, to either instance: no second run.
+    for server in (first, second):
+        assert server.deliver(bucket, "incoming/7/READY", event_id="event-7").status_code == 200
+    assert len(vertex_recorder.recorded(record)) == 1
+    assert any("already submitted" in line["message"] for line in second.lines())
+
+    # Two samples at once on two instances: both registered, each run includes the other samples so far.
+    upload_sample(sample_files, f"{samples_uri}/9")
+    upload_sample(sample_files, f"{samples_uri}/10")
+    results = {}
+    threads = [threading.Thread(target=lambda s, n: results.__setitem__(n, s.deliver(bucket, f"incoming/{n}/READY")),
+                                args=(server, name)) for server, name in ((first, "9"), (second, "10"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results[n].status_code for n in ("9", "10")] == [200, 200]
+    runs = vertex_recorder.recorded(record)[1:]
+    assert len(runs) == 2
+    by_sample = {r["job"]["labels"]["sample"]: r["job"]["runtimeConfig"]["parameterValues"]["samples"]
+                 for r in runs}
+    assert {"7", "9"} <= set(by_sample["9"]) and {"7", "10"} <= set(by_sample["10"])
+    assert max(by_sample.values(), key=len) == ["7", "9", "10"]  # the later claim saw both
+    assert set(json.loads(storage.read_text(registry))["samples"]) == {"7", "9", "10"}
+
+    # READY written again (a corrected upload): a new run over every registered sample.
+    storage.write_bytes(f"{samples_uri}/7/{retrain.READY}", b"")
+    assert first.deliver(bucket, "incoming/7/READY").status_code == 200
+    last = vertex_recorder.recorded(record)[-1]
+    assert last["job"]["runtimeConfig"]["parameterValues"]["samples"] == ["7", "9", "10"]
+    assert last["job_id"] != run["job_id"]
+
+
+def test_failed_submission_is_retried_and_stale_claims_taken_over(cloud, sample_files, tmp_path, monkeypatch):
+    for name, value in cloud["env"].items():
+        monkeypatch.setenv(name, value)
+    record = tmp_path / "submitted.jsonl"
+    vertex_recorder.install(record, monkeypatch.setattr)
+    samples_uri = f"gs://{cloud['bucket']}/by-hand"
+    upload_sample(sample_files, f"{samples_uri}/21")
+    good = retrain.Settings.from_env()
+    settings = retrain.Settings(**{**good.__dict__, "samples_uri": samples_uri})
+
+    broken = retrain.Settings(**{**settings.__dict__, "template": f"gs://{cloud['bucket']}/missing.yaml"})
+    with pytest.raises(retrain.InputError, match="missing.yaml"):
+        retrain.retrain_sample(broken, "21", "5")
+    (failed,) = retrain.read_registry(samples_uri)["runs"].values()
+    assert failed["state"] == "failed" and "missing.yaml" in failed["error"]
+    outcome = retrain.retrain_sample(settings, "21", "5")  # the redelivery: claims again, submits
+    assert outcome.status == "submitted" and len(vertex_recorder.recorded(record)) == 1
+
+    # A claim held by a live delivery: wait. A claim older than CLAIM_TIMEOUT whose run went through
+    # (the delivery died before recording it): taken over, and Vertex AI's refusal of the job id
+    # tells that the run exists.
+    key = "21@6"
+    fresh = {"state": "submitting", "claimed": retrain._now(), "samples": ["21"]}
+    retrain.update_registry(samples_uri, lambda r: r["runs"].__setitem__(key, fresh))
+    with pytest.raises(retrain.SubmissionInProgress, match="another delivery claimed"):
+        retrain.retrain_sample(settings, "21", "6")
+    retrain.update_registry(samples_uri, lambda r: r["runs"][key].update(claimed="2020-01-01T00:00:00+00:00"))
+    retrain.submit_run(settings, ["21"], "21", retrain.job_id(samples_uri, "21", "6"))
+    outcome = retrain.retrain_sample(settings, "21", "6")
+    assert outcome.status == "submitted" and outcome.run.endswith(retrain.job_id(samples_uri, "21", "6"))
+    assert len(vertex_recorder.recorded(record)) == 2
+    assert retrain.read_registry(samples_uri)["runs"][key]["state"] == "submitted"
+
+
+def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
+    for name, value in cloud["env"].items():
+        monkeypatch.setenv(name, value)
+    record = tmp_path / "submitted.jsonl"
+    vertex_recorder.install(record, monkeypatch.setattr)
+    samples_uri = f"gs://{cloud['bucket']}/cli"
+    for sample in ("3", "4", "11"):
+        upload_sample(sample_files, f"{samples_uri}/{sample}")
+
+    assert histoxai_main(["retrain", "--register-only", "--sample", f"{samples_uri}/3",
+                          "--sample", f"{samples_uri}/4/"]) == 0
+    assert "samples         3, 4" in capsys.readouterr().out and not vertex_recorder.recorded(record)
+
+    args = ["retrain", "--sample", f"{samples_uri}/11", "--param", "train_samples=['3', '4']"]
+    assert histoxai_main(args) == 0
+    out = capsys.readouterr().out
+    (run,) = vertex_recorder.recorded(record)
+    values = run["job"]["runtimeConfig"]["parameterValues"]
+    assert values["samples"] == ["3", "4", "11"] and values["train_samples"] == ["3", "4"]
+    assert "sample          11: submitted" in out and run["job_id"] in out
+    assert histoxai_main(args) == 0  # the same upload again: nothing new
+    assert "sample          11: duplicate" in capsys.readouterr().out
+    assert len(vertex_recorder.recorded(record)) == 1
+
+    storage.remove(f"{samples_uri}/4/{retrain.READY}")
+    for bad, expected in [
+        (["--sample", str(sample_files)], f"--sample {sample_files}: expected gs://BUCKET/[PREFIX/]ID"),
+        (["--sample", f"{samples_uri}/3", "--sample", f"{samples_uri}/11"], "--sample given 2 times"),
+        (["--sample", f"{samples_uri}/4"], f"{samples_uri}/4/READY: no READY marker"),
+        (["--sample", f"{samples_uri}/3", "--param", "no_such=1"], "pipeline parameter 'no_such': unknown"),
+    ]:
+        assert histoxai_main(["retrain", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("histoxai retrain: error: ") and expected in err
+    storage.write_bytes(f"{samples_uri}/12/{layout.MR_MAT}", b"not a mat file")
+    upload_sample(sample_files, f"{samples_uri}/12", skip=(layout.MR_MAT,))
+    assert histoxai_main(["retrain", "--sample", f"{samples_uri}/12"]) == 2
+    assert (f"sample 12 rejected: {samples_uri}/12/{layout.MR_MAT}: not a MATLAB file"
+            in capsys.readouterr().err)
+    assert len(vertex_recorder.recorded(record)) == 1
