@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: install test demo compile lint bench lock clean tools build retrain-source deploy minikube-up minikube-run minikube-down
+.PHONY: install test demo compile lint bench lock clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
 
 install: $(STAMP)  ## create .venv and install the project with pinned dependencies
 
@@ -68,6 +68,12 @@ build:  ## build and push the cpu, gpu and app images with Cloud Build (after ma
 	  --substitutions "_REGISTRY=$$registry,_TAG=$(tag)" . && \
 	echo "export HISTOXAI_CPU_IMAGE=$$registry/histoxai-cpu:$(tag)" && \
 	echo "export HISTOXAI_GPU_IMAGE=$$registry/histoxai-gpu:$(tag)"
+
+template: install  ## compile the pipeline with the images of tag=<git commit> to where the retraining trigger reads it
+	@command -v terraform >/dev/null || { echo "make template: terraform not found; install Terraform >= 1.6" >&2; exit 2; }
+	registry=$$($(TF_OUT) docker_registry) && \
+	HISTOXAI_CPU_IMAGE=$$registry/histoxai-cpu:$(tag) HISTOXAI_GPU_IMAGE=$$registry/histoxai-gpu:$(tag) \
+	  $(BIN)/histoxai compile --out "$$($(TF_OUT) pipeline_template)"
 
 retrain-source: install  ## pack the retraining function's source: main.py, the project wheel, pinned requirements
 	rm -rf $(RETRAIN_SRC) && mkdir -p $(RETRAIN_SRC)

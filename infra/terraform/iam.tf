@@ -93,11 +93,15 @@ resource "google_storage_bucket_iam_member" "retrain_sees_pipeline_root" {
   member = google_service_account.retrain.member
 }
 
-resource "google_artifact_registry_repository_iam_member" "retrain_templates" {
-  location   = google_artifact_registry_repository.kfp.location
-  repository = google_artifact_registry_repository.kfp.name
-  role       = "roles/artifactregistry.reader"
-  member     = google_service_account.retrain.member
+# Reads the compiled pipeline it submits, and nothing else in the sources bucket.
+resource "google_storage_bucket_iam_member" "retrain_reads_templates" {
+  bucket = google_storage_bucket.sources.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.retrain.member
+  condition {
+    title      = "templates-only"
+    expression = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.sources.name}/objects/templates/\")"
+  }
 }
 
 # Submitting a run that executes as the pipeline runner needs actAs on that one account.

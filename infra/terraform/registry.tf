@@ -52,5 +52,6 @@ locals {
     gpu = "${local.docker_registry}/histoxai-gpu:${var.image_tag}"
     app = "${local.docker_registry}/histoxai-app:${var.image_tag}"
   }
-  pipeline_template = coalesce(var.pipeline_template, "${local.kfp_registry}/histoxai/latest")
+  # What `make template` compiles with the images of var.image_tag; the retraining trigger submits it.
+  pipeline_template = coalesce(var.pipeline_template, "gs://${google_storage_bucket.sources.name}/templates/histoxai.yaml")
 }

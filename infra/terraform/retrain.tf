@@ -1,6 +1,7 @@
 # The retraining trigger: a READY marker finalized in the samples bucket -> Eventarc -> a Cloud Run
 # function (functions-framework, CloudEvent) that validates the sample, registers it and submits a run.
-# The handler is histoxai.retrain.on_sample_uploaded; `make deploy` packs it into retrain_source_dir.
+# The handler is histoxai.pipelines.retrain.on_sample_uploaded (pipelines/retrain.py); `make deploy` packs
+# it into retrain_source_dir.
 
 data "archive_file" "retrain_source" {
   count       = var.retrain_enabled ? 1 : 0
@@ -46,7 +47,7 @@ resource "google_cloudfunctions2_function" "retrain" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.retrain.email
-    # What histoxai.retrain reads to find the data, the pipeline and the images.
+    # What pipelines/retrain.py reads (Settings.from_env): the samples, the compiled pipeline, Vertex AI.
     environment_variables = {
       HISTOXAI_PROJECT           = var.project_id
       HISTOXAI_REGION            = var.region
@@ -54,8 +55,7 @@ resource "google_cloudfunctions2_function" "retrain" {
       HISTOXAI_PIPELINE_ROOT     = "gs://${google_storage_bucket.pipeline_root.name}"
       HISTOXAI_PIPELINE_TEMPLATE = local.pipeline_template
       HISTOXAI_SERVICE_ACCOUNT   = google_service_account.pipeline.email
-      HISTOXAI_CPU_IMAGE         = local.images.cpu
-      HISTOXAI_GPU_IMAGE         = local.images.gpu
+      HISTOXAI_RUN_PARAMETERS    = jsonencode(var.retrain_run_parameters)
     }
   }
 

@@ -64,9 +64,19 @@ variable "image_tag" {
 }
 
 variable "pipeline_template" {
-  description = "Compiled pipeline the trigger submits; empty means <kfp registry>/histoxai/latest (what `histoxai compile` uploads)."
+  description = "Compiled pipeline (gs:// URI) the trigger submits; empty means gs://<sources bucket>/templates/histoxai.yaml, which `make template` writes."
   type        = string
   default     = ""
+  validation {
+    condition     = var.pipeline_template == "" || startswith(var.pipeline_template, "gs://")
+    error_message = "pipeline_template must be a gs:// URI of a compiled pipeline YAML (or empty)."
+  }
+}
+
+variable "retrain_run_parameters" {
+  description = "Further run parameters of the trigger's runs, e.g. { train_samples = [\"3\", \"4\"], config = \"{epochs: 20}\" }; samples_uri and samples come from the sample registry."
+  type        = any
+  default     = {}
 }
 
 variable "retrain_enabled" {
@@ -82,7 +92,7 @@ variable "retrain_source_dir" {
 }
 
 variable "retrain_entry_point" {
-  description = "Function in the source's main.py that handles a storage CloudEvent (re-exported from histoxai.retrain)."
+  description = "Function in the source's main.py that handles a storage CloudEvent (re-exported from histoxai.pipelines.retrain)."
   type        = string
   default     = "on_sample_uploaded"
 }
