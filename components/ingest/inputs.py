@@ -21,6 +21,8 @@ from histoxai.matfile import MatFile, open_mat
 REQUIRED_MR_FIELDS = ("MD", "FA", "ROI")
 OPTIONAL_MR_FIELDS = ("FAIP",)  # absent in some real samples: the FAIP column is then NaN
 _SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LAYOUT_HINT = ("(the dataset layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
+                "cell_density/QuPath/measurements.tsv)")
 
 
 @dataclass
@@ -76,9 +78,7 @@ def _named(uri: str, local) -> Iterator[None]:
 def _fetch(stack: contextlib.ExitStack, sample_dir: str, rel: str) -> tuple[str, object]:
     uri = storage.join(sample_dir, rel)
     if not storage.exists(uri):
-        raise InputError(f"{uri}: file not found; expected {rel} inside the sample folder "
-                         "(the dataset layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
-                         "cell_density/QuPath/measurements.tsv)")
+        raise InputError(f"{uri}: file not found; expected {rel} inside the sample folder {_LAYOUT_HINT}")
     return uri, stack.enter_context(storage.local_copy(uri))
 
 
@@ -254,8 +254,7 @@ def check_upload(sample_dir: str) -> dict[str, int]:
         size = storage.size(uri)
         if not size:
             state = "file not found" if size is None else "empty file"
-            raise InputError(f"{uri}: {state}; expected {rel} inside the sample folder (the dataset layout: "
-                             "coreg_fine/ver1/{MR,HE,HE_mask}.mat, cell_density/QuPath/measurements.tsv)")
+            raise InputError(f"{uri}: {state}; expected {rel} inside the sample folder {_LAYOUT_HINT}")
         sizes[rel] = size
     for rel in (layout.MR_MAT, layout.HE_MAT, layout.HE_MASK_MAT):
         _check_mat_header(storage.join(sample_dir, rel))
