@@ -268,3 +268,12 @@ def config_from_yaml(text: str, overrides: Mapping[str, Any] | None = None,
         values = {**values, **overrides}
         source = f"{source} (with overrides {sorted(overrides)})"
     return from_dict(values, source)
+
+
+def as_pipeline_parameter(values: Mapping[str, Any]) -> dict[str, Any]:
+    """TrainConfig values as a KFP dict parameter, which cannot hold null: weights null becomes
+    "none" (same meaning), other null keys are left out (they take their defaults)."""
+    out = {k: v for k, v in values.items() if v is not None}
+    if "weights" in values and values["weights"] is None:
+        out["weights"] = "none"
+    return out

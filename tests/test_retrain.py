@@ -110,7 +110,8 @@ class FunctionServer:
 
     def lines(self) -> list[dict]:
         """The structured log lines the function wrote."""
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{"severity"')]
+        text = self.log.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith('{"severity"')]
 
     def close(self):
         self.proc.terminate()
@@ -158,8 +159,9 @@ def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
 
 def test_marker_and_job_id():
     assert retrain.marker_sample("gs://b/incoming", "b", "incoming/17/READY") == "17"
-    for bucket, name in [("b", "incoming/17/coreg_fine/ver1/MR.mat"), ("b", "incoming/histoxai-registry.json"),
-                         ("c", "incoming/17/READY"), ("b", "other/17/READY"), ("b", "incoming/a/17/READY")]:
+    for bucket, name in [("b", "incoming/17/coreg_fine/ver1/MR.mat"), ("b", "incoming/17/READY.txt"),
+                         ("b", "incoming/histoxai-registry.json"), ("c", "incoming/17/READY"),
+                         ("b", "other/17/READY"), ("b", "incoming/a/17/READY")]:
         assert retrain.marker_sample("gs://b/incoming", bucket, name) is None
     assert retrain.marker_sample("gs://b", "b", "17/READY") == "17"
     assert retrain.ordered(["10", "b", "2", "a"]) == ["2", "10", "a", "b"]
@@ -198,7 +200,8 @@ def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_fi
     values = job["runtimeConfig"]["parameterValues"]
     assert values["samples"] == ["7"] and values["samples_uri"] == samples_uri
     assert values["train_samples"] == ["7"] and values["config"] == "{epochs: 1}"
-    assert job["labels"] == {"trigger": "retrain", "sample": "7"} and job["displayName"] == "histoxai-retrain-7"
+    assert job["labels"] == {"trigger": "retrain", "sample": "7"}
+    assert job["displayName"] == "histoxai-retrain-7"
     assert "train-model" in job["pipelineSpec"]["root"]["dag"]["tasks"]
     state = json.loads(storage.read_text(registry))
     assert set(state["samples"]) == {"7"}
@@ -217,8 +220,11 @@ def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_fi
     upload_sample(sample_files, f"{samples_uri}/9")
     upload_sample(sample_files, f"{samples_uri}/10")
     results = {}
-    threads = [threading.Thread(target=lambda s, n: results.__setitem__(n, s.deliver(bucket, f"incoming/{n}/READY")),
-                                args=(server, name)) for server, name in ((first, "9"), (second, "10"))]
+
+    def deliver(server, sample):
+        results[sample] = server.deliver(bucket, f"incoming/{sample}/READY")
+
+    threads = [threading.Thread(target=deliver, args=pair) for pair in ((first, "9"), (second, "10"))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -283,10 +283,10 @@ def _tune_only_pipeline(base: dict, space: dict, n_trials: int):
 def test_component_compiles_in_a_one_step_pipeline(tmp_path):
     from kfp import compiler
 
-    from histoxai.components.tune.component import config_parameter
+    from histoxai.config import as_pipeline_parameter
     from histoxai.images import GPU_IMAGE
 
-    base = config_parameter(configs.from_dict(QUICK).to_dict())
+    base = as_pipeline_parameter(configs.from_dict(QUICK).to_dict())
     path = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(_tune_only_pipeline(base, {"search": {"dropout": [0.0, 0.1]}}, 4), str(path))
     compiled = yaml.safe_load(path.read_text())
@@ -304,10 +304,10 @@ def test_component_compiles_in_a_one_step_pipeline(tmp_path):
 def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs):
     from kfp import local
 
-    from histoxai.components.tune.component import config_parameter
+    from histoxai.config import as_pipeline_parameter
 
     # KFP turns the dict parameters' integers into floats; the component must read them back.
-    base = config_parameter(configs.from_dict({**QUICK, "finetune_epochs": 1}).to_dict())
+    base = as_pipeline_parameter(configs.from_dict({**QUICK, "finetune_epochs": 1}).to_dict())
     space = {"fixed": {"patience": 4}, "search": {"dense_units": [8, 16]}}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     _tune_only_pipeline(base, space, 1)(split_uri=str(blobs.parent))

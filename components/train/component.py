@@ -26,7 +26,7 @@ def resolve_config(
     import yaml
 
     from histoxai import storage
-    from histoxai.config import config_from_yaml, parse_overrides
+    from histoxai.config import as_pipeline_parameter, config_from_yaml, parse_overrides
     from histoxai.pipelines.artifacts import location
 
     source, text = "pipeline parameter config", config
@@ -36,10 +36,7 @@ def resolve_config(
     resolved = config_from_yaml(text, changes, source)
     values = resolved.to_dict()
     values.pop("targets")
-    as_parameter = {k: v for k, v in values.items() if v is not None}
-    if values["weights"] is None:
-        as_parameter["weights"] = "none"
-    return yaml.safe_dump(values, sort_keys=False), as_parameter
+    return yaml.safe_dump(values, sort_keys=False), as_pipeline_parameter(values)
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

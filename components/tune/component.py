@@ -13,22 +13,14 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 from histoxai.images import GPU_IMAGE
 
 
-def config_parameter(values: dict) -> dict:
-    """TrainConfig values as a KFP dict parameter, which cannot hold null: weights null becomes
-    "none" (same meaning), other null keys are left out (they take their defaults)."""
-    out = {k: v for k, v in values.items() if v is not None}
-    if "weights" in values and values["weights"] is None:
-        out["weights"] = "none"
-    return out
-
-
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targets: str,
               study: Output[Artifact], best_config: Output[Artifact], summary: Output[Markdown],
               metrics: Output[Metrics], objective_targets: str = "", n_trials: int = 20,
               timeout_s: float = 0.0, startup_trials: int = 5, warmup_epochs: int = 3):
-    """Search hyperparameters (base_config: TrainConfig values, see config_parameter; search_space:
-    {fixed, search} as in configs/search_space.yaml; targets: e.g. "MD,FA"); timeout_s 0: no limit."""
+    """Search hyperparameters (base_config: TrainConfig values, see config.as_pipeline_parameter;
+    search_space: {fixed, search} as in configs/search_space.yaml; targets: e.g. "MD,FA");
+    timeout_s 0: no limit."""
     from histoxai import storage
     from histoxai.components.tune.space import parse_space, restore_ints
     from histoxai.components.tune.tune import tune
