@@ -276,15 +276,18 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
         yield target
 
 
-def publish_dir(local_dir: str | os.PathLike, uri: str, *, commit_last: str | None = None) -> None:
+def publish_dir(local_dir: str | os.PathLike, uri: str, *, commit_last: str | None = None,
+                replacements: dict[Path, Path] | None = None) -> None:
     """Upload a finished local folder to gs:// (the file named commit_last goes up last,
-    so its presence marks a complete output)."""
+    so its presence marks a complete output); `replacements` maps files of the folder to local
+    files uploaded in their place."""
     local_dir = Path(local_dir)
+    replacements = replacements or {}
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     if commit_last is not None:
         files.sort(key=lambda p: p.relative_to(local_dir).as_posix() == commit_last)
     for path in files:
-        upload_file(path, join(uri, path.relative_to(local_dir).as_posix()))
+        upload_file(replacements.get(path, path), join(uri, path.relative_to(local_dir).as_posix()))
 
 
 @contextlib.contextmanager

@@ -154,11 +154,46 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
                     seconds=time.perf_counter() - started)
 
 
+def _relocated_table(table: Path, old_prefix: str, new_prefix: str, out: Path) -> bool:
+    """Write `table` to `out` with every string cell that starts with old_prefix moved to new_prefix
+    (the shard and map locations the steps recorded); False when no cell names the old place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = pq.read_table(table)
+    changed = False
+    for index, column in enumerate(data.columns):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        values = column.to_pylist()
+        moved = [new_prefix + v[len(old_prefix):] if v is not None and v.startswith(old_prefix) else v
+                 for v in values]
+        if moved != values:
+            data = data.set_column(index, data.field(index), pa.array(moved, type=column.type))
+            changed = True
+    if changed:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(data, out)
+    return changed
+
+
 def publish_run(run: LocalRun, destination: str) -> str:
-    """Copy a finished local run (its folder and log) to DESTINATION/<run name>; returns that URI."""
+    """Copy a finished local run (its folder and log) to DESTINATION/<run name>; returns that URI.
+
+    Tables that locate files of the run (split.parquet's shard_uri, the saliency map tables) are
+    rewritten to name the published copies, so the app and later steps can read the run from there.
+    """
+    import tempfile
+
     target = storage.join(destination, run.run_dir.name)
     if storage.list_files(target):
         raise InputError(f"--publish {destination}: {target} already exists; expected a new location")
-    storage.upload_file(run.log, storage.join(target, "run.log"))
-    storage.publish_dir(run.run_dir, target, commit_last="report/summary")
+    with tempfile.TemporaryDirectory(prefix="histoxai-publish-") as tmp:
+        replacements = {}
+        for table in sorted(run.run_dir.rglob("*.parquet")):
+            relocated = Path(tmp) / table.relative_to(run.run_dir)
+            if _relocated_table(table, f"{run.run_dir}/", f"{target}/", relocated):
+                replacements[table] = relocated
+        storage.upload_file(run.log, storage.join(target, "run.log"))
+        storage.publish_dir(run.run_dir, target, commit_last="report/summary", replacements=replacements)
     return target

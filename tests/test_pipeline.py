@@ -241,6 +241,22 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     files = storage.list_files(published)
     assert f"{published}/report.html" in files and f"{published}/run.log" in files
     assert f"{published}/train-model/model/model.keras" in files
+    # the published tables locate the published shards and maps, not this machine's copies
+    import pandas as pd
+
+    for name in ("split/data/split.parquet",):
+        local = pd.read_parquet(run.run_dir / name)
+        with storage.local_copy(f"{published}/{name}") as copy:
+            remote = pd.read_parquet(copy)
+        assert remote["shard_uri"].tolist() == [
+            uri.replace(f"{run.run_dir}/", f"{published}/") for uri in local["shard_uri"]]
+        assert all(uri.startswith(f"{published}/for-loop-1-iteration-") for uri in remote["shard_uri"])
+    tables = [f for f in files if f.endswith(".parquet")]
+    for table in tables:
+        with storage.local_copy(table) as copy:
+            frame = pd.read_parquet(copy)
+        text = frame.select_dtypes(include=["object", "string"]).astype(str)
+        assert not text.apply(lambda c: c.str.contains(str(tmp_path))).any().any(), table
     with pytest.raises(InputError, match="already exists"):
         publish_run(run, storage.join(gcs_bucket, "runs"))
 
