@@ -148,10 +148,10 @@ def update_registry(samples_uri: str, change: Callable[[dict], Any]) -> Any:
                              "(repair it, or delete it and register the samples again)") from None
         before = json.dumps(registry, sort_keys=True)
         result = change(registry)
-        after = json.dumps(registry, indent=1, sort_keys=True)
         if json.dumps(registry, sort_keys=True) == before:
             return result
-        if storage.write_if_generation(uri, after.encode(), generation, content_type="application/json"):
+        text = json.dumps(registry, indent=1, sort_keys=True)
+        if storage.write_if_generation(uri, text.encode(), generation, content_type="application/json"):
             return result
         time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # back off from the other writer
     raise InputError(f"{uri}: other writers kept changing it during {_WRITE_ATTEMPTS} attempts; try again")
