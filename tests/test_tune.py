@@ -115,6 +115,21 @@ def test_conditional_parameters_are_sampled_only_when_used():
     assert seen == {(o, s) for o in ("adam", "adamw") for s in ("none", "warmup_cosine")}
 
 
+def test_a_seeded_study_samples_the_same_whatever_the_key_order():
+    """A search space that went through a KFP dict parameter comes back in another key order."""
+    search = yaml.safe_load((REPO / "configs" / "search_space_demo.yaml").read_text())
+    reordered = {**search, "search": dict(reversed(list(search["search"].items())))}
+    start = configs.from_dict(QUICK)
+    sampled = []
+    for values in (search, reordered):
+        space = parse_space(values)
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=42, n_startup_trials=2),
+                                    direction="maximize")
+        study.optimize(lambda trial, space=space: float(len(space.sample(trial, start))), n_trials=3)
+        sampled.append([t.params for t in study.trials])
+    assert sampled[0] == sampled[1]
+
+
 def test_results_on_a_synthetic_study(tmp_path):
     space = parse_space({"search": {"optimizer": "table", "weight_decay": "table", "dense_units": [8, 16],
                                     "dropout": {"low": 0.0, "high": 0.5}}})

@@ -202,8 +202,11 @@ def parse_space(values: Mapping[str, Any], source: str = "search space") -> Sear
             raise InputError(f"{source}: fixed: unknown key {name!r}; expected TrainConfig keys")
         _check_value(name, value, f"{source}: fixed")
     params = [_param(str(name), spec, source) for name, spec in search.items()]
-    # parents first, so a conditional parameter sees its parent's value when it is sampled
-    params.sort(key=lambda p: p.name in CONDITIONS)
+    # Parents first, so a conditional parameter sees its parent's value when it is sampled; then
+    # TrainConfig's order, not the mapping's: a seeded sampler draws values in this order, and a
+    # mapping passed as a KFP parameter (a protobuf Struct) comes back in arbitrary key order.
+    order = list(FIELDS)
+    params.sort(key=lambda p: (p.name in CONDITIONS, order.index(p.name)))
     return SearchSpace(tuple(params), dict(fixed), source)
 
 
