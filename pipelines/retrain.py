@@ -252,6 +252,7 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
     (an earlier delivery got through) is returned as is."""
     from kfp import components
 
+    from histoxai.config import config_from_yaml, parse_overrides
     from histoxai.pipelines.params import check_parameters
     from histoxai.pipelines.submit import RunExists, default_credentials, submit_vertex, vertex_job
 
@@ -260,6 +261,9 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
                          "(or set HISTOXAI_PIPELINE_ROOT)")
     credentials, project = default_credentials(settings.project, "retrain")
     values = {**settings.parameters, "samples_uri": settings.samples_uri, "samples": samples}
+    if "config" in values or "config_overrides" in values:  # fail here, not in the run's first step
+        overrides = parse_overrides(values.get("config_overrides") or [], "run parameter config_overrides")
+        config_from_yaml(str(values.get("config") or ""), overrides, "run parameter config")
     label = re.sub(r"[^a-z0-9_-]+", "-", sample.lower())[:63]
     with _template(settings) as package:
         parameters = check_parameters(values, components.load_component_from_file(package).component_spec)

@@ -55,7 +55,7 @@ def cloud(gcs_emulator, tmp_path_factory):
     env = {"HISTOXAI_SAMPLES_BUCKET": f"gs://{samples}/incoming", "HISTOXAI_PROJECT": PROJECT,
            "HISTOXAI_REGION": "europe-west4", "HISTOXAI_PIPELINE_ROOT": f"gs://{root}/root",
            "HISTOXAI_PIPELINE_TEMPLATE": template, "HISTOXAI_SERVICE_ACCOUNT": RUNNER,
-           "HISTOXAI_RUN_PARAMETERS": json.dumps({"config": "{epochs: 1}", "train_samples": ["7"]}),
+           "HISTOXAI_RUN_PARAMETERS": json.dumps({"config": "{finetune_epochs: 1}", "train_samples": ["7"]}),
            "GOOGLE_APPLICATION_CREDENTIALS": str(vertex_recorder.service_account_key(work / "key.json"))}
     return {"bucket": samples, "env": env, "work": work, "samples_uri": env["HISTOXAI_SAMPLES_BUCKET"]}
 
@@ -199,7 +199,7 @@ def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_fi
     assert job["runtimeConfig"]["gcsOutputDirectory"] == cloud["env"]["HISTOXAI_PIPELINE_ROOT"]
     values = job["runtimeConfig"]["parameterValues"]
     assert values["samples"] == ["7"] and values["samples_uri"] == samples_uri
-    assert values["train_samples"] == ["7"] and values["config"] == "{epochs: 1}"
+    assert values["train_samples"] == ["7"] and values["config"] == "{finetune_epochs: 1}"
     assert job["labels"] == {"trigger": "retrain", "sample": "7"}
     assert job["displayName"] == "histoxai-retrain-7"
     assert "train-model" in job["pipelineSpec"]["root"]["dag"]["tasks"]
@@ -310,6 +310,8 @@ def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
         (["--sample", f"{samples_uri}/3", "--sample", f"{samples_uri}/11"], "--sample given 2 times"),
         (["--sample", f"{samples_uri}/4"], f"{samples_uri}/4/READY: no READY marker"),
         (["--sample", f"{samples_uri}/3", "--param", "no_such=1"], "pipeline parameter 'no_such': unknown"),
+        (["--sample", f"{samples_uri}/3", "--param", "config_overrides=['epochs=3']"],
+         "run parameter config (with overrides ['epochs']): unknown key 'epochs'"),
     ]:
         assert histoxai_main(["retrain", *bad]) == 2
         err = capsys.readouterr().err.strip()

@@ -74,7 +74,7 @@ variable "pipeline_template" {
 }
 
 variable "retrain_run_parameters" {
-  description = "Further run parameters of the trigger's runs, e.g. { train_samples = [\"3\", \"4\"], config = \"{epochs: 20}\" }; samples_uri and samples come from the sample registry."
+  description = "Further run parameters of the trigger's runs, e.g. { train_samples = [\"3\", \"4\"], config_overrides = [\"finetune_epochs=20\"] }; samples_uri and samples come from the sample registry."
   type        = any
   default     = {}
 }
