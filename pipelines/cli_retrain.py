@@ -25,6 +25,7 @@ import os
 
 from histoxai import storage
 from histoxai.errors import InputError
+from histoxai.pipelines.cli_submit import add_vertex_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,17 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package", default=os.environ.get("HISTOXAI_PIPELINE_TEMPLATE", ""),
                         help="compiled pipeline YAML, local or gs:// (default $HISTOXAI_PIPELINE_TEMPLATE; "
                              "none: compile the installed code)")
-    parser.add_argument("--project", default=os.environ.get("HISTOXAI_PROJECT"),
-                        help="Google Cloud project (default $HISTOXAI_PROJECT, $GOOGLE_CLOUD_PROJECT or the "
-                             "credentials' project)")
-    parser.add_argument("--region", default=os.environ.get("HISTOXAI_REGION", "us-central1"),
-                        help="Vertex AI region (default $HISTOXAI_REGION or us-central1)")
-    parser.add_argument("--pipeline-root", default=os.environ.get("HISTOXAI_PIPELINE_ROOT", ""),
-                        help="gs:// folder for the run's artifacts (default $HISTOXAI_PIPELINE_ROOT)")
-    parser.add_argument("--service-account", default=os.environ.get("HISTOXAI_SERVICE_ACCOUNT"),
-                        help="service account the steps run as (default $HISTOXAI_SERVICE_ACCOUNT)")
-    parser.add_argument("--api-endpoint", default=os.environ.get("HISTOXAI_VERTEX_ENDPOINT"),
-                        help="another Vertex AI API endpoint (regional or private)")
+    add_vertex_arguments(parser.add_argument_group("Vertex AI"))
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="another run parameter (value in YAML), over $HISTOXAI_RUN_PARAMETERS; "
                              "samples_uri and samples come from the registry")
@@ -78,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
                          "--sample, or add --register-only to register several")
     parameters = {**run_parameters(os.environ.get("HISTOXAI_RUN_PARAMETERS", "")),
                   **parse_param_pairs(args.param)}
-    settings = Settings(samples_uri=root, pipeline_root=args.pipeline_root, project=args.project,
+    settings = Settings(samples_uri=root, pipeline_root=args.pipeline_root or "", project=args.project,
                         region=args.region, template=args.package, service_account=args.service_account,
                         parameters=parameters, api_endpoint=args.api_endpoint)
     for sample in samples:

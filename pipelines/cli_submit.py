@@ -32,6 +32,22 @@ from histoxai.pipelines.cli_compile import COMPILE_OPTIONS, add_compile_argument
 from histoxai.pipelines.params import add_parameter_arguments
 
 
+def add_vertex_arguments(group) -> None:
+    """Where a Vertex AI run goes and as whom it runs (also `histoxai retrain`'s options)."""
+    group.add_argument("--project", default=os.environ.get("HISTOXAI_PROJECT"),
+                       help="Google Cloud project (default $HISTOXAI_PROJECT, $GOOGLE_CLOUD_PROJECT or "
+                            "the credentials' project)")
+    group.add_argument("--region", default=os.environ.get("HISTOXAI_REGION", "us-central1"),
+                       help="Vertex AI region (default $HISTOXAI_REGION or us-central1)")
+    group.add_argument("--pipeline-root", default=os.environ.get("HISTOXAI_PIPELINE_ROOT"),
+                       help="gs:// folder for the run's artifacts (default $HISTOXAI_PIPELINE_ROOT)")
+    group.add_argument("--service-account", default=os.environ.get("HISTOXAI_SERVICE_ACCOUNT"),
+                       help="service account the steps run as (default $HISTOXAI_SERVICE_ACCOUNT)")
+    group.add_argument("--api-endpoint", default=os.environ.get("HISTOXAI_VERTEX_ENDPOINT"),
+                       help="another Vertex AI API endpoint, regional or private (default "
+                            "$HISTOXAI_VERTEX_ENDPOINT)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package", help="compiled pipeline YAML (local or gs://); default: compile now")
     parser.add_argument("--run-name", help="display name of the run (default: histoxai)")
@@ -40,18 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="wait for a single run to end")
     parser.add_argument("--no-cache", action="store_true", help="turn step caching off for this run")
     vertex = parser.add_argument_group("Vertex AI")
-    vertex.add_argument("--project", default=os.environ.get("HISTOXAI_PROJECT"),
-                        help="Google Cloud project (default $HISTOXAI_PROJECT, $GOOGLE_CLOUD_PROJECT or "
-                             "the credentials' project)")
-    vertex.add_argument("--region", default=os.environ.get("HISTOXAI_REGION", "us-central1"),
-                        help="Vertex AI region (default $HISTOXAI_REGION or us-central1)")
-    vertex.add_argument("--pipeline-root", default=os.environ.get("HISTOXAI_PIPELINE_ROOT"),
-                        help="gs:// folder for the run's artifacts (default $HISTOXAI_PIPELINE_ROOT)")
-    vertex.add_argument("--service-account", default=os.environ.get("HISTOXAI_SERVICE_ACCOUNT"),
-                        help="service account the steps run as (default $HISTOXAI_SERVICE_ACCOUNT)")
+    add_vertex_arguments(vertex)
     vertex.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="label on the run (repeatable)")
-    vertex.add_argument("--api-endpoint", help="another Vertex AI API endpoint (regional or private)")
     kfp_group = parser.add_argument_group("Kubeflow Pipelines")
     kfp_group.add_argument("--kfp-host", help="KFP API endpoint; submits there instead of Vertex AI")
     kfp_group.add_argument("--experiment", default="histoxai", help="KFP experiment (default histoxai)")
