@@ -5,7 +5,8 @@ written after its files. The sample is checked without downloading its slide, ad
 gs://BUCKET/[PREFIX/]histoxai-registry.json, and one Vertex AI run is submitted with samples_uri =
 gs://BUCKET/[PREFIX] and samples = every registered sample. Running it again for the same upload (the
 same READY marker) submits nothing and prints the run already started; writing READY again retrains.
---register-only adds samples without a run, e.g. the initial dataset before the trigger is deployed.
+--register-only adds complete samples without a run and without needing READY: upload the initial
+dataset without markers and register it this way, so that only later uploads start runs.
 
 Vertex AI settings default to the variables the trigger itself reads (HISTOXAI_PROJECT,
 HISTOXAI_REGION, HISTOXAI_PIPELINE_ROOT, HISTOXAI_PIPELINE_TEMPLATE, HISTOXAI_SERVICE_ACCOUNT,
@@ -75,10 +76,10 @@ def run(args: argparse.Namespace) -> None:
     for sample in samples:
         marker = storage.join(root, sample, READY)
         data, generation = storage.read_versioned(marker)
-        if data is None:
+        if data is None and not args.register_only:
             raise InputError(f"{marker}: no READY marker; upload it after the sample's files (it tells "
                              "that the upload is complete)")
-        outcome = retrain_sample(settings, sample, str(generation), submit=not args.register_only)
+        outcome = retrain_sample(settings, sample, str(generation or ""), submit=not args.register_only)
         print(f"sample          {sample}: {outcome.status}")
     print(f"registry        {registry_uri(root)}")
     print(f"samples         {', '.join(outcome.samples)}")

@@ -287,11 +287,12 @@ def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
     vertex_recorder.install(record, monkeypatch.setattr)
     samples_uri = f"gs://{cloud['bucket']}/cli"
     for sample in ("3", "4", "11"):
-        upload_sample(sample_files, f"{samples_uri}/{sample}")
+        upload_sample(sample_files, f"{samples_uri}/{sample}", ready=sample != "4")
 
     assert histoxai_main(["retrain", "--register-only", "--sample", f"{samples_uri}/3",
                           "--sample", f"{samples_uri}/4/"]) == 0
     assert "samples         3, 4" in capsys.readouterr().out and not vertex_recorder.recorded(record)
+    assert retrain.read_registry(samples_uri)["samples"]["4"]["ready_generation"] == ""  # no marker needed
 
     args = ["retrain", "--sample", f"{samples_uri}/11", "--param", "train_samples=['3', '4']"]
     assert histoxai_main(args) == 0
@@ -304,7 +305,6 @@ def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
     assert "sample          11: duplicate" in capsys.readouterr().out
     assert len(vertex_recorder.recorded(record)) == 1
 
-    storage.remove(f"{samples_uri}/4/{retrain.READY}")
     for bad, expected in [
         (["--sample", str(sample_files)], f"--sample {sample_files}: expected gs://BUCKET/[PREFIX/]ID"),
         (["--sample", f"{samples_uri}/3", "--sample", f"{samples_uri}/11"], "--sample given 2 times"),
