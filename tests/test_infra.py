@@ -259,6 +259,18 @@ def test_buckets_are_uniform_private_and_versioned(terraform):
         assert bucket.get("lifecycle_rule"), name
 
 
+def test_no_lifecycle_rule_deletes_what_the_trigger_reads(terraform):
+    """The sources bucket ages out build inputs; the pipeline template and the function's source stay."""
+    kept = ("templates/histoxai.yaml", "functions/retrain-0.zip")
+    for rule in resource(terraform, "google_storage_bucket", "sources")["lifecycle_rule"]:
+        condition = rule["condition"][0]
+        if unquote(rule["action"][0]["type"]) != "Delete" or "age" not in condition:
+            continue  # noncurrent versions only
+        prefixes = [unquote(p) for p in condition.get("matches_prefix", [])]
+        assert prefixes, "an age rule on the whole sources bucket would delete the pipeline template"
+        assert not any(name.startswith(prefix) for prefix in prefixes for name in kept), prefixes
+
+
 def checkov(tools, directory: Path) -> dict:
     result = run(tools / "checkov", "--directory", directory, "--framework", "terraform",
                  "--skip-download", "--output", "json", cwd=directory)

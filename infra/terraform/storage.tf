@@ -100,10 +100,12 @@ resource "google_storage_bucket" "sources" {
     enabled = true
   }
 
-  # Build inputs are only needed while a build or deploy runs.
+  # Build inputs are only needed while a build runs. Not the whole bucket: templates/ holds the
+  # pipeline the retraining trigger submits, functions/ the trigger's source that Terraform manages.
   lifecycle_rule {
     condition {
-      age = 30
+      age            = 30
+      matches_prefix = ["cloudbuild/"]
     }
     action {
       type = "Delete"
