@@ -34,12 +34,7 @@ def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
     uri = str(uri)
     if not uri.endswith(".parquet"):
         uri = storage.join(uri, MANIFEST_NAME)
-    try:
-        frame = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"{uri}: not a readable Parquet manifest ({err})") from err
+    frame = storage.read_parquet(uri, "a patch manifest written by `histoxai ingest`")
     missing = [c for c in KEY + LOCATION if c not in frame.columns]
     if missing:
         raise InputError(f"{uri}: manifest lacks columns {missing}; expected the output of `histoxai ingest`")

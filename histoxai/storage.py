@@ -201,6 +201,21 @@ def write_if_generation(uri: str, data: bytes, generation: int, *,
     return True
 
 
+def read_parquet(uri: str | os.PathLike, expected: str):
+    """A Parquet table (local or gs://) as a DataFrame; a missing, damaged or foreign file becomes one
+    InputError naming it and what was `expected` there."""
+    import io
+
+    import pandas as pd
+
+    uri = str(uri)
+    data = read_bytes(uri)
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise InputError(f"{uri}: not a readable Parquet table ({err}); expected {expected}") from err
+
+
 def read_text(uri: str | os.PathLike) -> str:
     return read_bytes(uri).decode("utf-8")
 

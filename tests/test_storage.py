@@ -92,3 +92,20 @@ def test_remove_file_and_folder_local_and_gcs(gcs_bucket, tmp_path):
         assert storage.list_files(root) == [storage.join(root, "keep.txt")]
         storage.remove(storage.join(root, "keep.txt"))
         assert storage.list_files(root) == []
+
+
+def test_parquet_tables_local_and_gcs_and_their_errors(gcs_bucket, tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"sample": ["3", "4"], "value": [1.5, 2.5]})
+    for uri in (str(tmp_path / "t.parquet"), f"{gcs_bucket}/t.parquet"):
+        buffer = tmp_path / "buffer.parquet"
+        frame.to_parquet(buffer)
+        storage.upload_file(buffer, uri)
+        assert storage.read_parquet(uri, "a table").equals(frame)
+    storage.write_text(f"{gcs_bucket}/bad.parquet", "not parquet")
+    with pytest.raises(InputError, match=rf"^{gcs_bucket}/bad.parquet: not a readable Parquet table .*; "
+                                         "expected the split table$"):
+        storage.read_parquet(f"{gcs_bucket}/bad.parquet", "the split table")
+    with pytest.raises(InputError, match="missing.parquet: not found"):
+        storage.read_parquet(f"{gcs_bucket}/missing.parquet", "the split table")

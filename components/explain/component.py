@@ -57,9 +57,7 @@ def explain_model(
     for name in ("maps", "patches", "nan_maps", "blank_maps"):
         metrics.log_metric(name, summary[name])
     if trust_patches:
-        import io
-
-        trust = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(out, "trust.parquet"))))
+        trust = storage.read_parquet(storage.join(out, "trust.parquet"), "the explain step's trust table")
         measures = [c for c in ("nan_maps", "blank_maps", "mask_mass", "mask_rank_accuracy", "deletion_auc",
                                 "insertion_auc") if c in trust.columns]
         for row in trust.itertuples(index=False):

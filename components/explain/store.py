@@ -111,15 +111,9 @@ def write_table(frame, path: str | os.PathLike) -> None:
 
 def read_table(run_uri: str) -> pd.DataFrame:
     """The maps table of an explain output folder, indexed by map_id."""
-    import pandas as pd
 
     uri = storage.join(run_uri, TABLE_NAME)
-    try:
-        frame = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"{uri}: not a readable Parquet table ({err})") from err
+    frame = storage.read_parquet(uri, "the maps table of `histoxai explain`")
     missing = [c for c in ("map_id", *LOCATION) if c not in frame.columns]
     if missing:
         raise InputError(f"{uri}: lacks columns {missing}; expected the maps table of `histoxai explain`")

@@ -73,23 +73,13 @@ def training_r2_table(models: Mapping[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _parquet(uri: str, what: str) -> pd.DataFrame:
-    import io
-
-    try:
-        return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-    except InputError:
-        raise
-    except Exception as err:  # pyarrow raises several types for a damaged file
-        raise InputError(f"{uri}: not a readable Parquet table ({err}); expected the {what}") from err
-
-
 def evaluation_table(evaluation_dir: str) -> pd.DataFrame:
     """R² in the thesis's Table 4.1 layout (samples, then train / validation / test set), from evaluate."""
     from histoxai.components.evaluate.evaluate import TABLE_FILE
     from histoxai.components.evaluate.report import table41
 
-    table = _parquet(storage.join(evaluation_dir, TABLE_FILE), "evaluate step's evaluation table")
+    table = storage.read_parquet(storage.join(evaluation_dir, TABLE_FILE),
+                                 "the evaluate step's evaluation table")
     return table41(table, "r2")
 
 
@@ -115,7 +105,7 @@ def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, l
             flagged += [f"{model}: {item}" for item in info.get("trust", {}).get("flagged", [])]
             if not storage.exists(storage.join(folder, TRUST_TABLE)):
                 continue  # trust measures were turned off for this run
-            frame = _parquet(storage.join(folder, TRUST_TABLE), "explain step's trust table")
+            frame = storage.read_parquet(storage.join(folder, TRUST_TABLE), "the explain step's trust table")
             frame = frame[[c for c in TRUST_COLUMNS if c in frame.columns]].rename(columns=TRUST_COLUMNS)
             frame.insert(0, "model", model if len(folders) == 1 else f"{model} (part {part + 1})")
             frames.append(frame)

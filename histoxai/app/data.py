@@ -109,7 +109,8 @@ def trust_table(explain_uris, names: dict[str, str]) -> pd.DataFrame:
     for uri in explain_uris:
         path = storage.join(uri, TRUST_TABLE)
         if storage.exists(path):
-            frames.append(pd.read_parquet(io.BytesIO(storage.read_bytes(path))).assign(model=names[uri]))
+            trust = storage.read_parquet(path, "the explain step's trust table")
+            frames.append(trust.assign(model=names[uri]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(GROUP))
 
 
