@@ -157,11 +157,6 @@ def update_registry(samples_uri: str, change: Callable[[dict], Any]) -> Any:
     raise InputError(f"{uri}: other writers kept changing it during {_WRITE_ATTEMPTS} attempts; try again")
 
 
-def read_registry(samples_uri: str) -> dict:
-    data, _ = storage.read_versioned(registry_uri(samples_uri))
-    return json.loads(data) if data else {}
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -176,8 +171,6 @@ def check_sample(settings: Settings, sample: str) -> dict[str, int]:
     try:
         check_sample_id(sample, f"{sample_dir}: folder name")
         return check_upload(sample_dir)
-    except SampleRejected:
-        raise
     except InputError as err:
         raise SampleRejected(f"sample {sample} rejected: {err}") from err
 
@@ -195,7 +188,7 @@ def retrain_sample(settings: Settings, sample: str, generation: str, *, submit: 
         first = samples.get(sample, {}).get("registered", now)
         samples[sample] = {"ready_generation": generation, "files": sizes, "registered": first}
         if not submit:
-            return "registered", {}
+            return "registered", {"samples": ordered(samples)}
         runs = registry.setdefault("runs", {})
         run = runs.get(key)
         if run and run["state"] == "submitted":
@@ -213,8 +206,7 @@ def retrain_sample(settings: Settings, sample: str, generation: str, *, submit: 
         raise SubmissionInProgress(f"sample {sample}: another delivery claimed this upload's run at "
                                    f"{run['claimed']} and is submitting it; try again later")
     if status != "claimed":
-        samples = run.get("samples") or ordered(read_registry(settings.samples_uri).get("samples", {}))
-        return Outcome(sample, status, samples, run.get("run", ""), run.get("url", ""))
+        return Outcome(sample, status, run["samples"], run.get("run", ""), run.get("url", ""))
 
     try:
         submitted = submit_run(settings, run["samples"], sample, run_id)

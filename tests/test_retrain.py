@@ -69,6 +69,10 @@ def upload_sample(folder: Path, target: str, *, skip: tuple[str, ...] = (), read
         storage.write_bytes(storage.join(target, retrain.READY), b"")
 
 
+def read_registry(samples_uri: str) -> dict:
+    return json.loads(storage.read_text(retrain.registry_uri(samples_uri)))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -140,7 +144,7 @@ def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
 
     retrain.update_registry(samples_uri, add_seven)
     assert len(calls) == 2 and json.loads(calls[1]) == {"samples": {"8": {}}}  # re-read, re-applied
-    assert set(retrain.read_registry(samples_uri)["samples"]) == {"7", "8"}
+    assert set(read_registry(samples_uri)["samples"]) == {"7", "8"}
 
     def register(sample):
         retrain.update_registry(samples_uri, lambda r: r.setdefault("samples", {}).__setitem__(sample, {}))
@@ -150,7 +154,7 @@ def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
         thread.start()
     for thread in threads:
         thread.join()
-    assert set(retrain.read_registry(samples_uri)["samples"]) == {"7", "8"} | {f"s{i}" for i in range(8)}
+    assert set(read_registry(samples_uri)["samples"]) == {"7", "8"} | {f"s{i}" for i in range(8)}
 
     storage.write_text(retrain.registry_uri(samples_uri), "{not json")
     with pytest.raises(retrain.InputError, match="histoxai-registry.json: not valid JSON"):
@@ -259,7 +263,7 @@ def test_failed_submission_is_retried_and_stale_claims_taken_over(cloud, sample_
     broken = retrain.Settings(**{**settings.__dict__, "template": f"gs://{cloud['bucket']}/missing.yaml"})
     with pytest.raises(retrain.InputError, match="missing.yaml"):
         retrain.retrain_sample(broken, "21", "5")
-    (failed,) = retrain.read_registry(samples_uri)["runs"].values()
+    (failed,) = read_registry(samples_uri)["runs"].values()
     assert failed["state"] == "failed" and "missing.yaml" in failed["error"]
     outcome = retrain.retrain_sample(settings, "21", "5")  # the redelivery: claims again, submits
     assert outcome.status == "submitted" and len(vertex_recorder.recorded(record)) == 1
@@ -277,7 +281,7 @@ def test_failed_submission_is_retried_and_stale_claims_taken_over(cloud, sample_
     outcome = retrain.retrain_sample(settings, "21", "6")
     assert outcome.status == "submitted" and outcome.run.endswith(retrain.job_id(samples_uri, "21", "6"))
     assert len(vertex_recorder.recorded(record)) == 2
-    assert retrain.read_registry(samples_uri)["runs"][key]["state"] == "submitted"
+    assert read_registry(samples_uri)["runs"][key]["state"] == "submitted"
 
 
 def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
@@ -292,7 +296,7 @@ def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
     assert histoxai_main(["retrain", "--register-only", "--sample", f"{samples_uri}/3",
                           "--sample", f"{samples_uri}/4/"]) == 0
     assert "samples         3, 4" in capsys.readouterr().out and not vertex_recorder.recorded(record)
-    assert retrain.read_registry(samples_uri)["samples"]["4"]["ready_generation"] == ""  # no marker needed
+    assert read_registry(samples_uri)["samples"]["4"]["ready_generation"] == ""  # no marker needed
 
     args = ["retrain", "--sample", f"{samples_uri}/11", "--param", "train_samples=['3', '4']"]
     assert histoxai_main(args) == 0
