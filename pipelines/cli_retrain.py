@@ -46,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _samples_root(samples: list[str]) -> tuple[str, list[str]]:
     """The common folder of the sample URIs and their ids."""
     roots, ids = set(), []
-    for uri in samples:
-        uri = uri.rstrip("/")
+    for given in samples:
+        uri = given.rstrip("/")
         root, _, sample = uri.rpartition("/")
         if not storage.is_gcs(uri) or not sample or root in ("gs:", "gs:/"):
-            raise InputError(f"--sample {uri}: expected gs://BUCKET/[PREFIX/]ID, a sample folder in Cloud "
+            raise InputError(f"--sample {given}: expected gs://BUCKET/[PREFIX/]ID, a sample folder in Cloud "
                              "Storage (Vertex AI reads the samples from there)")
         roots.add(root)
         ids.append(sample)
