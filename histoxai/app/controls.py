@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from histoxai.app import cache, data, render, runs
@@ -199,3 +201,27 @@ def focus(table, view) -> int:
     else:
         st.caption(f"Patch {order.index(number) + 1} of {len(order)} in the current selection.")
     return int(number)
+
+
+class MapPage(NamedTuple):
+    """What a saliency-map page starts from: the run, its maps and the sidebar's choices."""
+
+    config: AppSettings
+    run: str
+    loaded: cache.Run
+    selection: data.Selection
+    draw_histograms: Callable[[], None]  # call after the page's tiles
+    display: Display
+    view: pd.DataFrame  # the maps the filters keep, in the chosen order
+
+
+def map_page(grid: bool = True) -> MapPage:
+    """Open the run and draw the sidebar of a map page (Single Target, Multiple Targets, Multiple Methods)."""
+    from histoxai.app import settings
+
+    config = settings.from_env()
+    run, loaded = open_run(config)
+    selection, draw_histograms = filters(loaded.table, choose(loaded.table))
+    shown = display(bool(loaded.index.phantom), grid=grid)
+    view = data.select(loaded.table, selection)
+    return MapPage(config, run, loaded, selection, draw_histograms, shown, view)

@@ -2,16 +2,12 @@
 
 import streamlit as st
 
-from histoxai.app import controls, data, render, settings, tiles
+from histoxai.app import controls, data, render, tiles
 
 
 def main() -> None:
-    config = settings.from_env()
-    run, loaded = controls.open_run(config)
+    config, run, loaded, selection, draw_histograms, display, view = controls.map_page(grid=False)
     table = loaded.table
-    selection, draw_histograms = controls.filters(table, controls.choose(table))
-    display = controls.display(bool(loaded.index.phantom), grid=False)
-    view = data.select(table, selection)
 
     st.title(f"Multiple Methods: {selection.target}")
     number = controls.focus(table, view)

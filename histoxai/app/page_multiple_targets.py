@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from histoxai.app import controls, data, render, settings, tiles
+from histoxai.app import controls, data, render, tiles
 
 
 def best_row(rows: pd.DataFrame, selection: data.Selection) -> pd.Series:
@@ -15,12 +15,8 @@ def best_row(rows: pd.DataFrame, selection: data.Selection) -> pd.Series:
 
 
 def main() -> None:
-    config = settings.from_env()
-    run, loaded = controls.open_run(config)
+    config, run, loaded, selection, draw_histograms, display, view = controls.map_page(grid=False)
     table = loaded.table
-    selection, draw_histograms = controls.filters(table, controls.choose(table))
-    display = controls.display(bool(loaded.index.phantom), grid=False)
-    view = data.select(table, selection)
 
     st.title("Multiple Targets")
     number = controls.focus(table, view)

@@ -4,15 +4,11 @@ import hashlib
 
 import streamlit as st
 
-from histoxai.app import controls, data, render, settings, tiles
+from histoxai.app import controls, data, render, tiles
 
 
 def main() -> None:
-    config = settings.from_env()
-    run, loaded = controls.open_run(config)
-    selection, draw_histograms = controls.filters(loaded.table, controls.choose(loaded.table))
-    display = controls.display(bool(loaded.index.phantom))
-    view = data.select(loaded.table, selection)
+    config, run, loaded, selection, draw_histograms, display, view = controls.map_page()
 
     st.title(f"Single Target: {selection.target}")
     group = tuple(getattr(selection, c) for c in data.GROUP)
