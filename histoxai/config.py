@@ -225,15 +225,16 @@ def with_values(config: TrainConfig, values: Mapping[str, Any], source: str = "o
     return from_dict({**config.to_dict(), **values}, source)
 
 
-def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """['batch_size=8', 'targets=[CC]'] -> {'batch_size': 8, 'targets': ['CC']} (values parsed as YAML)."""
+def parse_overrides(pairs: Iterable[str], source: str = "--set", form: str = "KEY=VALUE") -> dict[str, Any]:
+    """['batch_size=8', 'targets=[CC]'] -> {'batch_size': 8, 'targets': ['CC']} (values parsed as YAML);
+    `source` and `form` name the option and its shape in errors."""
     import yaml
 
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"{source} {pair!r}: expected KEY=VALUE")
+            raise InputError(f"{source} {pair!r}: expected {form}")
         try:
             out[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as err:

@@ -92,18 +92,9 @@ def _comma_list(text: str, option: str) -> list[str]:
 
 def parse_param_pairs(pairs: list[str]) -> dict[str, Any]:
     """--param NAME=VALUE pairs (VALUE in YAML) as a dict."""
-    import yaml
+    from histoxai.config import parse_overrides
 
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name.strip():
-            raise InputError(f"--param {pair!r}: expected NAME=VALUE")
-        try:
-            values[name.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise InputError(f"--param {pair!r}: value is not valid YAML ({err})") from None
-    return values
+    return parse_overrides(pairs, "--param", "NAME=VALUE")
 
 
 def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
