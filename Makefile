@@ -19,7 +19,7 @@ test: install tools  ## run the whole test suite
 	$(BIN)/python -m pytest
 
 demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 10 min), into $(OUT)/demo
-	$(BIN)/python -m histoxai.demo --out $(OUT)/demo
+	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo
 
 compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)
 	$(BIN)/histoxai compile --out $(OUT)/pipeline.yaml

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from histoxai.errors import InputError
+from histoxai.errors import InputError, did_you_mean
 
 # The eight Keras applications of the thesis (section 3.2.3) and a tiny CNN for tests and the demo.
 BACKBONES = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ConvNeXtTiny",
@@ -206,7 +206,8 @@ def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         raise InputError(f"{source}: expected a mapping of hyperparameters, got {type(values).__name__}")
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r}; expected keys among {sorted(FIELDS)}")
+        raise InputError(f"{source}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], FIELDS)}; "
+                         f"expected keys among {sorted(FIELDS)}")
     checked = {}
     for key, value in values.items():
         try:
@@ -242,13 +243,41 @@ def parse_overrides(pairs: Iterable[str], source: str = "--set", form: str = "KE
     return out
 
 
-def load_config(uri: str | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (local or gs://; None = all defaults), apply overrides, validate."""
+def shipped_names(kind: str) -> list[str]:
+    """Names of the YAML files shipped in the package (histoxai/configs/): kind "config" gives the
+    training configs, "search_space" the tuning search spaces."""
+    from importlib import resources
+
+    names = sorted(p.name.removesuffix(".yaml") for p in (resources.files("histoxai") / "configs").iterdir()
+                   if p.name.endswith(".yaml"))
+    return [n for n in names if n.startswith("search_space") == (kind == "search_space")]
+
+
+def read_named(source: str, option: str = "--config", kind: str = "config") -> str:
+    """The text of a YAML file (local or gs://) or, when no such file exists, of the file shipped with
+    the package under that name (`demo`, `thesis`, `search_space`, ...)."""
+    from importlib import resources
+    from pathlib import Path
+
     from histoxai import storage
 
-    if not uri:
+    source = str(source)
+    if storage.is_gcs(source) or Path(source).exists():
+        return storage.read_text(source)
+    names = shipped_names(kind)
+    if source in names:
+        return (resources.files("histoxai") / "configs" / f"{source}.yaml").read_text()
+    raise InputError(f"{option} {source}: no such file; expected a YAML file, a gs:// URI or one of "
+                     f"{', '.join(names)}{did_you_mean(source, names)}")
+
+
+def load_config(source: str | None, overrides: Mapping[str, Any] | None = None,
+                option: str = "--config") -> TrainConfig:
+    """Read a YAML config (a file, gs:// URI or shipped name; None = all defaults), apply overrides,
+    validate."""
+    if not source:
         return config_from_yaml("", overrides, "defaults")
-    return config_from_yaml(storage.read_text(uri), overrides, str(uri))
+    return config_from_yaml(read_named(source, option), overrides, str(source))
 
 
 def config_from_yaml(text: str, overrides: Mapping[str, Any] | None = None,

@@ -6,3 +6,11 @@ class InputError(Exception):
 
     The CLI prints it as one line and exits non-zero; anything else is a bug and keeps its traceback.
     """
+
+
+def did_you_mean(given: str, known) -> str:
+    """' (did you mean X?)' when `given` is close to one of `known`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(given), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

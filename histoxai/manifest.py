@@ -29,6 +29,11 @@ SPLITS = ("train", "val", "test", "heldout", "gap")
 MANIFEST_NAME = "manifest.parquet"
 
 
+def natural_key(sample: str) -> tuple:
+    """Sort sample ids numerically where they are numbers ('2' before '10')."""
+    return (0, int(sample), "") if sample.isdigit() else (1, 0, sample)
+
+
 def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
     """A manifest (file, or folder holding manifest.parquet), with shard_uri resolved."""
     uri = str(uri)

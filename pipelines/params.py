@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from histoxai import storage
-from histoxai.errors import InputError
+from histoxai.errors import InputError, did_you_mean
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # KFP's type names of pipeline parameters -> the Python types a value may have
 _TYPES = {"String": (str,), "Integer": (int,), "Float": (int, float), "Boolean": (bool,),
           "List": (list,), "Dict": (dict,)}
@@ -31,38 +30,27 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-samples", help="comma-separated ids of the samples pooled for training "
                                                "(default: 3,4)")
     group.add_argument("--config", help="training config: a YAML file (local or gs://) or the name of one in "
-                                        "configs/ (demo, thesis); default: the compiled default (thesis)")
+                                        "the package (demo, thesis); default: the compiled default (thesis)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one training config key (value in YAML); repeatable")
     group.add_argument("--tuning-trials", type=int, metavar="N",
                        help="turn tuning on with a budget of N trials (default: tuning off)")
     group.add_argument("--search-space", help="tuning search space: a YAML file (local or gs://) or the name "
-                                              "of one in configs/ (default: search_space)")
+                                              "of one shipped with the package (search_space, search_space_demo; default: search_space)")
     group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="any pipeline parameter (value in YAML, e.g. patch_size=64, tuning=true); "
                             "repeatable")
 
 
-def _named_file(source: str, option: str) -> str:
-    """The text of a YAML file, a gs:// object or a file named <source>.yaml in configs/."""
-    named = CONFIGS_DIR / f"{source}.yaml"
-    if not storage.is_gcs(source) and not Path(source).exists() and named.exists():
-        source = str(named)
-    if not storage.is_gcs(source) and not Path(source).exists():
-        names = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
-        raise InputError(f"{option} {source}: no such file; expected a YAML file, a gs:// URI or one of "
-                         f"{names or 'the names in configs/'}")
-    return storage.read_text(source)
-
-
 def search_space(source: str) -> dict:
-    """A tuning search space ({search, fixed}) from a file or configs/ name, checked by the tune step."""
+    """A tuning search space ({search, fixed}) from a file or shipped name, checked by the tune step."""
     import yaml
 
     from histoxai.components.tune.space import parse_space
+    from histoxai.config import read_named
 
     try:
-        values = yaml.safe_load(_named_file(source, "--search-space")) or {}
+        values = yaml.safe_load(read_named(source, "--search-space", kind="search_space")) or {}
     except yaml.YAMLError as err:
         raise InputError(f"--search-space {source}: not valid YAML ({err})") from None
     parse_space(values, source)
@@ -70,13 +58,13 @@ def search_space(source: str) -> dict:
 
 
 def config_text(source: str) -> str:
-    """The training config named by `source` (file, gs:// URI or configs/ name), validated, as one line
+    """The training config named by `source` (file, gs:// URI or shipped name), validated, as one line
     of YAML (a pipeline parameter's default must be a single line in the compiled YAML's header)."""
     import yaml
 
-    from histoxai.config import config_from_yaml
+    from histoxai.config import config_from_yaml, read_named
 
-    text = _named_file(source, "--config")
+    text = read_named(source, "--config")
     config_from_yaml(text, source=source)
     values = yaml.safe_load(text) or {}
     return yaml.safe_dump(values, default_flow_style=True, sort_keys=False, width=10**6).strip()
@@ -128,7 +116,8 @@ def check_parameters(values: Mapping[str, Any], component_spec) -> dict[str, Any
     checked = {}
     for name, value in values.items():
         if name not in inputs:
-            raise InputError(f"pipeline parameter {name!r}: unknown; expected one of {sorted(inputs)}")
+            raise InputError(f"pipeline parameter {name!r}: unknown{did_you_mean(name, inputs)}; "
+                             f"expected one of {sorted(inputs)}")
         kind = inputs[name].type
         if kind == "String" and value is None:
             value = ""  # NAME= gives YAML's null: an empty string

@@ -29,13 +29,13 @@ from kfp.dsl import HTML, Artifact
 
 from histoxai import storage
 from histoxai.errors import InputError
-from histoxai.pipelines.artifacts import CODE_VERSION_ENV, REPO, code_version
+from histoxai.artifacts import CODE_VERSION_ENV, code_version
 
 PIPELINE_NAME = "histoxai"
 DESCRIPTION = "Explainable CNNs on H&E histology that predict diffusion-MRI MD, FA and the cell count"
 ALL_SAMPLES = tuple(str(n) for n in range(1, 17))  # the 16 samples of Brabec et al. 2023
-DEFAULT_CONFIG = REPO / "configs" / "thesis.yaml"
-DEFAULT_SEARCH_SPACE = REPO / "configs" / "search_space.yaml"
+DEFAULT_CONFIG = "thesis"  # shipped in histoxai/configs/
+DEFAULT_SEARCH_SPACE = "search_space"
 NO_ACCELERATOR = "none"
 MODELS = ("multitask", "single_task")
 
@@ -55,7 +55,7 @@ class CompileOptions:
     resources: str = "cloud"
     retries: int = 2  # per ingest and GPU task: preemptible workers come back after a preemption
     caching: bool = True
-    config_text: str = ""  # default of the `config` parameter (one line of YAML); "" = configs/thesis.yaml
+    config_text: str = ""  # default of the `config` parameter (one line of YAML); "" = the shipped thesis config
     code_version: str = ""  # "" = the package version and git commit now
 
     def __post_init__(self):
@@ -92,11 +92,11 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     from histoxai.pipelines.params import config_text, search_space
 
     profile = RESOURCE_PROFILES[options.resources]
-    config_default = options.config_text or config_text(str(DEFAULT_CONFIG))
+    config_default = options.config_text or config_text(DEFAULT_CONFIG)
     version = options.code_version or code_version()
     explain_defaults = {k: v.default for k, v in explain_model.component_spec.inputs.items()}
     tune_defaults = {k: v.default for k, v in tune_step.component_spec.inputs.items()}
-    space_default = search_space(str(DEFAULT_SEARCH_SPACE))
+    space_default = search_space(DEFAULT_SEARCH_SPACE)
 
     def configure(task, kind: str, display_name: str, retry: bool = False):
         cpu, memory = profile[kind]

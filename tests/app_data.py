@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoxai.components.explain import store
+from histoxai.saliency import store
 from histoxai.components.explain.explain import map_statistics
 from histoxai.manifest import write_manifest
 from histoxai.shards import ShardWriter, encode_image

@@ -19,7 +19,7 @@ from histoxai import storage
 from histoxai.app import auth, data, render, runs
 from histoxai.app.settings import ENV
 from histoxai.cli import main
-from histoxai.components.train.train import train
+from histoxai.training import train
 from histoxai.errors import InputError
 from tests.train_data import write_blob_manifest
 
@@ -315,7 +315,7 @@ def test_overlay_normalisation_and_colour_maps():
     out = render.overlay(patch, np.array([[0.0, 1.0], [1.0, np.nan]]), "gray", 0.5)
     assert out[0, 0].tolist() == [50, 50, 50] and out[0, 1].tolist() == [178, 178, 178]
     assert out[1, 1].tolist() == [100, 100, 100]  # NaN: the patch alone
-    assert set(render.COLOUR_MAPS) >= {"viridis", "magma", "jet"}
+    assert set(COLOUR_MAPS) >= {"viridis", "magma", "jet"}
 
 
 # ---- IAP ----

@@ -15,13 +15,13 @@ import yaml
 from PIL import Image
 
 from histoxai import config as configs
-from histoxai import dataset, storage
+from histoxai import colour, dataset, storage
 from histoxai.cli import main
 from histoxai.components.evaluate import evaluate as ev
 from histoxai.components.evaluate import maps
 from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
-from histoxai.components.evaluate.report import table41
-from histoxai.components.train.train import train
+from histoxai.evaluation import table41
+from histoxai.training import train
 from histoxai.errors import InputError
 from histoxai.manifest import read_manifest, write_manifest
 from histoxai.metrics import METRICS, NOTE_CONSTANT_TARGET, NOTE_SINGLE, format_value, regression_metrics
@@ -137,10 +137,10 @@ def test_one_patch_and_constant_target_give_documented_values(setup):
     assert np.isfinite([low, high]).all() and low < high
     # a map whose values are all equal (and a zero residual) still gets a usable scale
     flat = np.full((2, 3), 1.25)
-    scales = maps.colour_scales({"measured": flat, "predicted": flat, "residual": flat - flat})
+    scales = colour.colour_scales({"measured": flat, "predicted": flat, "residual": flat - flat})
     assert scales["value"][0] < 1.25 < scales["value"][1] and scales["residual"][1] > 0
-    assert (maps.colourise(flat, *scales["value"], maps.VIRIDIS) == maps.colourise(
-        np.full((1, 1), 1.25), *scales["value"], maps.VIRIDIS)[0, 0]).all()
+    assert (colour.colourise(flat, *scales["value"], colour.VIRIDIS) == colour.colourise(
+        np.full((1, 1), 1.25), *scales["value"], colour.VIRIDIS)[0, 0]).all()
 
 
 def test_maps_have_the_grid_shape_and_show_the_patches(setup):

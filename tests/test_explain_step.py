@@ -16,7 +16,7 @@ import pytest
 
 from histoxai import layout
 from histoxai.cli import main
-from histoxai.components.explain import store, trust
+from histoxai.saliency import store, trust
 from histoxai.components.explain.explain import explain
 from histoxai.components.explain.methods import Score
 from histoxai.errors import InputError

@@ -16,7 +16,7 @@ import yaml
 from histoxai import config as configs
 from histoxai import dataset, storage
 from histoxai.cli import main
-from histoxai.components.train.train import STOPPED_EXIT_CODE, train
+from histoxai.training import STOPPED_EXIT_CODE, train
 from histoxai.errors import InputError
 from histoxai.manifest import read_manifest
 from histoxai.shards import decode_image, iter_records

@@ -15,7 +15,7 @@ import yaml
 from histoxai import config as configs
 from histoxai import storage
 from histoxai.cli import main
-from histoxai.components.train.train import STOPPED_EXIT_CODE, train
+from histoxai.training import STOPPED_EXIT_CODE, train
 from histoxai.components.tune import results
 from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, restore_ints, table_space
 from histoxai.components.tune.tune import STUDY_FILE, STUDY_NAME, tune

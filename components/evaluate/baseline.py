@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 from histoxai.metrics import METRIC_LABELS, METRICS, markdown_table, pearson_r, regression_metrics
 from histoxai.summary import BUNDLED_SUMMARY as SUMMARY_PATH
@@ -53,7 +53,7 @@ ROI_CHOICES = ("sROI", "ROI", "sROI_full", "sROI_alternative")  # "ROI" is sMR{n
 QUADRATIC, CNN = "quadratic", "cnn_brabec2023"
 SMOOTH_SIZE, SMOOTH_SIGMA, TEST_FRACTION = 5, 0.5, 0.2
 MIN_VOXELS = 4  # 3 to fit a quadratic, 1 to score
-TABLE_FILE, MARKDOWN_FILE, JSON_FILE = "baseline.parquet", "baseline.md", "baseline.json"
+TABLE_FILE, MARKDOWN_FILE, JSON_FILE = artifacts.BASELINE_TABLE, artifacts.BASELINE_REPORT, artifacts.BASELINE_INFO
 ROW_COLUMNS = ("sample", "baseline", "feature", "target", "roi", "n", "n_voxels", "repeats", "r2",
                "r2_q25", "r2_q75", "r2_var", "pearson_r2", "mae", "bias", "coef_a", "coef_b", "coef_c",
                "note")

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from histoxai.components.evaluate.evaluate import evaluate
-    from histoxai.components.evaluate.report import table41
+    from histoxai.evaluation import table41
     from histoxai.metrics import markdown_table
 
     result = evaluate(args.model, args.data, args.out, summary=args.summary,

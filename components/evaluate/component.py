@@ -25,10 +25,10 @@ def evaluate_models(
     maps/); metrics: standard R² per model, target and split or sample; baseline_summary: 'bundled'
     (the study's summary.mat shipped with histoxai), '' (no baselines) or a path / gs:// URI.
     """
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
     from histoxai.components.evaluate.evaluate import evaluate, headline_metrics
-    from histoxai.pipelines.artifacts import location
+    from histoxai.artifacts import location
 
     models = [f"multitask={location(multitask_model)}"]
     if single_task_model is not None:
@@ -40,14 +40,14 @@ def evaluate_models(
                       seed=seed, overwrite=True, progress=False)
     for name, value in headline_metrics(result["table"]).items():
         metrics.log_metric(name, value)
-    storage.write_bytes(location(report_html), storage.read_bytes(storage.join(out, "report.html")))
-    storage.write_bytes(location(report_markdown), storage.read_bytes(storage.join(out, "report.md")))
+    storage.write_bytes(location(report_html), storage.read_bytes(storage.join(out, artifacts.REPORT_HTML)))
+    storage.write_bytes(location(report_markdown), storage.read_bytes(storage.join(out, artifacts.REPORT_MARKDOWN)))
     evaluation.metadata.update({
         "models": [m.name for m in result["models"]],
         "samples": result["data"].samples,
         "training_samples": result["data"].training_samples,
         "predictions": "predictions/<model>/<sample>.parquet",
-        "table": "evaluation.parquet",
+        "table": artifacts.EVALUATION_TABLE,
     })
     for artifact in (report_html, report_markdown):
         artifact.metadata["step"] = "evaluate"

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, MANIFEST_NAME, SPLITS, read_manifest
+from histoxai.manifest import KEY, MANIFEST_NAME, SPLITS, natural_key, read_manifest
 from histoxai.metrics import METRICS, metrics_by_group
 
-TABLE_FILE, JSON_FILE = "evaluation.parquet", "evaluation.json"
+TABLE_FILE, JSON_FILE = artifacts.EVALUATION_TABLE, artifacts.EVALUATION_INFO
 PREDICTIONS_DIR, MAPS_DIR, BASELINE_DIR = "predictions", "maps", "baseline"
-MODEL_FILES = ("model.keras", "config.yaml", "metrics.json")
+MODEL_FILES = artifacts.MODEL_FILES
 POOLED_SPLITS = ("train", "val", "test")
 TRAINING_SPLITS = (*POOLED_SPLITS, "gap")  # a sample with any of these took part in training
 CACHE_KEY = b"histoxai.predictions"
@@ -53,12 +53,6 @@ def measured_column(target: str) -> str:
 
 def predicted_column(target: str) -> str:
     return f"{target}_predicted"
-
-
-def natural_key(sample: str) -> tuple:
-    from histoxai.components.split.split import natural_key as key
-
-    return key(sample)
 
 
 @dataclass
@@ -116,15 +110,12 @@ def open_model(spec: str, stack: contextlib.ExitStack) -> ModelSource:
         if not storage.exists(storage.join(uri, file)):
             raise InputError(f"{uri}: no {file}; expected a finished training output folder "
                              f"({', '.join(MODEL_FILES)}) from `histoxai train`")
-    config = load_config(storage.join(uri, "config.yaml"))
+    config = load_config(storage.join(uri, artifacts.MODEL_CONFIG))
     if not config.targets:
         raise InputError(f"{uri}/config.yaml: key 'targets' is empty; "
                          "expected the targets the model predicts")
-    try:
-        train_metrics = json.loads(storage.read_text(storage.join(uri, "metrics.json")))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{uri}/metrics.json: not valid JSON ({err})") from err
-    local = stack.enter_context(storage.local_copy(storage.join(uri, "model.keras")))
+    train_metrics = artifacts.read_train_metrics(uri)
+    local = stack.enter_context(storage.local_copy(storage.join(uri, artifacts.MODEL_FILE)))
     return ModelSource(name=name, uri=uri, targets=tuple(config.targets), sha256=_sha256(local),
                        config=config.to_dict(), train_metrics=train_metrics, local_model=local)
 
@@ -142,27 +133,23 @@ class EvalData:
 
 
 def _input_file(uri: str) -> str:
-    from histoxai.components.split.split import SPLIT_FILE
-
     if uri.endswith(".parquet"):
         return uri
-    for name in (SPLIT_FILE, MANIFEST_NAME):
+    for name in (artifacts.SPLIT_TABLE, MANIFEST_NAME):
         if storage.exists(storage.join(uri, name)):
             return storage.join(uri, name)
-    raise InputError(f"{uri}: neither {SPLIT_FILE} nor {MANIFEST_NAME} found; expected a split folder "
+    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {MANIFEST_NAME} found; expected a split folder "
                      "(`histoxai split`) or an ingest output folder (`histoxai ingest`)")
 
 
 def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]:
     """The MR grid from ingest.json beside the sample's manifest; else the patches' bounding box."""
-    from histoxai.components.ingest.qc import COUNTS_NAME
-
     first = rows.iloc[0]
     base = str(first["shard_uri"])[: -len(str(first["shard"]))].rstrip("/")
     extent = (int(rows["row"].max()) + 1, int(rows["col"].max()) + 1)
-    info_uri = storage.join(base, COUNTS_NAME)
+    info_uri = storage.join(base, artifacts.INGEST_INFO)
     if not storage.exists(info_uri):
-        return extent, (f"sample {sample}: no {COUNTS_NAME} beside its manifest; maps span the patches' "
+        return extent, (f"sample {sample}: no {artifacts.INGEST_INFO} beside its manifest; maps span the patches' "
                         f"extent {extent[0]} x {extent[1]} from voxel 0, 0")
     try:
         grid = tuple(int(v) for v in json.loads(storage.read_text(info_uri))["grid"])
@@ -171,7 +158,7 @@ def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]
     if len(grid) != 2 or grid[0] < extent[0] or grid[1] < extent[1]:
         raise InputError(f"{info_uri}: grid {list(grid)} does not hold sample {sample}'s patches (they "
                          f"reach row {extent[0] - 1}, col {extent[1] - 1}); expected the manifest's own "
-                         "ingest.json")
+                         f"{artifacts.INGEST_INFO}")
     return grid, ""
 
 
@@ -357,8 +344,8 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *, summary: s
                 from histoxai.components.evaluate.baseline import write_baselines
 
                 write_baselines(baseline, str(stage / BASELINE_DIR))
-            (stage / "report.md").write_text(report.markdown_report(result))
-            (stage / "report.html").write_text(report.html_report(result, stage))
+            (stage / artifacts.REPORT_MARKDOWN).write_text(report.markdown_report(result))
+            (stage / artifacts.REPORT_HTML).write_text(report.html_report(result, stage))
             info = {"models": {m.name: {"uri": m.uri, "model_sha256": m.sha256, "targets": list(m.targets),
                                         "train_metrics": m.train_metrics} for m in sources},
                     "data": evaluation.inputs, "samples": evaluation.samples,

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Colour map anchors, interpolated linearly: viridis, and ColorBrewer RdBu reversed (negative = blue).
-VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
-           "#7ad151", "#bddf26", "#fde725")
-DIVERGING = ("#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d",
-             "#b2182b")
-NO_PATCH = (200, 200, 200)
+from histoxai.colour import DIVERGING, VIRIDIS, colour_scales, colourise
+
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
-PERCENTILES = (1.0, 99.0)
 PANEL_PX = 300  # longest side of one map panel
 BAR_WIDTH, PAD, FONT_SIZE = 14, 12, 13
 
@@ -39,35 +34,6 @@ def grid_maps(predictions, grid: tuple[int, int], target: str) -> dict[str, np.n
         out[name] = values
     out["residual"] = out["predicted"] - out["measured"]
     return out
-
-
-def colour_scales(arrays: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """(low, high) of the shared measured/predicted scale and of the symmetric residual scale."""
-    values = np.concatenate([arrays["measured"].ravel(), arrays["predicted"].ravel()])
-    values = values[np.isfinite(values)]
-    low, high = (np.percentile(values, PERCENTILES) if values.size else (0.0, 1.0))
-    if not high > low:  # constant maps: widen so the one value sits mid-scale
-        half = max(abs(float(low)) * 0.05, 1e-6)
-        low, high = low - half, high + half
-    residual = np.abs(arrays["residual"][np.isfinite(arrays["residual"])])
-    limit = float(np.percentile(residual, PERCENTILES[1])) if residual.size else 0.0
-    limit = limit if limit > 0 else 1e-6
-    return {"value": (float(low), float(high)), "residual": (-limit, limit)}
-
-
-def _rgb(hex_colours) -> np.ndarray:
-    return np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hex_colours], dtype=np.float64)
-
-
-def colourise(values: np.ndarray, low: float, high: float, anchors) -> np.ndarray:
-    """uint8 RGB image: values mapped linearly onto the anchors between low and high; NaN -> NO_PATCH."""
-    table = _rgb(anchors)
-    t = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0.0, 1.0) * (len(table) - 1)
-    index = np.minimum(t.astype(int), len(table) - 2)
-    frac = (t - index)[..., None]
-    rgb = table[index] * (1 - frac) + table[index + 1] * frac
-    rgb[~np.isfinite(values)] = NO_PATCH
-    return np.round(rgb).astype(np.uint8)
 
 
 def _label(value: float) -> str:

@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from histoxai.evaluation import TRAINING_NOTE, column_label, row_label, table41
 from histoxai.metrics import METRIC_LABELS, format_value
 from histoxai.sections import render_html, render_markdown
 
-SPLIT_LABELS = {"train": "train set", "val": "validation set", "test": "test set"}
-TRAINING_MARK = " *"
-TRAINING_NOTE = ("\\* a training sample: part of the pooled training data, so its row mixes train, "
-                 "validation and test patches and is not an out-of-sample score.")
 METRIC_TITLES = {
     "r2": "R² = 1 - SSE/SST (standard; punishes a constant shift)",
     "r2_var": "R²var = 1 - var(y - ŷ)/var(y) (the thesis's eq. 3.2; ignores a constant shift)",
@@ -32,32 +29,6 @@ CAVEATS = (
     "scored on a random 20 % test set of each sample, with the model fitted on the same sample; our "
     "rows score a model trained on the pooled training samples on every patch of a sample."
 )
-
-
-def column_label(model: str, target: str) -> str:
-    return f"{target} ({model})"
-
-
-def row_label(kind: str, group: str, training: bool) -> str:
-    if kind == "split":
-        return SPLIT_LABELS[group]
-    return f"sample {group}{TRAINING_MARK if training else ''}"
-
-
-def table41(table: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
-    """Samples (natural order) then train / validation / test set as rows, model x target as columns."""
-    columns = list(dict.fromkeys(zip(table["model"], table["target"], strict=True)))
-    rows = list(dict.fromkeys(zip(table["kind"], table["group"], table["training"], strict=True)))
-    samples = [r for r in rows if r[0] == "sample"]
-    splits = sorted((r for r in rows if r[0] == "split"), key=lambda r: list(SPLIT_LABELS).index(r[1]))
-    values = table.set_index(["kind", "group", "model", "target"])[metric]
-    out = pd.DataFrame({"data": [row_label(*r) for r in [*samples, *splits]]})
-    for model, target in columns:
-        out[column_label(model, target)] = pd.array(
-            [values.get((kind, group, model, target), pd.NA) for kind, group, _ in [*samples, *splits]],
-            dtype="Float64")
-    out.attrs["training_rows"] = [i for i, r in enumerate([*samples, *splits]) if r[0] == "sample" and r[2]]
-    return out
 
 
 def baseline_comparison(table: pd.DataFrame, per_sample: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxai.components.explain import store, trust
+from histoxai import artifacts
+from histoxai.saliency import store, trust
 
 GROUP = ["target", "method", "setting", "score"]
 
@@ -140,8 +141,8 @@ def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, tar
     store.write_table(measures, stage / trust.TRUST_TABLE)
     store.write_table(pd.DataFrame(curves), stage / trust.CURVES_TABLE)
     notes = _notes(measures, summary, phantom_dir, len(subset), steps)
-    (stage / "trust.md").write_text(markdown(measures, notes))
-    (stage / "trust.html").write_text(html_page(measures, notes))
+    (stage / artifacts.TRUST_REPORT).write_text(markdown(measures, notes))
+    (stage / artifacts.TRUST_HTML).write_text(html_page(measures, notes))
     summary["trust"] = {"patches": len(subset), "stages": [s for s, _ in stages],
                         "flagged": sorted({f"{r.target} {r.method}:{r.setting}" for r in measures.itertuples()
                                            if getattr(r, "randomization_flag", False) is True})}

@@ -5,7 +5,7 @@ Computes every target x method x setting x score for each selected patch: Grad-C
 overflow), SmoothGrad (seeded, sigma relative to each image's range), vanilla gradient and
 Integrated Gradients. Writes to OUT: maps.parquet (one row per map: sample, row, col, y, ŷ, Δ, rΔ,
 map statistics, where the map is stored) and maps/ (raw float16 maps, read them with
-histoxai.components.explain.store.open_maps), explain.json, and the trust report trust.md / trust.html
+histoxai.saliency.store.open_maps), explain.json, and the trust report trust.md / trust.html
 (NaN and blank shares, deletion/insertion AUCs, model-randomisation check; with --phantom-dir, relevance
 inside the phantom's true nuclei masks for CC). Maps with NaN values are counted, flagged and reported.
 

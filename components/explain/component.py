@@ -32,16 +32,16 @@ def explain_model(
 
     Parameters as `histoxai explain` (comma-separated lists; '' = default; max_patches 0 = all;
     shard_range 'A:B' to fan out over shards). maps: the output folder (maps.parquet, maps/, trust
-    files, explain.json), readable with histoxai.components.explain.store.open_maps; metrics: map and
+    files, explain.json), readable with histoxai.saliency.store.open_maps; metrics: map and
     NaN counts, and per target x method the trust measures.
     """
     import re
 
     import pandas as pd
 
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.explain.explain import explain, parse_shard_range
-    from histoxai.pipelines.artifacts import location
+    from histoxai.artifacts import location
 
     def listed(text: str) -> list:
         return [item.strip() for item in text.split(",") if item.strip()]
@@ -57,7 +57,7 @@ def explain_model(
     for name in ("maps", "patches", "nan_maps", "blank_maps"):
         metrics.log_metric(name, summary[name])
     if trust_patches:
-        trust = storage.read_parquet(storage.join(out, "trust.parquet"), "the explain step's trust table")
+        trust = storage.read_parquet(storage.join(out, artifacts.TRUST_TABLE), "the explain step's trust table")
         measures = [c for c in ("nan_maps", "blank_maps", "mask_mass", "mask_rank_accuracy", "deletion_auc",
                                 "insertion_auc") if c in trust.columns]
         for row in trust.itertuples(index=False):
@@ -66,15 +66,15 @@ def explain_model(
                 if pd.notna(value):
                     name = f"{measure}_{row.target}_{row.method}_{row.setting}_{row.score}"
                     metrics.log_metric(re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"), float(value))
-        storage.write_bytes(location(trust_html), storage.read_bytes(storage.join(out, "trust.html")))
-        storage.write_bytes(location(trust_markdown), storage.read_bytes(storage.join(out, "trust.md")))
+        storage.write_bytes(location(trust_html), storage.read_bytes(storage.join(out, artifacts.TRUST_HTML)))
+        storage.write_bytes(location(trust_markdown), storage.read_bytes(storage.join(out, artifacts.TRUST_REPORT)))
     else:
         skipped = "Trust measures not computed (trust_patches = 0)."
         storage.write_text(location(trust_html), f"<!DOCTYPE html><html><body><p>{skipped}</p></body></html>")
         storage.write_text(location(trust_markdown), skipped + "\n")
     maps.metadata.update({"methods": summary["methods"], "scores": summary["scores"],
                           "targets": summary["targets"], "cam_layer": summary["cam_layer"],
-                          "table": "maps.parquet", "reader": "histoxai.components.explain.store.open_maps",
+                          "table": artifacts.MAPS_TABLE, "reader": "histoxai.saliency.store.open_maps",
                           "flagged": summary.get("trust", {}).get("flagged", [])})
     for artifact in (trust_html, trust_markdown):
         artifact.metadata["step"] = "explain"

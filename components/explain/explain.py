@@ -25,14 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from histoxai import storage
-from histoxai.components.explain import store
+from histoxai import artifacts, storage
+from histoxai.saliency import store
 from histoxai.components.explain.methods import DEFAULT_METHODS, SIGNED_METHODS, parse_method, parse_score
 from histoxai.errors import InputError
 
 ENGINES = ("batched", "tf-keras-vis")
 PATCH_COLUMNS = ("shard_uri", "index", "offset", "encoding", "patch_size")
-SUMMARY_NAME = "explain.json"
+SUMMARY_NAME = artifacts.EXPLAIN_INFO
 
 
 def patch_keys(frame) -> np.ndarray:
@@ -94,7 +94,7 @@ def load_trained_model(uri: str):
     """A `histoxai train` output folder (its model.keras) or a .keras file."""
     from histoxai.model import load_model
 
-    return load_model(uri if str(uri).endswith(".keras") else storage.join(uri, "model.keras"))
+    return load_model(uri if str(uri).endswith(".keras") else storage.join(uri, artifacts.MODEL_FILE))
 
 
 def map_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,7 +133,6 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
 
     from histoxai import dataset
     from histoxai.components.explain.assess import assess
-    from histoxai.components.split.split import SPLIT_FILE
     from histoxai.manifest import read_manifest
     from histoxai.model import cam_layer_name
 
@@ -160,7 +159,7 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
     if map_size is not None and not 1 <= map_size <= image_size:
         raise InputError(f"--map-size {map_size}: expected 1 to the model's input size {image_size}")
     if not str(data_uri).endswith(".parquet"):
-        data_uri = storage.join(data_uri, SPLIT_FILE)
+        data_uri = storage.join(data_uri, artifacts.SPLIT_TABLE)
     frame = read_manifest(data_uri)
     dataset.check_targets(frame, targets, str(data_uri))
     frame = select_patches(frame, splits=splits, samples=samples, shard_range=shard_range,

@@ -22,9 +22,9 @@ def ingest(
     data: the ingest output folder (shards/, manifest.parquet, qc.md, qc_thumbnail.png, ingest.json);
     qc: the sample's QC page (rules, drop counts, value ranges).
     """
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.ingest.ingest import ingest_sample
-    from histoxai.pipelines.artifacts import location
+    from histoxai.artifacts import location
 
     out = location(data)
     counts = ingest_sample(storage.join(samples_uri, str(sample)), out, sample_id=str(sample),
@@ -33,7 +33,7 @@ def ingest(
     data.metadata.update({
         "sample": counts["sample"], "patches": counts["kept"], "voxels": counts["voxels"],
         "patch_size": counts["patch_size"], "encoding": counts["encoding"], "shards": counts["shards"],
-        "source": counts["sample_dir"], "manifest": "manifest.parquet",
+        "source": counts["sample_dir"], "manifest": artifacts.MANIFEST,
     })
-    storage.write_text(location(qc), storage.read_text(storage.join(out, "qc.md")))
+    storage.write_text(location(qc), storage.read_text(storage.join(out, artifacts.QC_REPORT)))
     qc.metadata["sample"] = counts["sample"]

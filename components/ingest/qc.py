@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-THUMBNAIL_NAME = "qc_thumbnail.png"
-REPORT_NAME = "qc.md"
-COUNTS_NAME = "ingest.json"
+from histoxai import artifacts
+
+THUMBNAIL_NAME, REPORT_NAME, COUNTS_NAME = artifacts.QC_THUMBNAIL, artifacts.QC_REPORT, artifacts.INGEST_INFO
 _THUMB_MAX_SIDE = 1024  # px
 _KEPT_TINT = np.array([0, 200, 60])
 _DROPPED_TINT = np.array([230, 40, 40])  # inside the MR ROI but dropped by a later rule

@@ -33,9 +33,9 @@ def report(
     """
     import json
 
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.report.report import build_report
-    from histoxai.pipelines.artifacts import code_version, location
+    from histoxai.artifacts import code_version, location
 
     content, markdown, page = build_report(
         ingest_dirs=[location(d) for d in ingested], split_dir=location(split),
@@ -50,6 +50,6 @@ def report(
     storage.write_text(location(report_html), page)
     storage.write_text(location(report_markdown), markdown)
     storage.write_text(location(summary), json.dumps(content, indent=1, default=str) + "\n")
-    summary.metadata["format"] = "summary.json"
+    summary.metadata["format"] = artifacts.RUN_SUMMARY
     for artifact in (report_html, report_markdown):
         artifact.metadata["step"] = "report"

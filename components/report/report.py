@@ -14,38 +14,23 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
+from histoxai.evaluation import read_table41
 from histoxai.metrics import format_value, markdown_table
 from histoxai.sections import render_html, render_markdown
 
 SPLIT_ORDER = ("train", "val", "test")
 
 
-def _json(uri: str, what: str) -> dict:
-    try:
-        return json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{uri}: not valid JSON ({err}); expected the {what}") from err
-
-
-def _config(uri: str) -> dict:
-    import yaml
-
-    try:
-        return yaml.safe_load(storage.read_text(uri)) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{uri}: not valid YAML ({err}); expected a training config") from err
-
-
 def data_section(ingest_dirs: Sequence[str], split_dir: str) -> dict:
     """Patches per sample (ingest.json) and per sample and set (split.json)."""
     samples = []
     for folder in ingest_dirs:
-        info = _json(storage.join(folder, "ingest.json"), "ingest step's ingest.json")
+        info = artifacts.read_ingest_info(folder)
         samples.append({"sample": info["sample"], "voxels": info["voxels"], "patches": info["kept"],
                         "patch_size": info["patch_size"], "source": info["sample_dir"]})
-    split = _json(storage.join(split_dir, "split.json"), "split step's split.json")
+    split = artifacts.read_split_info(split_dir)
     return {"samples": samples, "split_options": split["options"], "split_counts": split["counts"]}
 
 
@@ -53,8 +38,8 @@ def models_section(model_dirs: Mapping[str, str]) -> dict:
     """Per model: targets, backbone, epochs and R² per split and target as training measured it."""
     models = {}
     for name, folder in model_dirs.items():
-        metrics = _json(storage.join(folder, "metrics.json"), "train step's metrics.json")
-        config = _config(storage.join(folder, "config.yaml"))
+        metrics = artifacts.read_train_metrics(folder)
+        config = artifacts.read_model_config(folder)
         models[name] = {"targets": metrics["targets"], "backbone": config.get("backbone"),
                         "epochs": metrics["epochs"], "device": metrics["device"],
                         "r2": metrics["r2"], "n": metrics["n"], "folder": folder}
@@ -75,12 +60,7 @@ def training_r2_table(models: Mapping[str, dict]) -> pd.DataFrame:
 
 def evaluation_table(evaluation_dir: str) -> pd.DataFrame:
     """R² in the thesis's Table 4.1 layout (samples, then train / validation / test set), from evaluate."""
-    from histoxai.components.evaluate.evaluate import TABLE_FILE
-    from histoxai.components.evaluate.report import table41
-
-    table = storage.read_parquet(storage.join(evaluation_dir, TABLE_FILE),
-                                 "the evaluate step's evaluation table")
-    return table41(table, "r2")
+    return read_table41(evaluation_dir, "r2")
 
 
 TRUST_COLUMNS = {  # trust.parquet column -> heading in the report
@@ -95,17 +75,14 @@ TRUST_COLUMNS = {  # trust.parquet column -> heading in the report
 def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, list[str]]:
     """The explain steps' trust measures per model, target and method (one row per output part when
     the maps were fanned out over shard ranges), and the methods flagged by the randomisation check."""
-    from histoxai.components.explain.explain import SUMMARY_NAME
-    from histoxai.components.explain.trust import TRUST_TABLE
-
     frames, flagged = [], []
     for model, folders in maps_dirs.items():
         for part, folder in enumerate(folders):
-            info = _json(storage.join(folder, SUMMARY_NAME), "explain step's explain.json")
+            info = artifacts.read_explain_info(folder)
             flagged += [f"{model}: {item}" for item in info.get("trust", {}).get("flagged", [])]
-            if not storage.exists(storage.join(folder, TRUST_TABLE)):
+            if not storage.exists(storage.join(folder, artifacts.TRUST_TABLE)):
                 continue  # trust measures were turned off for this run
-            frame = storage.read_parquet(storage.join(folder, TRUST_TABLE), "the explain step's trust table")
+            frame = storage.read_parquet(storage.join(folder, artifacts.TRUST_TABLE), "the explain step's trust table")
             frame = frame[[c for c in TRUST_COLUMNS if c in frame.columns]].rename(columns=TRUST_COLUMNS)
             frame.insert(0, "model", model if len(folders) == 1 else f"{model} (part {part + 1})")
             frames.append(frame)

@@ -39,20 +39,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, SPLITS, read_manifest
+from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
 
 STRATEGIES = ("random", "blocked")
 EVALUATION_SETS = ("train", "val", "test")
-SPLIT_FILE, INFO_FILE, TABLE_FILE = "split.parquet", "split.json", "split.md"
+SPLIT_FILE, INFO_FILE, TABLE_FILE = artifacts.SPLIT_TABLE, artifacts.SPLIT_INFO, artifacts.SPLIT_REPORT
 # Float tolerance for fractions that sum to 1 and for floor(n * f) when n * f is an integer in exact maths.
 _EPS = 1e-9
-
-
-def natural_key(sample: str) -> tuple:
-    """Sort sample ids numerically where they are numbers ('2' before '10')."""
-    return (0, int(sample), "") if sample.isdigit() else (1, 0, sample)
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

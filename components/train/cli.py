@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from histoxai.components.train.train import train
+    from histoxai.training import train
     from histoxai.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)

@@ -25,9 +25,9 @@ def resolve_config(
     """
     import yaml
 
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.config import as_pipeline_parameter, config_from_yaml, parse_overrides
-    from histoxai.pipelines.artifacts import location
+    from histoxai.artifacts import location
 
     source, text = "pipeline parameter config", config
     if config_file is not None:
@@ -56,14 +56,14 @@ def train_model(
     import hashlib
     import json
 
-    from histoxai import storage
-    from histoxai.components.train.train import train
+    from histoxai import artifacts, storage
+    from histoxai.training import train
     from histoxai.config import config_from_yaml
-    from histoxai.pipelines.artifacts import code_version, location
+    from histoxai.artifacts import code_version, location
 
     resolved = config_from_yaml(config, {"targets": targets}, "resolved config")
     out, data_uri = location(model), location(data)
-    finished = storage.join(out, "metrics.json")
+    finished = storage.join(out, artifacts.TRAIN_METRICS)
     if storage.exists(finished):  # a retry of a task whose training had already finished
         result = json.loads(storage.read_text(finished))
     else:
@@ -73,7 +73,7 @@ def train_model(
         for target, value in values.items():
             if value is not None:  # R² is undefined on an empty or constant split
                 metrics.log_metric(f"r2_{split}_{target}", value)
-    split_info = json.loads(storage.read_text(storage.join(data_uri, "split.json")))
+    split_info = artifacts.read_split_info(data_uri)
     import keras
     import tensorflow as tf
 

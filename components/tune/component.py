@@ -21,7 +21,7 @@ def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targ
     """Search hyperparameters (base_config: TrainConfig values, see config.as_pipeline_parameter;
     search_space: {fixed, search} as in configs/search_space.yaml; targets: e.g. "MD,FA");
     timeout_s 0: no limit."""
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.tune.space import parse_space, restore_ints
     from histoxai.components.tune.tune import tune
     from histoxai.config import from_dict, load_config
@@ -34,8 +34,8 @@ def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targ
                   n_trials=n_trials or None, timeout_s=timeout_s or None,
                   objective_targets=objective_targets.split(",") if objective_targets else None,
                   startup_trials=startup_trials, warmup_epochs=warmup_epochs)
-    storage.write_bytes(best_config.path, storage.read_bytes(storage.join(out, "best_config.yaml")))
-    storage.write_bytes(summary.path, storage.read_bytes(storage.join(out, "summary.md")))
+    storage.write_bytes(best_config.path, storage.read_bytes(storage.join(out, artifacts.BEST_CONFIG)))
+    storage.write_bytes(summary.path, storage.read_bytes(storage.join(out, artifacts.TUNE_SUMMARY)))
     chosen = load_config(best_config.path)
     best_config.metadata.update({"trial": result["best_trial"], "objective": result["objective"],
                                  "objective_targets": result["objective_targets"], "targets": targets,

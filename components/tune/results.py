@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
 
 TRIALS = "trials"  # .parquet and .csv
-SUMMARY = "summary.md"
-BEST_CONFIG = "best_config.yaml"
+SUMMARY, BEST_CONFIG = artifacts.TUNE_SUMMARY, artifacts.BEST_CONFIG
 MIN_TRIALS_FOR_IMPORTANCE = 10
 TOP = 10
 STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from histoxai.config import FIELDS, TrainConfig, with_values
-from histoxai.errors import InputError
+from histoxai.errors import InputError, did_you_mean
 
 # child -> (parent, parent values under which the training code uses the child)
 CONDITIONS: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -164,7 +164,8 @@ def _range(name: str, spec: Mapping, source: str) -> Param:
 
 def _param(name: str, spec: Any, source: str) -> Param:
     if name not in FIELDS:
-        raise InputError(f"{source}: unknown parameter {name!r}; expected TrainConfig keys among "
+        raise InputError(f"{source}: unknown parameter {name!r}{did_you_mean(name, FIELDS)}; expected "
+                         "TrainConfig keys among "
                          f"{sorted(k for k in FIELDS if k not in NOT_SEARCHABLE)}")
     if name in NOT_SEARCHABLE:
         raise InputError(f"{source}: parameter {name!r} cannot be searched; set it in the config")
@@ -188,7 +189,8 @@ def parse_space(values: Mapping[str, Any], source: str = "search space") -> Sear
         raise InputError(f"{source}: expected a mapping with sections {list(SECTIONS)}")
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
-        raise InputError(f"{source}: unknown section {unknown[0]!r}; expected sections {list(SECTIONS)}")
+        raise InputError(f"{source}: unknown section {unknown[0]!r}{did_you_mean(unknown[0], SECTIONS)}; "
+                         f"expected sections {list(SECTIONS)}")
     fixed, search = values.get("fixed") or {}, values.get("search")
     if not isinstance(fixed, Mapping):
         raise InputError(f"{source}: section 'fixed' must map TrainConfig keys to values")
@@ -199,7 +201,8 @@ def parse_space(values: Mapping[str, Any], source: str = "search space") -> Sear
         raise InputError(f"{source}: parameter {both[0]!r} is both fixed and searched; keep one")
     for name, value in fixed.items():
         if name not in FIELDS:
-            raise InputError(f"{source}: fixed: unknown key {name!r}; expected TrainConfig keys")
+            raise InputError(f"{source}: fixed: unknown key {name!r}{did_you_mean(name, FIELDS)}; "
+                             "expected TrainConfig keys")
         _check_value(name, value, f"{source}: fixed")
     params = [_param(str(name), spec, source) for name, spec in search.items()]
     # Parents first, so a conditional parameter sees its parent's value when it is sampled; then
@@ -216,16 +219,17 @@ def table_space() -> SearchSpace:
                        "Table 3.2 space")
 
 
-def load_space(uri: str | None) -> SearchSpace:
-    """Read a space file (local or gs://); None gives the Table 3.2 space."""
+def load_space(uri: str | None, option: str = "--search-space") -> SearchSpace:
+    """Read a space file (local or gs://, or a shipped name such as search_space_demo); None gives the
+    Table 3.2 space."""
     import yaml
 
-    from histoxai import storage
+    from histoxai.config import read_named
 
     if uri is None:
         return table_space()
     try:
-        values = yaml.safe_load(storage.read_text(uri))
+        values = yaml.safe_load(read_named(uri, option, kind="search_space"))
     except yaml.YAMLError as err:
         raise InputError(f"{uri}: not valid YAML ({err})") from None
     return parse_space(values or {}, str(uri))

@@ -25,13 +25,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from histoxai import storage
-from histoxai.components.train.train import STOPPED_EXIT_CODE
+from histoxai import artifacts, storage
+from histoxai.training import STOPPED_EXIT_CODE
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
 
-STUDY_FILE = "study.journal"
+STUDY_FILE = artifacts.STUDY_JOURNAL
 STUDY_NAME = "histoxai-tune"
 SPEC_ATTR = "histoxai_spec"  # what the study searches; a restart must search the same
 
@@ -125,7 +125,7 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
     import keras
     import optuna
 
-    from histoxai.components.train.train import train
+    from histoxai.training import train
 
     def objective(trial) -> float:
         values = space.sample(trial, start)
@@ -177,7 +177,7 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
     import optuna
     from tqdm import tqdm
 
-    from histoxai.components.train.train import load_splits
+    from histoxai.training import load_splits
     from histoxai.components.tune import results
 
     if n_trials is None and timeout_s is None:

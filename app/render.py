@@ -1,30 +1,18 @@
 """Pictures for the review app: saliency overlays on patches, nuclei outlines, tile titles and small charts.
 
 Maps are normalised for display only here, by the explain store's functions (per map `minmax`, or a
-dataset-wide range with `normalize`); colours come from the evaluate step's `colourise`.
+dataset-wide range with `normalize`); colours come from histoxai.colour.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
-from histoxai.components.evaluate.maps import DIVERGING, VIRIDIS, colourise
-from histoxai.components.explain import store
+from histoxai.colour import DIVERGING, VIRIDIS, colour_table
+from histoxai.saliency import store
 
-# Colour map anchors (interpolated linearly), sampled at 0, 0.1, ..., 1 from matplotlib's maps.
-COLOUR_MAPS = {
-    "viridis": VIRIDIS,
-    "magma": ("#000004", "#140e36", "#3b0f70", "#641a80", "#8c2981", "#b73779", "#de4968", "#f7705c",
-              "#fe9f6d", "#fecf92", "#fcfdbf"),
-    "inferno": ("#000004", "#160b39", "#420a68", "#6a176e", "#932667", "#bc3754", "#dd513a", "#f37819",
-                "#fca50a", "#f6d746", "#fcffa4"),
-    "jet": ("#00007f", "#0000ff", "#007fff", "#00ffff", "#7fff7f", "#ffff00", "#ff7f00", "#ff0000",
-            "#7f0000"),
-    "gray": ("#000000", "#ffffff"),
-}
 NORMALISATIONS = ("dataset percentile", "per map (min-max)")
 OUTLINE_COLOUR = np.array([255, 255, 255], np.uint8)
 
@@ -49,12 +37,6 @@ def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return out
     holes = np.asarray(Image.fromarray(~finite).resize(size[::-1], Image.Resampling.NEAREST))
     return np.where(holes, np.nan, out)
-
-
-@functools.cache
-def colour_table(colour_map: str) -> np.ndarray:
-    """(256, 3) float32 colours of a colour map, by `colourise` at 256 evenly spaced values."""
-    return colourise(np.linspace(0.0, 1.0, 256), 0.0, 1.0, COLOUR_MAPS[colour_map]).astype(np.float32)
 
 
 def overlay(patch: np.ndarray, unit_map: np.ndarray | None, colour_map: str, alpha: float,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
-TENSORBOARD = "tensorboard"
+TENSORBOARD = artifacts.TENSORBOARD_DIR
 
 
 def _other_slot(name: str | None, stem: str) -> str:

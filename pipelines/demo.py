@@ -4,8 +4,8 @@ Renders phantom samples 3 and 4 (the thesis's training samples) and 5 (held out)
 into OUT/phantom, then runs every pipeline step with kfp.local's subprocess runner (the same DAG a
 cluster runs: ingest per sample in parallel branches, split, a small tuning study, the multi-task
 MD+FA and the single-task CC model, evaluation on every sample, saliency maps with trust measures,
-report) into OUT/runs, with settings sized for a 2-core CPU: the tiny CNN at 64 px (configs/demo.yaml),
-two tuning trials over configs/search_space_demo.yaml, maps for 48 test patches per model.
+report) into OUT/runs, with settings sized for a 2-core CPU: the tiny CNN at 64 px (the `demo` config),
+two tuning trials over the `search_space_demo` space, maps for 48 test patches per model.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from histoxai.errors import InputError
 DEMO_SAMPLES = ("3", "4", "5")
 TRAIN_SAMPLES = ("3", "4")  # the thesis's training samples; 5 is scored as an unseen tumour
 PIXELS_PER_VOXEL = 64
-REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRAIN_SAMPLES) -> dict:
@@ -30,9 +29,9 @@ def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRA
 
     return {
         "samples_uri": samples_uri, "samples": list(samples), "train_samples": list(train_samples),
-        "patch_size": PIXELS_PER_VOXEL, "config": config_text(str(REPO / "configs" / "demo.yaml")),
+        "patch_size": PIXELS_PER_VOXEL, "config": config_text("demo"),
         "tuning": True, "tuning_trials": 2, "tuning_startup_trials": 1,
-        "tuning_search_space": search_space(str(REPO / "configs" / "search_space_demo.yaml")),
+        "tuning_search_space": search_space("search_space_demo"),
         "explain_methods": ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=16", "vanilla", "ig"],
         "explain_max_patches": 48, "explain_trust_patches": 16, "explain_phantom_dir": samples_uri,
         "evaluate_baseline_repeats": 20,
@@ -55,7 +54,7 @@ def run_demo(out: str, *, seed: int = 0):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m histoxai.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m histoxai.pipelines.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="local output folder (default outputs/demo)")
     args = parser.parse_args(argv)

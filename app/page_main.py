@@ -5,7 +5,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.app import cache, controls, runs, settings
 
 PAGES = (("page_single_target.py", "Single Target", "a grid of patches with one method's overlay"),
@@ -66,14 +66,14 @@ def main() -> None:
         st.subheader("Models")
         for folder in index.models:
             with st.expander(index.label(folder)):
-                for name, language in (("config.yaml", "yaml"), ("metrics.json", "json")):
+                for name, language in ((artifacts.MODEL_CONFIG, "yaml"), (artifacts.TRAIN_METRICS, "json")):
                     text = _text(storage.join(folder, name), config.root)
                     if text is not None:
                         st.caption(name)
                         st.code(text, language=language)
 
     for folder in index.evaluate:
-        report = _text(storage.join(folder, "report.md"), config.root)
+        report = _text(storage.join(folder, artifacts.REPORT_MARKDOWN), config.root)
         if report is not None:
             st.subheader(f"Evaluation report ({index.label(folder)})")
             with st.expander("Table 4.1 and the other metrics", expanded=True):
@@ -81,7 +81,7 @@ def main() -> None:
                 st.page_link("page_sample_maps.py", label="The maps, with a click-through to the patches")
 
     for folder in index.explain:
-        report = _text(storage.join(folder, "trust.md"), config.root)
+        report = _text(storage.join(folder, artifacts.TRUST_REPORT), config.root)
         if report is not None:
             st.subheader(f"Trust report ({index.label(folder)})")
             with st.expander("Whether the maps can be trusted", expanded=False):

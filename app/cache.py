@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from histoxai.app import data, runs
-from histoxai.components.explain import store
+from histoxai.saliency import store
 
 TABLE_TTL_S = 600
 

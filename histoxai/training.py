@@ -21,14 +21,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from histoxai import storage
-from histoxai.components.train.checkpoint import TENSORBOARD, CheckpointStore
+from histoxai import artifacts, storage
+from histoxai.checkpoint import TENSORBOARD, CheckpointStore
 from histoxai.config import TrainConfig
 from histoxai.errors import InputError
 
 PHASES = ("frozen", "finetune")
 SPLITS_USED = ("train", "val", "test")
-RESULT_FILES = ("model.keras", "config.yaml", "history.csv", "metrics.json", TENSORBOARD)
+RESULT_FILES = (artifacts.MODEL_FILE, artifacts.MODEL_CONFIG, artifacts.TRAIN_HISTORY, artifacts.TRAIN_METRICS,
+                TENSORBOARD)
 STOPPED_EXIT_CODE = 75  # --stop-after-epochs: the process ends as if preempted
 EpochHook = Callable[[int, dict], None]  # on_epoch_end(epoch, logs)
 
@@ -93,9 +94,7 @@ def load_splits(data_uri: str, targets) -> dict:
     from histoxai.manifest import read_manifest
 
     if not str(data_uri).endswith(".parquet"):
-        from histoxai.components.split.split import SPLIT_FILE
-
-        data_uri = storage.join(data_uri, SPLIT_FILE)
+        data_uri = storage.join(data_uri, artifacts.SPLIT_TABLE)
     frame = read_manifest(data_uri)
     dataset.check_targets(frame, targets, data_uri)
     out = {}
@@ -222,7 +221,7 @@ def _check_resumable(state: dict, config: TrainConfig, data_uri: str, out_uri: s
 
 
 def _prepare_out(out_uri: str, overwrite: bool) -> None:
-    if storage.exists(storage.join(out_uri, "metrics.json")) and not overwrite:
+    if storage.exists(storage.join(out_uri, artifacts.TRAIN_METRICS)) and not overwrite:
         raise InputError(f"{out_uri}: already holds a finished training (metrics.json); "
                          "pass --overwrite to train again")
     if overwrite:
@@ -350,10 +349,10 @@ def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: Checkp
 
     with tempfile.TemporaryDirectory(prefix="histoxai-train-") as tmp:
         stage = Path(tmp)
-        inference_model(net).save(stage / "model.keras")
-        (stage / "config.yaml").write_text(config.to_yaml())
-        pd.DataFrame(state["history"]).to_csv(stage / "history.csv", index=False)
+        inference_model(net).save(stage / artifacts.MODEL_FILE)
+        (stage / artifacts.MODEL_CONFIG).write_text(config.to_yaml())
+        pd.DataFrame(state["history"]).to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
         if store.tensorboard_dir.exists():
             shutil.copytree(store.tensorboard_dir, stage / TENSORBOARD)
-        (stage / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        storage.publish_dir(stage, out_uri, commit_last="metrics.json")
+        (stage / artifacts.TRAIN_METRICS).write_text(json.dumps(metrics, indent=1))
+        storage.publish_dir(stage, out_uri, commit_last=artifacts.TRAIN_METRICS)

@@ -4,7 +4,8 @@ import numpy as np
 import streamlit as st
 
 from histoxai.app import cache, controls, data, render, settings, tiles
-from histoxai.components.evaluate.maps import colour_scales
+from histoxai.colour import colour_scales
+from histoxai.manifest import natural_key
 
 KINDS = ("measured", "predicted", "residual")
 
@@ -44,7 +45,7 @@ def main() -> None:
     target = controls.pick("Target", controls.ordered_targets(available["target"].unique()),
                               controls.KEEP + "maps_target")
     available = available[available["target"] == target]
-    sample = controls.pick("Sample", sorted(available["sample"].unique(), key=data.natural_key),
+    sample = controls.pick("Sample", sorted(available["sample"].unique(), key=natural_key),
                               controls.KEEP + "maps_sample")
     kind = controls.pick("Map", KINDS, controls.KEEP + "maps_kind")
     display = controls.display(bool(index.phantom), grid=False)

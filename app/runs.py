@@ -11,12 +11,11 @@ import dataclasses
 import os
 import posixpath
 
-from histoxai import layout, storage
+from histoxai import artifacts, layout, storage
 from histoxai.errors import InputError
 
 MAX_DEPTH = 6  # e.g. root / pipeline / run id / task / artifact / maps.parquet
-MARKERS = {"explain": "maps.parquet", "evaluate": "evaluation.parquet", "split": "split.parquet",
-           "ingest": "manifest.parquet", "models": "model.keras"}
+MARKERS = artifacts.MARKERS
 PHANTOM_MARKER = layout.TRUTH_TARGETS  # <phantom>/<sample>/phantom_truth/targets.json
 
 

@@ -16,8 +16,9 @@ import streamlit as st
 
 from histoxai.app import cache, data, render, runs
 from histoxai.app.settings import AppSettings
+from histoxai.colour import COLOUR_MAPS
 from histoxai.errors import InputError
-from histoxai.manifest import TARGETS
+from histoxai.manifest import TARGETS, natural_key
 
 KEEP = "w_"
 PATCH_KEY = KEEP + "patch"  # the patch shown on the single-patch pages (its number)
@@ -115,7 +116,7 @@ def filters(table, selection: data.Selection) -> tuple[data.Selection, Callable[
     chosen range shaded), and the sort order. Returns the selection and a function that draws the
     histograms into their places: call it after the page's tiles, which then come first."""
     rows = data.group_rows(table, selection)
-    samples = sorted(rows["sample"].unique(), key=data.natural_key)
+    samples = sorted(rows["sample"].unique(), key=natural_key)
     init_state(KEEP + "samples", [], lambda value: set(value) <= set(samples))
     chosen_samples = st.sidebar.multiselect("Samples", samples, key=KEEP + "samples", placeholder="all")
     bounds, charts = {}, {}
@@ -152,7 +153,7 @@ def display(has_phantom: bool, grid: bool = True) -> Display:
     st.sidebar.divider()
     init_state(KEEP + "alpha", 0.5)
     alpha = st.sidebar.slider("Overlay alpha", 0.0, 1.0, key=KEEP + "alpha", step=0.05)
-    colour_map = pick("Colour map", render.COLOUR_MAPS, KEEP + "colour_map")
+    colour_map = pick("Colour map", COLOUR_MAPS, KEEP + "colour_map")
     normalisation = st.sidebar.radio("Display normalisation", render.NORMALISATIONS, key=_radio_key(),
                                      help="Dataset percentile: the 1st-99th percentile of maps of this "
                                           "target and method, so weak maps look weak. Per map: each map "

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_NAME = "maps.parquet"
+TABLE_NAME = artifacts.MAPS_TABLE
 MAPS_DIR = "maps"
 CODEC = "f16le"
 LOCATION = ("map_file", "map_offset", "map_nbytes", "map_height", "map_width", "map_exponent", "map_codec")

@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, colour, storage
 from histoxai.app import runs
-from histoxai.components.explain import store
+from histoxai.saliency import store
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, TARGETS, read_manifest
+from histoxai.manifest import KEY, TARGETS, natural_key, read_manifest
 
 PATCH_LOCATION = ("shard_uri", "offset", "encoding", "patch_size")
 GROUP = ("model", "target", "method", "setting", "score")
@@ -32,7 +32,6 @@ SORTS = {"index": ("patch", False), "y": ("y", False), "ŷ": ("y_hat", False), "
          "|Δ|": ("delta", True), "rΔ": ("rdelta", False), "|rΔ|": ("rdelta", True)}
 RANGE_MAPS = 128  # maps sampled for a dataset-wide display range
 RANGE_PIXELS = 64  # each sampled map contributes about RANGE_PIXELS^2 values (a strided view)
-PERCENTILES = (1.0, 99.0)
 READ_THREADS = 8  # parallel ranged reads: most of a page's time on gs:// is request latency
 
 
@@ -44,14 +43,14 @@ def model_names(explain_uris, label) -> dict[str, str]:
     models = {}
     for uri in explain_uris:
         try:
-            summary = json.loads(storage.read_text(storage.join(uri, "explain.json")))
+            summary = artifacts.read_explain_info(uri)
             model = str(summary.get("model", "")).rstrip("/")
         except (InputError, ValueError):
             model = ""
         models[uri] = model
     names = {}
     for uri, model in models.items():
-        name = model.removesuffix("/model.keras").removesuffix(".keras").rsplit("/", 1)[-1] or label(uri)
+        name = model.removesuffix("/" + artifacts.MODEL_FILE).removesuffix(".keras").rsplit("/", 1)[-1] or label(uri)
         names[uri] = name
     for uri, name in names.items():
         if len({models[u] for u, n in names.items() if n == name}) > 1:
@@ -63,19 +62,13 @@ def load_manifests(index: runs.RunIndex) -> pd.DataFrame:
     """Every patch of the run's split and ingest manifests (a split's row wins over an ingest's)."""
     frames = []
     for folder in (*index.split, *index.ingest):
-        name = "split.parquet" if folder in index.split else "manifest.parquet"
+        name = artifacts.SPLIT_TABLE if folder in index.split else artifacts.MANIFEST
         frame = read_manifest(storage.join(folder, name))
         keep = [c for c in (*KEY, *PATCH_LOCATION, "split", *TARGETS) if c in frame.columns]
         frames.append(frame[keep])
     if not frames:
         return pd.DataFrame(columns=[*KEY, *PATCH_LOCATION])
     return pd.concat(frames, ignore_index=True).drop_duplicates(list(KEY), keep="first")
-
-
-def natural_key(sample: str) -> tuple:
-    from histoxai.components.split.split import natural_key as key
-
-    return key(sample)
 
 
 def maps_table(readers: dict[str, store.MapReader], names: dict[str, str], manifests: pd.DataFrame):
@@ -103,7 +96,7 @@ def maps_table(readers: dict[str, store.MapReader], names: dict[str, str], manif
 
 def trust_table(explain_uris, names: dict[str, str]) -> pd.DataFrame:
     """The trust measures of every explain folder that has them, with the model's name."""
-    from histoxai.components.explain.trust import TRUST_TABLE
+    from histoxai.saliency.trust import TRUST_TABLE
 
     frames = []
     for uri in explain_uris:
@@ -222,8 +215,8 @@ def read_tiles(tiles: list[tuple], readers: dict[str, store.MapReader], root: st
 
 def display_range(readers: dict[str, store.MapReader], rows: pd.DataFrame, root: str,
                   count: int = RANGE_MAPS, seed: int = 0) -> tuple[float, float]:
-    """Dataset-wide display range: the PERCENTILES of the values of up to `count` maps of `rows` (a seeded
-    random choice; every k-th pixel of large maps), by `store.display_range`."""
+    """Dataset-wide display range: the colour.PERCENTILES of the values of up to `count` maps of `rows`
+    (a seeded random choice; every k-th pixel of large maps), by `store.display_range`."""
     if rows.empty:
         return 0.0, 0.0
     chosen = rows.iloc[np.sort(np.random.default_rng(seed).choice(len(rows), min(count, len(rows)),
@@ -233,14 +226,14 @@ def display_range(readers: dict[str, store.MapReader], rows: pd.DataFrame, root:
         maps = list(pool.map(lambda ref: read_map(readers, ref[0], ref[1], root), refs))
     strides = [max(1, max(m.shape) // RANGE_PIXELS) for m in maps]
     return store.display_range([m[::k, ::k] for m, k in zip(maps, strides, strict=True)],
-                               percentiles=PERCENTILES)
+                               percentiles=colour.PERCENTILES)
 
 
 def nuclei_masks(phantom_dirs, keys: list[tuple], size: int, root: str) -> dict[tuple, np.ndarray]:
     """(sample, row, col) -> bool (size, size) true nuclei mask, for patches of phantom samples found
     under the run (others are left out)."""
     from histoxai import layout
-    from histoxai.components.explain.trust import phantom_masks
+    from histoxai.saliency.trust import phantom_masks
 
     masks: dict[tuple, np.ndarray] = {}
     for folder in phantom_dirs:
@@ -256,8 +249,9 @@ def nuclei_masks(phantom_dirs, keys: list[tuple], size: int, root: str) -> dict[
 # ---- evaluate outputs ----
 
 def evaluate_summary(evaluate_uri: str) -> dict:
-    path = storage.join(evaluate_uri, "evaluation.json")
-    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+    if not storage.exists(storage.join(evaluate_uri, artifacts.EVALUATION_INFO)):
+        return {}
+    return artifacts.read_evaluation_info(evaluate_uri)
 
 
 def evaluate_maps(evaluate_uri: str) -> pd.DataFrame:

@@ -1,0 +1,140 @@
+"""The artifact contract: every file one step writes and another step (or the app) reads, named once.
+
+Each step's output is a folder (local or gs://). The names below are what lies in it; the readers
+give one clear error naming the file and the step that writes it. `location(artifact)` decides how a
+KFP component body addresses an artifact: on Vertex AI the artifact's URI is gs:// and the step reads
+and writes it through the GCS client (histoxai.storage publishes outputs whole); under kfp.local and
+open-source KFP the step uses the local path (KFP's launcher syncs it with MinIO or S3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from histoxai import __version__, storage
+from histoxai.errors import InputError
+from histoxai.manifest import MANIFEST_NAME
+
+# ingest: one sample -> shards + manifest
+SHARDS_DIR = "shards"
+MANIFEST = MANIFEST_NAME  # one row per patch (histoxai.manifest)
+INGEST_INFO = "ingest.json"  # counts per rule, MR grid, patch size, timing
+QC_REPORT, QC_THUMBNAIL = "qc.md", "qc_thumbnail.png"
+# split: pooled manifests -> train/val/test/heldout
+SPLIT_TABLE, SPLIT_INFO, SPLIT_REPORT = "split.parquet", "split.json", "split.md"
+# train: a model folder
+MODEL_FILE, MODEL_CONFIG = "model.keras", "config.yaml"
+TRAIN_HISTORY, TRAIN_METRICS, TENSORBOARD_DIR = "history.csv", "metrics.json", "tensorboard"
+MODEL_FILES = (MODEL_FILE, MODEL_CONFIG, TRAIN_METRICS)  # what a finished training leaves for others
+# tune: the study
+BEST_CONFIG, TUNE_SUMMARY, STUDY_JOURNAL = "best_config.yaml", "summary.md", "study.journal"
+# evaluate: Table 4.1, maps, baselines
+EVALUATION_TABLE, EVALUATION_INFO = "evaluation.parquet", "evaluation.json"
+BASELINE_TABLE, BASELINE_REPORT, BASELINE_INFO = "baseline.parquet", "baseline.md", "baseline.json"
+# explain: saliency maps and their trust measures
+MAPS_TABLE, EXPLAIN_INFO = "maps.parquet", "explain.json"
+TRUST_TABLE, TRUST_CURVES = "trust.parquet", "trust_curves.parquet"
+TRUST_REPORT, TRUST_HTML = "trust.md", "trust.html"
+# evaluate and report: the step's page
+REPORT_MARKDOWN, REPORT_HTML, RUN_SUMMARY = "report.md", "report.html", "summary.json"
+
+# The file that marks a folder as a step's output (the review app finds a run's outputs by these).
+MARKERS = {"explain": MAPS_TABLE, "evaluate": EVALUATION_TABLE, "split": SPLIT_TABLE,
+           "ingest": MANIFEST, "models": MODEL_FILE}
+WRITERS = {INGEST_INFO: "histoxai ingest", SPLIT_INFO: "histoxai split", TRAIN_METRICS: "histoxai train",
+           EXPLAIN_INFO: "histoxai explain", EVALUATION_INFO: "histoxai evaluate"}
+
+
+def read_json(folder: str, name: str) -> dict[str, Any]:
+    """The JSON object `name` in a step's output folder; InputError when missing or malformed."""
+    uri = storage.join(folder, name)
+    writer = WRITERS.get(name, "the step that writes it")
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: no such file; expected the {name} that `{writer}` writes")
+    try:
+        value = json.loads(storage.read_text(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{uri}: not valid JSON ({err}); expected the {name} that `{writer}` writes") \
+            from None
+    if not isinstance(value, dict):
+        raise InputError(f"{uri}: expected a JSON object (the {name} that `{writer}` writes)")
+    return value
+
+
+def read_ingest_info(folder: str) -> dict[str, Any]:
+    return read_json(folder, INGEST_INFO)
+
+
+def read_split_info(folder: str) -> dict[str, Any]:
+    return read_json(folder, SPLIT_INFO)
+
+
+def read_train_metrics(model_dir: str) -> dict[str, Any]:
+    return read_json(model_dir, TRAIN_METRICS)
+
+
+def read_explain_info(folder: str) -> dict[str, Any]:
+    return read_json(folder, EXPLAIN_INFO)
+
+
+def read_evaluation_info(folder: str) -> dict[str, Any]:
+    return read_json(folder, EVALUATION_INFO)
+
+
+def read_model_config(model_dir: str) -> dict[str, Any]:
+    """A model folder's config.yaml as a plain mapping (histoxai.config.load_config validates it)."""
+    import yaml
+
+    uri = storage.join(model_dir, MODEL_CONFIG)
+    try:
+        values = yaml.safe_load(storage.read_text(uri)) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{uri}: not valid YAML ({err}); expected a training config") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{uri}: expected a mapping of hyperparameters (a training config)")
+    return values
+
+
+# --- KFP component bodies ----------------------------------------------------------------------------
+CODE_VERSION_ENV = "HISTOXAI_CODE_VERSION"  # set on every task at compile time (pipelines/pipeline.py)
+
+
+def location(artifact) -> str:
+    """The artifact's gs:// URI when it has one, else its local path."""
+    uri = str(artifact.uri or "")
+    return uri if storage.is_gcs(uri) else artifact.path
+
+
+def _source_checkout() -> str | None:
+    """The source folder of an editable install (pip records it in direct_url.json), else None."""
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("histoxai").read_text("direct_url.json")
+        record = json.loads(text or "{}")
+    except (metadata.PackageNotFoundError, json.JSONDecodeError):
+        return None
+    url = str(record.get("url", ""))
+    if not record.get("dir_info", {}).get("editable") or not url.startswith("file://"):
+        return None
+    return url.removeprefix("file://")
+
+
+def code_version() -> str:
+    """Package version plus the git commit of an editable checkout: '0.1.0+g1a2b3c4d5e6f[.dirty]'."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
+    checkout = _source_checkout()
+    if checkout is None:
+        return __version__  # an installed wheel: its version is the code version
+    try:
+        commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", checkout, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
