@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,9 +20,9 @@ import pandas as pd
 
 from histoxai import artifacts, colour, storage
 from histoxai.app import runs
-from histoxai.saliency import store
 from histoxai.errors import InputError
 from histoxai.manifest import KEY, TARGETS, natural_key, read_manifest
+from histoxai.saliency import store
 
 PATCH_LOCATION = ("shard_uri", "offset", "encoding", "patch_size")
 GROUP = ("model", "target", "method", "setting", "score")
@@ -50,8 +49,8 @@ def model_names(explain_uris, label) -> dict[str, str]:
         models[uri] = model
     names = {}
     for uri, model in models.items():
-        name = model.removesuffix("/" + artifacts.MODEL_FILE).removesuffix(".keras").rsplit("/", 1)[-1] or label(uri)
-        names[uri] = name
+        stem = model.removesuffix("/" + artifacts.MODEL_FILE).removesuffix(".keras")
+        names[uri] = stem.rsplit("/", 1)[-1] or label(uri)
     for uri, name in names.items():
         if len({models[u] for u, n in names.items() if n == name}) > 1:
             names[uri] = label(uri)

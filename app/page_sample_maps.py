@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from histoxai.app import cache, controls, data, render, settings, tiles
+from histoxai.app import cache, controls, render, settings, tiles
 from histoxai.colour import colour_scales
 from histoxai.manifest import natural_key
 

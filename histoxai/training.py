@@ -28,8 +28,8 @@ from histoxai.errors import InputError
 
 PHASES = ("frozen", "finetune")
 SPLITS_USED = ("train", "val", "test")
-RESULT_FILES = (artifacts.MODEL_FILE, artifacts.MODEL_CONFIG, artifacts.TRAIN_HISTORY, artifacts.TRAIN_METRICS,
-                TENSORBOARD)
+RESULT_FILES = (artifacts.MODEL_FILE, artifacts.MODEL_CONFIG, artifacts.TRAIN_HISTORY,
+                artifacts.TRAIN_METRICS, TENSORBOARD)
 STOPPED_EXIT_CODE = 75  # --stop-after-epochs: the process ends as if preempted
 EpochHook = Callable[[int, dict], None]  # on_epoch_end(epoch, logs)
 

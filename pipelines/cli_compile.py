@@ -56,7 +56,7 @@ def compile_options(args: argparse.Namespace, config: str | None = None):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the YAML package to write, local or gs://")
     parser.add_argument("--config", help="default of the run parameter `config`: a YAML file, gs:// URI or "
-                                         "a name in configs/ (default: thesis)")
+                                         "a shipped name: demo, thesis (default: thesis)")
     add_compile_arguments(parser)
 
 

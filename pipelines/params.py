@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from histoxai import storage
 from histoxai.errors import InputError, did_you_mean
 
 # KFP's type names of pipeline parameters -> the Python types a value may have
@@ -35,8 +33,8 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
                        help="override one training config key (value in YAML); repeatable")
     group.add_argument("--tuning-trials", type=int, metavar="N",
                        help="turn tuning on with a budget of N trials (default: tuning off)")
-    group.add_argument("--search-space", help="tuning search space: a YAML file (local or gs://) or the name "
-                                              "of one shipped with the package (search_space, search_space_demo; default: search_space)")
+    group.add_argument("--search-space", help="tuning search space: a YAML file (local or gs://) or a "
+                       "shipped name (search_space, search_space_demo; default: search_space)")
     group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="any pipeline parameter (value in YAML, e.g. patch_size=64, tuning=true); "
                             "repeatable")

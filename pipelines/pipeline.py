@@ -28,8 +28,8 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact
 
 from histoxai import storage
-from histoxai.errors import InputError
 from histoxai.artifacts import CODE_VERSION_ENV, code_version
+from histoxai.errors import InputError
 
 PIPELINE_NAME = "histoxai"
 DESCRIPTION = "Explainable CNNs on H&E histology that predict diffusion-MRI MD, FA and the cell count"
@@ -55,7 +55,7 @@ class CompileOptions:
     resources: str = "cloud"
     retries: int = 2  # per ingest and GPU task: preemptible workers come back after a preemption
     caching: bool = True
-    config_text: str = ""  # default of the `config` parameter (one line of YAML); "" = the shipped thesis config
+    config_text: str = ""  # default of the `config` parameter (one line of YAML); "" = shipped `thesis`
     code_version: str = ""  # "" = the package version and git commit now
 
     def __post_init__(self):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoxai.saliency import store
 from histoxai.components.explain.explain import map_statistics
 from histoxai.manifest import write_manifest
+from histoxai.saliency import store
 from histoxai.shards import ShardWriter, encode_image
 from tests.train_data import blob_patch
 

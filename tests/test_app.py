@@ -19,8 +19,9 @@ from histoxai import storage
 from histoxai.app import auth, data, render, runs
 from histoxai.app.settings import ENV
 from histoxai.cli import main
-from histoxai.training import train
+from histoxai.colour import COLOUR_MAPS
 from histoxai.errors import InputError
+from histoxai.training import train
 from tests.train_data import write_blob_manifest
 
 MAIN = str(Path(auth.__file__).with_name("main.py"))

@@ -14,17 +14,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from histoxai import config as configs
 from histoxai import colour, dataset, storage
+from histoxai import config as configs
 from histoxai.cli import main
 from histoxai.components.evaluate import evaluate as ev
-from histoxai.components.evaluate import maps
 from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
-from histoxai.evaluation import table41
-from histoxai.training import train
 from histoxai.errors import InputError
+from histoxai.evaluation import table41
 from histoxai.manifest import read_manifest, write_manifest
 from histoxai.metrics import METRICS, NOTE_CONSTANT_TARGET, NOTE_SINGLE, format_value, regression_metrics
+from histoxai.training import train
 from tests.train_data import write_blob_manifest
 
 TINY = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,

@@ -16,10 +16,10 @@ import pytest
 
 from histoxai import layout
 from histoxai.cli import main
-from histoxai.saliency import store, trust
 from histoxai.components.explain.explain import explain
 from histoxai.components.explain.methods import Score
 from histoxai.errors import InputError
+from histoxai.saliency import store, trust
 from tests.test_explain import SIZE, _build, _close
 from tests.train_data import write_blob_manifest
 

@@ -203,7 +203,7 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     render_phantom(samples, [3, 4], pixels_per_voxel=16, n_max=8, crop=(20, 20), seed=1)
     arguments = {
         "samples_uri": samples, "samples": ["3", "4"], "patch_size": 32, "erosion": 2,
-        "config": (REPO / "configs" / "demo.yaml").read_text(),
+        "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(),
         "config_overrides": ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32"],
         "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 4,
         "explain_trust_patches": 2, "explain_phantom_dir": samples,

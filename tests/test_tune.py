@@ -15,11 +15,11 @@ import yaml
 from histoxai import config as configs
 from histoxai import storage
 from histoxai.cli import main
-from histoxai.training import STOPPED_EXIT_CODE, train
 from histoxai.components.tune import results
 from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, restore_ints, table_space
 from histoxai.components.tune.tune import STUDY_FILE, STUDY_NAME, tune
 from histoxai.errors import InputError
+from histoxai.training import STOPPED_EXIT_CODE, train
 from tests.train_data import write_blob_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +50,8 @@ def _journal_study(path: Path):
 # ---- search space ----
 
 def test_shipped_spaces_validate_and_reuse_the_table_values():
-    thesis = configs.load_config(str(REPO / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
-    default = load_space(str(REPO / "configs" / "search_space.yaml"))
+    thesis = configs.load_config(str(REPO / "histoxai" / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
+    default = load_space(str(REPO / "histoxai" / "configs" / "search_space.yaml"))
     default.check_against(default.start_config(thesis))
     by_name = {p.name: p for p in default.params}
     for name in ("batch_size", "learning_rate", "backbone", "optimizer", "lr_schedule"):
@@ -59,8 +59,8 @@ def test_shipped_spaces_validate_and_reuse_the_table_values():
     assert (by_name["weight_decay"].low, by_name["weight_decay"].high, by_name["weight_decay"].log) == (
         1e-3, 1e-2, True)
     assert set(table_space().names) <= set(default.names)
-    demo = load_space(str(REPO / "configs" / "search_space_demo.yaml"))
-    start = demo.start_config(configs.load_config(str(REPO / "configs" / "demo.yaml"), {"targets": "MD"}))
+    demo = load_space(str(REPO / "histoxai" / "configs" / "search_space_demo.yaml"))
+    start = demo.start_config(configs.load_config(str(REPO / "histoxai" / "configs" / "demo.yaml"), {"targets": "MD"}))
     demo.check_against(start)
     assert start.backbone == "tiny" and start.frozen_epochs + start.finetune_epochs <= 6
 
@@ -117,7 +117,7 @@ def test_conditional_parameters_are_sampled_only_when_used():
 
 def test_a_seeded_study_samples_the_same_whatever_the_key_order():
     """A search space that went through a KFP dict parameter comes back in another key order."""
-    search = yaml.safe_load((REPO / "configs" / "search_space_demo.yaml").read_text())
+    search = yaml.safe_load((REPO / "histoxai" / "configs" / "search_space_demo.yaml").read_text())
     reordered = {**search, "search": dict(reversed(list(search["search"].items())))}
     start = configs.from_dict(QUICK)
     sampled = []
@@ -230,8 +230,8 @@ def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
 
     from histoxai.components.tune.vizier import build_tuning_job
 
-    base = configs.load_config(str(REPO / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
-    space = load_space(str(REPO / "configs" / "search_space.yaml"))
+    base = configs.load_config(str(REPO / "histoxai" / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
+    space = load_space(str(REPO / "histoxai" / "configs" / "search_space.yaml"))
     job = build_tuning_job(base, space, "gs://b/split", "gs://b/vizier", project="p", location="us-central1",
                            credentials=AnonymousCredentials(), max_trial_count=30, objective_targets=["MD"])
     spec = type(job._gca_resource).to_dict(job._gca_resource, use_integers_for_enums=False)
@@ -255,7 +255,7 @@ def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
     out = storage.join(gcs_bucket, "vizier")
     config = _space_file(tmp_path, QUICK, "quick.yaml")
     assert main(["tune", "--backend", "vizier", "--project", "p", "--config", config, "--data", "gs://b/split",
-                 "--space", str(REPO / "configs" / "search_space_demo.yaml"), "--out", out,
+                 "--space", str(REPO / "histoxai" / "configs" / "search_space_demo.yaml"), "--out", out,
                  "--n-trials", "4"]) == 0
     written = json.loads(storage.read_text(storage.join(out, "vizier_job.json")))
     assert written["maxTrialCount"] == 4 and written["trialJobSpec"]["baseOutputDirectory"] == {

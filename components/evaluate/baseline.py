@@ -53,7 +53,8 @@ ROI_CHOICES = ("sROI", "ROI", "sROI_full", "sROI_alternative")  # "ROI" is sMR{n
 QUADRATIC, CNN = "quadratic", "cnn_brabec2023"
 SMOOTH_SIZE, SMOOTH_SIGMA, TEST_FRACTION = 5, 0.5, 0.2
 MIN_VOXELS = 4  # 3 to fit a quadratic, 1 to score
-TABLE_FILE, MARKDOWN_FILE, JSON_FILE = artifacts.BASELINE_TABLE, artifacts.BASELINE_REPORT, artifacts.BASELINE_INFO
+TABLE_FILE, MARKDOWN_FILE = artifacts.BASELINE_TABLE, artifacts.BASELINE_REPORT
+JSON_FILE = artifacts.BASELINE_INFO
 ROW_COLUMNS = ("sample", "baseline", "feature", "target", "roi", "n", "n_voxels", "repeats", "r2",
                "r2_q25", "r2_q75", "r2_var", "pearson_r2", "mae", "bias", "coef_a", "coef_b", "coef_c",
                "note")

@@ -26,9 +26,9 @@ def evaluate_models(
     (the study's summary.mat shipped with histoxai), '' (no baselines) or a path / gs:// URI.
     """
     from histoxai import artifacts, storage
+    from histoxai.artifacts import location
     from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
     from histoxai.components.evaluate.evaluate import evaluate, headline_metrics
-    from histoxai.artifacts import location
 
     models = [f"multitask={location(multitask_model)}"]
     if single_task_model is not None:
@@ -40,8 +40,8 @@ def evaluate_models(
                       seed=seed, overwrite=True, progress=False)
     for name, value in headline_metrics(result["table"]).items():
         metrics.log_metric(name, value)
-    storage.write_bytes(location(report_html), storage.read_bytes(storage.join(out, artifacts.REPORT_HTML)))
-    storage.write_bytes(location(report_markdown), storage.read_bytes(storage.join(out, artifacts.REPORT_MARKDOWN)))
+    for page, name in ((report_html, artifacts.REPORT_HTML), (report_markdown, artifacts.REPORT_MARKDOWN)):
+        storage.write_bytes(location(page), storage.read_bytes(storage.join(out, name)))
     evaluation.metadata.update({
         "models": [m.name for m in result["models"]],
         "samples": result["data"].samples,

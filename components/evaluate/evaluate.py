@@ -138,8 +138,8 @@ def _input_file(uri: str) -> str:
     for name in (artifacts.SPLIT_TABLE, MANIFEST_NAME):
         if storage.exists(storage.join(uri, name)):
             return storage.join(uri, name)
-    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {MANIFEST_NAME} found; expected a split folder "
-                     "(`histoxai split`) or an ingest output folder (`histoxai ingest`)")
+    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {MANIFEST_NAME} found; expected a split "
+                     "folder (`histoxai split`) or an ingest output folder (`histoxai ingest`)")
 
 
 def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]:
@@ -149,8 +149,8 @@ def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]
     extent = (int(rows["row"].max()) + 1, int(rows["col"].max()) + 1)
     info_uri = storage.join(base, artifacts.INGEST_INFO)
     if not storage.exists(info_uri):
-        return extent, (f"sample {sample}: no {artifacts.INGEST_INFO} beside its manifest; maps span the patches' "
-                        f"extent {extent[0]} x {extent[1]} from voxel 0, 0")
+        return extent, (f"sample {sample}: no {artifacts.INGEST_INFO} beside its manifest; maps span the "
+                        f"patches' extent {extent[0]} x {extent[1]} from voxel 0, 0")
     try:
         grid = tuple(int(v) for v in json.loads(storage.read_text(info_uri))["grid"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:

@@ -40,8 +40,8 @@ def explain_model(
     import pandas as pd
 
     from histoxai import artifacts, storage
-    from histoxai.components.explain.explain import explain, parse_shard_range
     from histoxai.artifacts import location
+    from histoxai.components.explain.explain import explain, parse_shard_range
 
     def listed(text: str) -> list:
         return [item.strip() for item in text.split(",") if item.strip()]
@@ -57,7 +57,8 @@ def explain_model(
     for name in ("maps", "patches", "nan_maps", "blank_maps"):
         metrics.log_metric(name, summary[name])
     if trust_patches:
-        trust = storage.read_parquet(storage.join(out, artifacts.TRUST_TABLE), "the explain step's trust table")
+        trust = storage.read_parquet(storage.join(out, artifacts.TRUST_TABLE),
+                                     "the explain step's trust table")
         measures = [c for c in ("nan_maps", "blank_maps", "mask_mass", "mask_rank_accuracy", "deletion_auc",
                                 "insertion_auc") if c in trust.columns]
         for row in trust.itertuples(index=False):
@@ -66,8 +67,8 @@ def explain_model(
                 if pd.notna(value):
                     name = f"{measure}_{row.target}_{row.method}_{row.setting}_{row.score}"
                     metrics.log_metric(re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"), float(value))
-        storage.write_bytes(location(trust_html), storage.read_bytes(storage.join(out, artifacts.TRUST_HTML)))
-        storage.write_bytes(location(trust_markdown), storage.read_bytes(storage.join(out, artifacts.TRUST_REPORT)))
+        for page, name in ((trust_html, artifacts.TRUST_HTML), (trust_markdown, artifacts.TRUST_REPORT)):
+            storage.write_bytes(location(page), storage.read_bytes(storage.join(out, name)))
     else:
         skipped = "Trust measures not computed (trust_patches = 0)."
         storage.write_text(location(trust_html), f"<!DOCTYPE html><html><body><p>{skipped}</p></body></html>")

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from histoxai import artifacts, storage
-from histoxai.saliency import store
 from histoxai.components.explain.methods import DEFAULT_METHODS, SIGNED_METHODS, parse_method, parse_score
 from histoxai.errors import InputError
+from histoxai.saliency import store
 
 ENGINES = ("batched", "tf-keras-vis")
 PATCH_COLUMNS = ("shard_uri", "index", "offset", "encoding", "patch_size")

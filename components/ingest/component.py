@@ -23,8 +23,8 @@ def ingest(
     qc: the sample's QC page (rules, drop counts, value ranges).
     """
     from histoxai import artifacts, storage
-    from histoxai.components.ingest.ingest import ingest_sample
     from histoxai.artifacts import location
+    from histoxai.components.ingest.ingest import ingest_sample
 
     out = location(data)
     counts = ingest_sample(storage.join(samples_uri, str(sample)), out, sample_id=str(sample),

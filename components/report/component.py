@@ -34,8 +34,8 @@ def report(
     import json
 
     from histoxai import artifacts, storage
-    from histoxai.components.report.report import build_report
     from histoxai.artifacts import code_version, location
+    from histoxai.components.report.report import build_report
 
     content, markdown, page = build_report(
         ingest_dirs=[location(d) for d in ingested], split_dir=location(split),

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from histoxai import artifacts, storage
-from histoxai.errors import InputError
 from histoxai.evaluation import read_table41
 from histoxai.metrics import format_value, markdown_table
 from histoxai.sections import render_html, render_markdown
@@ -82,7 +81,8 @@ def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, l
             flagged += [f"{model}: {item}" for item in info.get("trust", {}).get("flagged", [])]
             if not storage.exists(storage.join(folder, artifacts.TRUST_TABLE)):
                 continue  # trust measures were turned off for this run
-            frame = storage.read_parquet(storage.join(folder, artifacts.TRUST_TABLE), "the explain step's trust table")
+            frame = storage.read_parquet(storage.join(folder, artifacts.TRUST_TABLE),
+                                         "the explain step's trust table")
             frame = frame[[c for c in TRUST_COLUMNS if c in frame.columns]].rename(columns=TRUST_COLUMNS)
             frame.insert(0, "model", model if len(folders) == 1 else f"{model} (part {part + 1})")
             frames.append(frame)

@@ -25,8 +25,8 @@ def split(
     import json
 
     from histoxai import artifacts, storage
-    from histoxai.components.split.split import INFO_FILE, TABLE_FILE, split_manifests
     from histoxai.artifacts import location
+    from histoxai.components.split.split import INFO_FILE, TABLE_FILE, split_manifests
 
     out = location(data)
     # dsl.Collected and JSON list parameters can turn whole numbers into floats; sample ids are strings
@@ -38,5 +38,6 @@ def split(
     totals = {name: sum(row[name] for row in info["counts"].values())
               for name in next(iter(info["counts"].values()))}
     data.metadata.update({"strategy": strategy, "train_samples": info["options"]["train_samples"],
-                          "samples": sorted(info["counts"]), "patches": totals, "table": artifacts.SPLIT_TABLE})
+                          "samples": sorted(info["counts"]), "patches": totals,
+                          "table": artifacts.SPLIT_TABLE})
     storage.write_text(location(table), storage.read_text(storage.join(out, TABLE_FILE)))

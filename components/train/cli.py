@@ -1,6 +1,6 @@
 """Train the regression CNN on split patches: frozen backbone until early stop, then fine-tuning.
 
-Reads a YAML config (every key optional; see configs/thesis.yaml), the split manifest written by
+Reads a YAML config (every key optional; see histoxai/configs/thesis.yaml), the split manifest written by
 `histoxai split` (its train and val rows are used for training, test for the reported R²) and
 writes to OUT: model.keras, config.yaml (resolved), history.csv, metrics.json (R² per target on
 train/val/test), tensorboard/. OUT/checkpoints/ is rewritten every epoch: run the same command
@@ -10,8 +10,8 @@ Precision and XLA follow the device unless the config sets them: mixed_float16 +
 float32 without XLA on a CPU. Several GPUs train together (MirroredStrategy).
 
 Examples:
-  histoxai train --config configs/demo.yaml --data out/split/split.parquet --targets CC --out out/cc
-  histoxai train --config configs/thesis.yaml --data gs://b/split/split.parquet --targets MD,FA \\
+  histoxai train --config demo --data out/split/split.parquet --targets CC --out out/cc
+  histoxai train --config thesis --data gs://b/split/split.parquet --targets MD,FA \\
       --out gs://b/models/mdfa --set batch_size=32 --set backbone=DenseNet121
 """
 
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from histoxai.training import train
     from histoxai.config import load_config, parse_overrides
+    from histoxai.training import train
 
     overrides = parse_overrides(args.set)
     if args.targets:

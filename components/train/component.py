@@ -25,9 +25,9 @@ def resolve_config(
     """
     import yaml
 
-    from histoxai import artifacts, storage
-    from histoxai.config import as_pipeline_parameter, config_from_yaml, parse_overrides
+    from histoxai import storage
     from histoxai.artifacts import location
+    from histoxai.config import as_pipeline_parameter, config_from_yaml, parse_overrides
 
     source, text = "pipeline parameter config", config
     if config_file is not None:
@@ -57,9 +57,9 @@ def train_model(
     import json
 
     from histoxai import artifacts, storage
-    from histoxai.training import train
-    from histoxai.config import config_from_yaml
     from histoxai.artifacts import code_version, location
+    from histoxai.config import config_from_yaml
+    from histoxai.training import train
 
     resolved = config_from_yaml(config, {"targets": targets}, "resolved config")
     out, data_uri = location(model), location(data)

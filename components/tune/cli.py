@@ -14,9 +14,9 @@ OUT gets trials.parquet, trials.csv, summary.md and best_config.yaml, which trai
 over the same space (trials on GPU workers of --image), and submits it only with --submit.
 
 Examples:
-  histoxai tune --config configs/demo.yaml --space configs/search_space_demo.yaml \\
+  histoxai tune --config demo --search-space search_space_demo \\
       --data out/split --targets MD --n-trials 4 --out out/tune
-  histoxai tune --config configs/thesis.yaml --space configs/search_space.yaml --data gs://b/split \\
+  histoxai tune --config thesis --search-space search_space --data gs://b/split \\
       --targets MD,FA --n-trials 60 --timeout 86400 --out gs://b/tune/mdfa
 """
 

@@ -19,7 +19,7 @@ def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targ
               metrics: Output[Metrics], objective_targets: str = "", n_trials: int = 20,
               timeout_s: float = 0.0, startup_trials: int = 5, warmup_epochs: int = 3):
     """Search hyperparameters (base_config: TrainConfig values, see config.as_pipeline_parameter;
-    search_space: {fixed, search} as in configs/search_space.yaml; targets: e.g. "MD,FA");
+    search_space: {fixed, search} as in histoxai/configs/search_space.yaml; targets: e.g. "MD,FA");
     timeout_s 0: no limit."""
     from histoxai import artifacts, storage
     from histoxai.components.tune.space import parse_space, restore_ints

@@ -1,6 +1,6 @@
 """The tuning step's search space: TrainConfig keys with the values to try, read from YAML and validated.
 
-A space file has two sections (see configs/search_space.yaml):
+A space file has two sections (see histoxai/configs/search_space.yaml):
 
   fixed:   TrainConfig values set for every trial, over the base config (optional)
   search:  TrainConfig key -> `table` (the thesis's Table 3.2 values, kept in histoxai/config.py),

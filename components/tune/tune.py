@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from histoxai import artifacts, storage
-from histoxai.training import STOPPED_EXIT_CODE
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
+from histoxai.training import STOPPED_EXIT_CODE
 
 STUDY_FILE = artifacts.STUDY_JOURNAL
 STUDY_NAME = "histoxai-tune"
@@ -177,8 +177,8 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
     import optuna
     from tqdm import tqdm
 
-    from histoxai.training import load_splits
     from histoxai.components.tune import results
+    from histoxai.training import load_splits
 
     if n_trials is None and timeout_s is None:
         raise InputError("no budget: give --n-trials and/or --timeout")

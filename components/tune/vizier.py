@@ -147,8 +147,8 @@ def report_metric(value: float, step: int) -> None:
 
 def run_trial(argv: Sequence[str]) -> dict:
     """One Vizier trial: train the base config with the trial's values and report the objective."""
-    from histoxai.training import train
     from histoxai.components.tune.tune import objective_score
+    from histoxai.training import train
 
     parser = argparse.ArgumentParser(prog="python -m histoxai.components.tune.vizier")
     parser.add_argument("--config-json", required=True)
