@@ -67,6 +67,10 @@ def _choice(options: Iterable[Any]) -> Callable[[Any], Any]:
     return check
 
 
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
 def _bool(value):
     if not isinstance(value, bool):
         raise _Bad(f"expected true or false, got {value!r}")
@@ -129,7 +133,8 @@ class TrainConfig:
     backbone: str = _field("EfficientNetV2S", _choice(BACKBONES), "backbone network", list(BACKBONES[:-1]))
     weights: str | None = _field("imagenet", _weights,
                                  "imagenet, none, or a weights file path / gs:// URI (e.g. KimiaNet)")
-    image_size: int = _field(360, _int(MIN_IMAGE_SIZE, 2048), "input side in pixels (patches are resized)")
+    image_size: int | None = _field(None, _optional(_int(MIN_IMAGE_SIZE, 2048)),
+                                    "input side in pixels; null: the data's patch size (else resized)")
     batch_size: int = _field(16, _int(1, 4096), "global batch size", [4, 8, 16, 24, 32])
     frozen_epochs: int = _field(100, _int(0, 10000), "max epochs with the backbone frozen (phase 1)")
     finetune_epochs: int = _field(100, _int(0, 10000), "max epochs fine-tuning the whole network (phase 2)",
@@ -224,6 +229,18 @@ def from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
 def with_values(config: TrainConfig, values: Mapping[str, Any], source: str = "overrides") -> TrainConfig:
     """A copy of `config` with some keys changed, validated like a loaded file."""
     return from_dict({**config.to_dict(), **values}, source)
+
+
+def fit_to_patches(config: TrainConfig, patch_sizes: Iterable[int], source: str) -> TrainConfig:
+    """The config with image_size set to the data's patch size when the config leaves it open (null),
+    so the model's input follows the pipeline's `patch_size` without a second setting."""
+    if config.image_size is not None:
+        return config
+    sizes = sorted({int(size) for size in patch_sizes})
+    if len(sizes) != 1:
+        raise InputError(f"{source}: patches of sizes {sizes or 'none'}; set image_size in the config to "
+                         "the model's input size")
+    return with_values(config, {"image_size": sizes[0]}, f"{source} (image_size from the patch size)")
 
 
 def parse_overrides(pairs: Iterable[str], source: str = "--set", form: str = "KEY=VALUE") -> dict[str, Any]:

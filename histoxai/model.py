@@ -290,6 +290,9 @@ def build_model(config: TrainConfig, *, target_means: Mapping[str, float] | None
     """
     if not config.targets:
         raise InputError("config: key 'targets': no targets given; expected e.g. [MD, FA] or [CC]")
+    if config.image_size is None:
+        raise InputError("config: key 'image_size': not set; expected the input side in pixels "
+                         "(training sets it to the data's patch size)")
     means = target_means or {}
     with dtype_policy(precision):
         inputs = keras.Input((config.image_size, config.image_size, 3), name=INPUT_NAME, dtype="float32")

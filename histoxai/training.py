@@ -23,7 +23,7 @@ from pathlib import Path
 
 from histoxai import artifacts, storage
 from histoxai.checkpoint import TENSORBOARD, CheckpointStore
-from histoxai.config import TrainConfig
+from histoxai.config import TrainConfig, fit_to_patches
 from histoxai.errors import InputError
 
 PHASES = ("frozen", "finetune")
@@ -251,6 +251,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
     print(f"device: {runtime.device}; precision {runtime.precision}, XLA {runtime.jit_compile}, "
           f"deterministic {runtime.deterministic}", flush=True)
     splits = load_splits(data_uri, config.targets)
+    config = fit_to_patches(config, pd.concat([splits[s] for s in SPLITS_USED])["patch_size"], str(data_uri))
     _prepare_out(out_uri, overwrite)
     store = CheckpointStore(out_uri)
     state = None if overwrite else store.load_state()

@@ -35,7 +35,6 @@ PIPELINE_NAME = "histoxai"
 DESCRIPTION = "Explainable CNNs on H&E histology that predict diffusion-MRI MD, FA and the cell count"
 ALL_SAMPLES = tuple(str(n) for n in range(1, 17))  # the 16 samples of Brabec et al. 2023
 DEFAULT_CONFIG = "thesis"  # shipped in histoxai/configs/
-DEFAULT_SEARCH_SPACE = "search_space"
 NO_ACCELERATOR = "none"
 MODELS = ("multitask", "single_task")
 
@@ -83,20 +82,24 @@ class Outputs(NamedTuple):
 def build_pipeline(options: CompileOptions = CompileOptions()):
     """The pipeline function for `options` (compile it, or call it under kfp.local)."""
     from histoxai.components.evaluate.component import evaluate_models
+    from histoxai.components.evaluate.params import DEFAULTS as EVALUATE
     from histoxai.components.explain.component import explain_model
+    from histoxai.components.explain.params import DEFAULTS as EXPLAIN
     from histoxai.components.ingest.component import ingest
+    from histoxai.components.ingest.params import DEFAULTS as INGEST
     from histoxai.components.report.component import report
     from histoxai.components.split.component import split
+    from histoxai.components.split.params import DEFAULTS as SPLIT
     from histoxai.components.train.component import resolve_config, train_model
+    from histoxai.components.train.params import DEFAULTS as TRAIN
     from histoxai.components.tune.component import tune_step
+    from histoxai.components.tune.params import DEFAULTS as TUNE
     from histoxai.pipelines.params import config_text, search_space
 
     profile = RESOURCE_PROFILES[options.resources]
     config_default = options.config_text or config_text(DEFAULT_CONFIG)
     version = options.code_version or code_version()
-    explain_defaults = {k: v.default for k, v in explain_model.component_spec.inputs.items()}
-    tune_defaults = {k: v.default for k, v in tune_step.component_spec.inputs.items()}
-    space_default = search_space(DEFAULT_SEARCH_SPACE)
+    space_default = search_space(TUNE.search_space)
 
     def configure(task, kind: str, display_name: str, retry: bool = False):
         cpu, memory = profile[kind]
@@ -117,36 +120,36 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     def histoxai_pipeline(
         samples_uri: str,
         samples: list = list(ALL_SAMPLES),  # noqa: B006 (KFP reads defaults from the signature)
-        train_samples: list = ["3", "4"],  # noqa: B006
-        patch_size: int = 360,
-        erosion: int = 5,
-        encoding: str = "png",
-        shard_size: int = 1000,
-        split_strategy: str = "random",
-        split_fractions: list = [0.6, 0.2, 0.2],  # noqa: B006
-        split_seed: int = 0,
-        split_block_size: int = 8,
-        split_guard: int = 1,
+        train_samples: list = list(SPLIT.train_samples),  # noqa: B006
+        patch_size: int = INGEST.patch_size,
+        erosion: int = INGEST.erosion,
+        encoding: str = INGEST.encoding,
+        shard_size: int = INGEST.shard_size,
+        split_strategy: str = SPLIT.strategy,
+        split_fractions: list = list(SPLIT.fractions),  # noqa: B006
+        split_seed: int = SPLIT.seed,
+        split_block_size: int = SPLIT.block_size,
+        split_guard: int = SPLIT.guard,
         config: str = config_default,
         config_overrides: list = [],  # noqa: B006
-        multitask_targets: str = "MD,FA",
-        single_task_targets: str = "CC",
+        multitask_targets: str = TRAIN.multitask_targets,
+        single_task_targets: str = TRAIN.single_task_targets,
         tuning: bool = False,
-        tuning_trials: int = tune_defaults["n_trials"],
-        tuning_timeout_s: float = tune_defaults["timeout_s"],
-        tuning_targets: str = "MD,FA",
-        tuning_startup_trials: int = tune_defaults["startup_trials"],
+        tuning_trials: int = TUNE.tuning_trials,
+        tuning_timeout_s: float = TUNE.timeout_s,
+        tuning_targets: str = TUNE.targets,
+        tuning_startup_trials: int = TUNE.startup_trials,
         tuning_search_space: dict = space_default,
-        evaluate_baseline_summary: str = "bundled",
-        evaluate_baseline_repeats: int = 100,
-        explain_methods: list = list(explain_defaults["methods"]),  # noqa: B006
-        explain_scores: str = explain_defaults["scores"],
-        explain_splits: str = explain_defaults["splits"],
-        explain_samples: str = "",
-        explain_max_patches: int = 0,
-        explain_shard_ranges: list = [""],  # noqa: B006 ("" = all shards; "0:4", "4:8": one task each)
-        explain_phantom_dir: str = "",
-        explain_trust_patches: int = explain_defaults["trust_patches"],
+        evaluate_baseline_summary: str = EVALUATE.baseline_summary,
+        evaluate_baseline_repeats: int = EVALUATE.baseline_repeats,
+        explain_methods: list = list(EXPLAIN.methods),  # noqa: B006
+        explain_scores: str = ",".join(EXPLAIN.scores),
+        explain_splits: str = ",".join(EXPLAIN.splits),
+        explain_samples: str = ",".join(EXPLAIN.samples),
+        explain_max_patches: int = EXPLAIN.max_patches,
+        explain_shard_ranges: list = [EXPLAIN.shard_range],  # noqa: B006 ("0:4", "4:8": one task each)
+        explain_phantom_dir: str = EXPLAIN.phantom_dir,
+        explain_trust_patches: int = EXPLAIN.trust_patches,
     ) -> Outputs:
         checked = configure(resolve_config(config=config, overrides=config_overrides), "light",
                             "check config")
@@ -165,8 +168,9 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         with dsl.If(tuning == True, name="tuning-on"):  # noqa: E712 (a KFP condition, not a Python test)
             study = gpu_step(
                 tune_step(split=data, base_config=checked.outputs["values"], search_space=tuning_search_space,
-                          targets=tuning_targets, n_trials=tuning_trials, timeout_s=tuning_timeout_s,
-                          startup_trials=tuning_startup_trials),
+                          targets=tuning_targets, objective_targets=TUNE.objective_targets,
+                          tuning_trials=tuning_trials, timeout_s=tuning_timeout_s,
+                          startup_trials=tuning_startup_trials, warmup_epochs=TUNE.warmup_epochs),
                 "tune")
             tuned = configure(resolve_config(config_file=study.outputs["best_config"]), "light",
                               "tuned config")
@@ -189,9 +193,12 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
             with dsl.ParallelFor(explain_shard_ranges) as shard_range:
                 explained = gpu_step(
                     explain_model(model=models[name], split=data, methods=explain_methods,
-                                  scores=explain_scores, splits=explain_splits, samples=explain_samples,
+                                  targets=",".join(EXPLAIN.targets), scores=explain_scores,
+                                  splits=explain_splits, samples=explain_samples,
                                   max_patches=explain_max_patches, shard_range=shard_range,
-                                  phantom_dir=explain_phantom_dir, trust_patches=explain_trust_patches),
+                                  phantom_dir=explain_phantom_dir, batch_size=EXPLAIN.batch_size,
+                                  gradient_batch=EXPLAIN.gradient_batch,
+                                  trust_patches=explain_trust_patches, seed=EXPLAIN.seed),
                     f"explain {name.replace('_', '-')}")
             maps[name] = dsl.Collected(explained.outputs["maps"])
         summary = configure(

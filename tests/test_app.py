@@ -42,10 +42,10 @@ def run(tmp_path_factory):
     write_blob_manifest(folder / "split", n=80, size=32, seed=5)
     train(configs.from_dict(TINY), str(folder / "split"), str(folder / "models" / "tiny"))
     assert main(["evaluate", "--model", f"tiny={folder / 'models' / 'tiny'}", "--data", str(folder / "split"),
-                 "--out", str(folder / "evaluate")]) == 0
+                 "--baseline-summary", "", "--out", str(folder / "evaluate")]) == 0
     assert main(["explain", "--model", str(folder / "models" / "tiny"), "--data", str(folder / "split"),
-                 "--out", str(folder / "explain"), "--splits", "test,val", "--methods", "gradcam++",
-                 "smoothgrad:sigma=0.2,n=4", "smoothgrad:sigma=0.3,n=4", "--trust-patches", "4",
+                 "--out", str(folder / "explain"), "--splits", "test,val", "--methods",
+                 "gradcam++,smoothgrad:sigma=0.2,n=4,smoothgrad:sigma=0.3,n=4", "--trust-patches", "4",
                  "--trust-steps", "2", "--randomize-blocks", "1"]) == 0
     table = pd.read_parquet(folder / "explain" / "maps.parquet")
     keys = set(zip(table["sample"], table["row"], table["col"], strict=True))

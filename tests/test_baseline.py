@@ -151,7 +151,7 @@ def test_across_tumour_is_the_squared_correlation_of_roi_means(real_samples):
 
 def test_cli_prints_and_writes_local_outputs(tmp_path, capsys):
     out = tmp_path / "baseline"
-    assert cli.main(["baseline", "--repeats", "2", "--seed", "1", "--out", str(out)]) == 0
+    assert cli.main(["baseline", "--baseline-repeats", "2", "--seed", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| sample | MD~CD R² |" in printed and "## Across tumours" in printed
     assert sorted(p.name for p in out.iterdir()) == ["baseline.json", "baseline.md", "baseline.parquet"]
@@ -161,12 +161,12 @@ def test_cli_prints_and_writes_local_outputs(tmp_path, capsys):
     assert info["settings"]["repeats"] == 2 and len(info["across_tumour"]) == len(baseline.PAIRS)
     assert info["per_sample"][0]["coef_a"] is not None and info["per_sample"][3]["coef_a"] is None
     assert "## All rows" in (out / "baseline.md").read_text()
-    assert cli.main(["baseline", "--repeats", "2", "--out", str(out)]) == 2  # no silent overwrite
+    assert cli.main(["baseline", "--baseline-repeats", "2", "--out", str(out)]) == 2  # no silent overwrite
 
 
 def test_cli_writes_to_gcs(gcs_bucket):
     out = storage.join(gcs_bucket, "baseline")
-    assert cli.main(["baseline", "--repeats", "1", "--roi", "ROI", "--out", out]) == 0
+    assert cli.main(["baseline", "--baseline-repeats", "1", "--roi", "ROI", "--out", out]) == 0
     names = ("baseline.json", "baseline.md", "baseline.parquet")
     assert storage.list_files(out) == [f"{out}/{name}" for name in names]
     assert json.loads(storage.read_text(f"{out}/baseline.json"))["settings"]["roi"] == "ROI"
@@ -174,7 +174,7 @@ def test_cli_writes_to_gcs(gcs_bucket):
 
 def test_missing_or_corrupt_summary_is_one_clear_error(tmp_path, capsys):
     missing = tmp_path / "nowhere.mat"
-    assert cli.main(["baseline", "--summary", str(missing)]) == 2
+    assert cli.main(["baseline", "--baseline-summary", str(missing)]) == 2
     assert f"{missing}: not found" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.mat"
     corrupt.write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 40)

@@ -62,7 +62,7 @@ def setup(tmp_path_factory):
     data = [str(split), str(constant), str(single / "manifest.parquet"), str(held)]
     out = root / "out"
     args = ["evaluate", "--model", f"a={root / 'model'}", "--model", f"b={root / 'model'}", "--data", *data,
-            "--summary", BUNDLED_SUMMARY, "--baseline-repeats", "3", "--out", str(out)]
+            "--baseline-summary", BUNDLED_SUMMARY, "--baseline-repeats", "3", "--out", str(out)]
     assert main(args) == 0
     return {"root": root, "model": root / "model", "data": data, "out": out, "args": args}
 
@@ -279,7 +279,8 @@ def test_kfp_component_runs_locally(setup, tmp_path):
     def evaluate_only():
         split = dsl.importer(artifact_uri=setup["data"][0], artifact_class=dsl.Dataset)
         model = dsl.importer(artifact_uri=str(setup["model"]), artifact_class=dsl.Model)
-        evaluate_models(split=split.output, multitask_model=model.output, baseline_summary="")
+        evaluate_models(split=split.output, multitask_model=model.output, baseline_summary="",
+                        baseline_repeats=1, seed=0)
 
     evaluate_only()
     task_dir = next((tmp_path / "root").glob("*/evaluate-models"))

@@ -145,7 +145,7 @@ def run_inputs(tmp_path_factory, net):
     return {"model": str(folder / "model.keras"), "data": str(manifest)}
 
 
-ARGS = ["--methods", "gradcam++", "smoothgrad:n=4", "ig:steps=8", "--scores", "increase,toward=truth",
+ARGS = ["--methods", "gradcam++,smoothgrad:n=4,ig:steps=8", "--scores", "increase,toward=truth",
         "--max-patches", "6", "--batch-size", "4", "--gradient-batch", "8", "--trust-patches", "4",
         "--trust-steps", "2", "--randomize-blocks", "1"]
 

@@ -138,7 +138,7 @@ def test_compile_errors_are_one_line(tmp_path, capsys):
         "histoxai compile: error: --accelerator-count 0: expected an integer >= 1"
     assert histoxai_main(["compile", "--out", str(tmp_path / "p.yaml"), "--config", "nonesuch"]) == 2
     err = capsys.readouterr().err
-    assert "--config nonesuch: no such file" in err and "'demo'" in err and len(err.splitlines()) == 1
+    assert "--config nonesuch: no such file" in err and "demo, thesis" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "p.yaml").exists()
 
 

@@ -36,14 +36,14 @@ def blobs32(tmp_path_factory):
 # ---- config ----
 
 def test_shipped_configs_validate_and_thesis_matches_table_3_3():
-    thesis = configs.load_config(str(REPO / "histoxai" / "configs" / "thesis.yaml"))
+    thesis = configs.load_config("thesis")
     assert (thesis.backbone, thesis.weights, thesis.batch_size, thesis.finetune_epochs) == (
         "EfficientNetV2S", "imagenet", 16, 100)
     assert (thesis.lr_schedule, thesis.warmup_epochs, thesis.decay_epochs) == ("warmup_cosine", 17, 60)
     assert (thesis.initial_lr, thesis.warmup_target_lr) == (1e-5, 5e-5)
     assert (thesis.optimizer, thesis.weight_decay, thesis.dropout) == ("adamw", 0.008, 0.3)
     assert not (thesis.augment_flip or thesis.augment_rot90 or thesis.augment_rotation_degrees)
-    demo = configs.load_config(str(REPO / "histoxai" / "configs" / "demo.yaml"), {"targets": "CC"})
+    demo = configs.load_config("demo", {"targets": "CC"})
     assert demo.backbone == "tiny" and demo.targets == ("CC",)
     assert configs.from_dict(yaml.safe_load(demo.to_yaml())) == demo  # resolved config round-trips
 
@@ -68,7 +68,7 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, values, message):
 
 
 def test_cli_rejects_bad_override_and_missing_data_in_one_line(tmp_path, capsys, blobs32):
-    args = ["train", "--config", str(REPO / "histoxai" / "configs" / "demo.yaml"), "--data", str(blobs32),
+    args = ["train", "--config", "demo", "--data", str(blobs32),
             "--targets", "CC", "--out", str(tmp_path / "out")]
     assert main(args + ["--set", "patience=-1"]) == 2
     err = capsys.readouterr().err.strip()
@@ -125,7 +125,7 @@ def test_predict_returns_rows_in_the_callers_order_and_reads_gcs(tmp_path, gcs_b
 
 def test_demo_config_learns_cell_count_and_writes_every_output(tmp_path, capsys):
     manifest = write_blob_manifest(tmp_path / "data", n=400, size=48, seed=4)
-    config = configs.load_config(str(REPO / "histoxai" / "configs" / "demo.yaml"),
+    config = configs.load_config("demo",
                                  {"targets": ["CC"], "image_size": 48, "finetune_epochs": 25})
     metrics = train(config, str(manifest), str(tmp_path / "out"))
     out = tmp_path / "out"

@@ -50,8 +50,8 @@ def _journal_study(path: Path):
 # ---- search space ----
 
 def test_shipped_spaces_validate_and_reuse_the_table_values():
-    thesis = configs.load_config(str(REPO / "histoxai" / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
-    default = load_space(str(REPO / "histoxai" / "configs" / "search_space.yaml"))
+    thesis = configs.load_config("thesis", {"targets": ["MD", "FA"]})
+    default = load_space("search_space")
     default.check_against(default.start_config(thesis))
     by_name = {p.name: p for p in default.params}
     for name in ("batch_size", "learning_rate", "backbone", "optimizer", "lr_schedule"):
@@ -59,8 +59,8 @@ def test_shipped_spaces_validate_and_reuse_the_table_values():
     assert (by_name["weight_decay"].low, by_name["weight_decay"].high, by_name["weight_decay"].log) == (
         1e-3, 1e-2, True)
     assert set(table_space().names) <= set(default.names)
-    demo = load_space(str(REPO / "histoxai" / "configs" / "search_space_demo.yaml"))
-    start = demo.start_config(configs.load_config(str(REPO / "histoxai" / "configs" / "demo.yaml"), {"targets": "MD"}))
+    demo = load_space("search_space_demo")
+    start = demo.start_config(configs.load_config("demo", {"targets": "MD"}))
     demo.check_against(start)
     assert start.backbone == "tiny" and start.frozen_epochs + start.finetune_epochs <= 6
 
@@ -89,7 +89,8 @@ def test_invalid_space_is_rejected_naming_the_parameter(tmp_path, capsys, blobs,
     path = _space_file(tmp_path, values)
     config = _space_file(tmp_path, QUICK, "quick.yaml")
     out = tmp_path / "out"
-    assert main(["tune", "--config", config, "--space", path, "--data", str(blobs), "--out", str(out)]) == 2
+    assert main(["tune", "--config", config, "--search-space", path, "--data", str(blobs),
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and path in err, err
     with pytest.raises(InputError, match=message):
@@ -191,8 +192,8 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
     out = storage.join(gcs_bucket, "tune")
     config = _space_file(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
     space_path = _space_file(tmp_path, {"search": {"learning_rate": [1e-3, 3e-3], "dense_units": [8, 16]}})
-    args = ["tune", "--config", config, "--space", space_path, "--data", str(blobs), "--out", out,
-            "--n-trials", "2", "--startup-trials", "2"]
+    args = ["tune", "--config", config, "--search-space", space_path, "--data", str(blobs), "--out", out,
+            "--tuning-trials", "2", "--startup-trials", "2"]
     killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-trials", "1"],
                             capture_output=True, text=True, env=os.environ, timeout=300)
     assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
@@ -230,8 +231,8 @@ def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
 
     from histoxai.components.tune.vizier import build_tuning_job
 
-    base = configs.load_config(str(REPO / "histoxai" / "configs" / "thesis.yaml"), {"targets": ["MD", "FA"]})
-    space = load_space(str(REPO / "histoxai" / "configs" / "search_space.yaml"))
+    base = configs.load_config("thesis", {"targets": ["MD", "FA"]})
+    space = load_space("search_space")
     job = build_tuning_job(base, space, "gs://b/split", "gs://b/vizier", project="p", location="us-central1",
                            credentials=AnonymousCredentials(), max_trial_count=30, objective_targets=["MD"])
     spec = type(job._gca_resource).to_dict(job._gca_resource, use_integers_for_enums=False)
@@ -255,8 +256,8 @@ def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
     out = storage.join(gcs_bucket, "vizier")
     config = _space_file(tmp_path, QUICK, "quick.yaml")
     assert main(["tune", "--backend", "vizier", "--project", "p", "--config", config, "--data", "gs://b/split",
-                 "--space", str(REPO / "histoxai" / "configs" / "search_space_demo.yaml"), "--out", out,
-                 "--n-trials", "4"]) == 0
+                 "--search-space", "search_space_demo", "--out", out,
+                 "--tuning-trials", "4"]) == 0
     written = json.loads(storage.read_text(storage.join(out, "vizier_job.json")))
     assert written["maxTrialCount"] == 4 and written["trialJobSpec"]["baseOutputDirectory"] == {
         "outputUriPrefix": out}
@@ -290,7 +291,9 @@ def _tune_only_pipeline(base: dict, space: dict, n_trials: int):
     @dsl.pipeline(name="tune-only")
     def tune_only(split_uri: str = "gs://b/split"):
         split = dsl.importer(artifact_uri=split_uri, artifact_class=dsl.Dataset, reimport=False)
-        tune_step(split=split.output, base_config=base, search_space=space, targets="MD", n_trials=n_trials)
+        tune_step(split=split.output, base_config=base, search_space=space, targets="MD",
+                  objective_targets="", tuning_trials=n_trials, timeout_s=0.0, startup_trials=5,
+                  warmup_epochs=3)
 
     return tune_only
 

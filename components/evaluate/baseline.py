@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from histoxai import artifacts, storage
+from histoxai.components.evaluate.params import BUNDLED, DEFAULTS, ROI_CHOICES
 from histoxai.errors import InputError
 from histoxai.metrics import METRIC_LABELS, METRICS, markdown_table, pearson_r, regression_metrics
 from histoxai.summary import BUNDLED_SUMMARY as SUMMARY_PATH
@@ -49,7 +50,6 @@ BUNDLED_SUMMARY = str(SUMMARY_PATH)
 STUDY_PAIRS = (("CD", "MD"), ("SA", "FAIP"))  # the study's regressions
 PAIRS = (*STUDY_PAIRS, ("SA", "FA"))  # FA too: it is what our models predict
 CNN_VARIABLES = {"MD": "sMD_CNN", "FAIP": "sFAIP_CNN"}
-ROI_CHOICES = ("sROI", "ROI", "sROI_full", "sROI_alternative")  # "ROI" is sMR{n}.ROI, the MR mask
 QUADRATIC, CNN = "quadratic", "cnn_brabec2023"
 SMOOTH_SIZE, SMOOTH_SIGMA, TEST_FRACTION = 5, 0.5, 0.2
 MIN_VOXELS = 4  # 3 to fit a quadratic, 1 to score
@@ -285,8 +285,14 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: clean(v) for k, v in row.items()} for row in frame.astype(object).to_dict("records")]
 
 
-def compute_baselines(summary: str = BUNDLED_SUMMARY, *, roi: str = "sROI", repeats: int = 100,
-                      seed: int = 0, progress: bool = True) -> dict:
+def summary_path(baseline_summary: str) -> str | None:
+    """The summary.mat a baseline setting names: BUNDLED -> the shipped copy, "" -> None (no baselines)."""
+    return BUNDLED_SUMMARY if baseline_summary == BUNDLED else (baseline_summary or None)
+
+
+def compute_baselines(summary: str = BUNDLED_SUMMARY, *, roi: str = DEFAULTS.baseline_roi,
+                      repeats: int = DEFAULTS.baseline_repeats, seed: int = DEFAULTS.seed,
+                      progress: bool = True) -> dict:
     """Everything `histoxai baseline` reports: {"per_sample", "across_tumour", "tumour_means",
     "summary"} DataFrames and "settings"."""
     samples = load_summary(summary, roi)

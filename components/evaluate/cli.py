@@ -14,7 +14,7 @@ manifest.parquet; their patches count as heldout). Writes to OUT (local or gs://
   evaluation.json          the same rows, model hashes and settings
   predictions/<model>/<sample>.parquet   sample, row, col, split, <T>_measured, <T>_predicted
   maps/<model>/<sample>/<T>.png, .npz    measured, predicted, residual ŷ - y on the MR grid
-  baseline/                with --summary: the original study's baselines (as `histoxai baseline`)
+  baseline/                the study's baselines (as `histoxai baseline`; --baseline-summary '' skips)
 Predictions are reused from an earlier run into the same OUT (--overwrite) when the model's hash
 and the sample's patches match.
 
@@ -22,12 +22,14 @@ Examples:
   histoxai evaluate --model outputs/models/mdfa --model outputs/models/cc --data outputs/demo/split \\
       --out outputs/evaluate
   histoxai evaluate --model multitask=gs://b/run/mdfa --data gs://b/run/split gs://b/ingest/7 \\
-      --summary histoxai/data/brabec2023/summary.mat --out gs://b/run/evaluate --overwrite
+      --baseline-summary '' --out gs://b/run/evaluate --overwrite
 """
 
 from __future__ import annotations
 
 import argparse
+
+from histoxai.components.evaluate.params import DEFAULTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,14 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="SPLIT_OR_MANIFEST",
                         help="split folder / split.parquet, and/or ingest folders / manifest.parquet")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
-    parser.add_argument("--summary", default=None, metavar="PATH",
-                        help="the original study's summary.mat: add its baselines to the report "
-                             "(histoxai/data/brabec2023/summary.mat is bundled)")
-    parser.add_argument("--baseline-repeats", type=int, default=100,
-                        help="random 80/20 splits per baseline regression (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the baselines' splits (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="patches per prediction batch (default: 64)")
+    parser.add_argument("--baseline-summary", default=DEFAULTS.baseline_summary, metavar="PATH",
+                        help="the original study's summary.mat whose baselines the report shows beside "
+                             "ours: 'bundled' (the copy shipped with histoxai; the default), a path or "
+                             "gs:// URI, or '' for none")
+    parser.add_argument("--baseline-repeats", type=int, default=DEFAULTS.baseline_repeats,
+                        help="random 80/20 splits per baseline regression (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="seed of the baselines' splits (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                        help="patches per prediction batch (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (its predictions are reused where still valid)")
 
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     from histoxai.evaluation import table41
     from histoxai.metrics import markdown_table
 
-    result = evaluate(args.model, args.data, args.out, summary=args.summary,
+    result = evaluate(args.model, args.data, args.out, baseline_summary=args.baseline_summary,
                       baseline_repeats=args.baseline_repeats, seed=args.seed, batch_size=args.batch_size,
                       overwrite=args.overwrite)
     reused = sum(result["cached"].values())

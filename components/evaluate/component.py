@@ -14,29 +14,29 @@ def evaluate_models(
     report_html: Output[HTML],
     report_markdown: Output[Markdown],
     evaluation: Output[Dataset],
+    baseline_summary: str,
+    baseline_repeats: int,
+    seed: int,
     single_task_model: Input[Model] = None,
-    baseline_summary: str = "bundled",
-    baseline_repeats: int = 100,
-    seed: int = 0,
 ):
     """Score the models (training output folders) on every sample and split of `split`.
 
     evaluation: the whole output folder (evaluation.parquet, report.*, predictions/<model>/<sample>.parquet,
     maps/); metrics: standard R² per model, target and split or sample; baseline_summary: 'bundled'
     (the study's summary.mat shipped with histoxai), '' (no baselines) or a path / gs:// URI.
+    Defaults: components/evaluate/params.py (the pipeline passes every value).
     """
     from histoxai import artifacts, storage
     from histoxai.artifacts import location
-    from histoxai.components.evaluate.baseline import BUNDLED_SUMMARY
     from histoxai.components.evaluate.evaluate import evaluate, headline_metrics
 
     models = [f"multitask={location(multitask_model)}"]
     if single_task_model is not None:
         models.append(f"single_task={location(single_task_model)}")
-    summary = BUNDLED_SUMMARY if baseline_summary == "bundled" else (baseline_summary or None)
     out = location(evaluation)
     # overwrite: a retried task may find an earlier attempt's output (its valid predictions are reused)
-    result = evaluate(models, [location(split)], out, summary=summary, baseline_repeats=baseline_repeats,
+    result = evaluate(models, [location(split)], out, baseline_summary=baseline_summary,
+                      baseline_repeats=baseline_repeats,
                       seed=seed, overwrite=True, progress=False)
     for name, value in headline_metrics(result["table"]).items():
         metrics.log_metric(name, value)

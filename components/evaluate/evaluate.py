@@ -10,7 +10,8 @@ writes to OUT (local or gs://), published whole:
   report.md, report.html  the thesis's Table 4.1 layout, the other metrics, baselines, maps
   predictions/<model>/<sample>.parquet   sample, row, col, split, <T>_measured, <T>_predicted per target
   maps/<model>/<sample>/<target>.png|.npz  measured, predicted and residual maps on the MR grid
-  baseline/             with `summary`: the original study's baselines (components/evaluate/baseline.py)
+  baseline/             the original study's baselines (components/evaluate/baseline.py) unless
+                        baseline_summary is ""
 
 Predictions are computed once per model and sample; a later run into the same OUT (with overwrite)
 reuses a predictions file when its stored model hash (SHA-256 of model.keras) and patch fingerprint
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from histoxai import artifacts, storage
+from histoxai.components.evaluate.params import DEFAULTS
 from histoxai.errors import InputError
 from histoxai.manifest import KEY, MANIFEST_NAME, SPLITS, natural_key, read_manifest
 from histoxai.metrics import METRICS, metrics_by_group
@@ -281,13 +283,15 @@ def _records(frame: pd.DataFrame) -> list[dict]:
             for row in frame.astype(object).to_dict("records")]
 
 
-def evaluate(models: Sequence[str], data: Sequence[str], out: str, *, summary: str | None = None,
-             baseline_repeats: int = 100, seed: int = 0, batch_size: int = 64, overwrite: bool = False,
-             progress: bool = True) -> dict:
+def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
+             baseline_summary: str = DEFAULTS.baseline_summary,
+             baseline_repeats: int = DEFAULTS.baseline_repeats, seed: int = DEFAULTS.seed,
+             batch_size: int = DEFAULTS.batch_size, overwrite: bool = False, progress: bool = True) -> dict:
     """Score every model on every sample and split; write OUT (see the module docstring).
 
     models: training output folders, each 'DIR' or 'NAME=DIR'. data: split folders / split.parquet /
-    ingest manifests. summary: the study's summary.mat for the baseline rows (None: no baselines).
+    ingest manifests. baseline_summary: the study's summary.mat for the baseline rows ("bundled": the
+    copy shipped with histoxai; "": no baselines).
     Returns {"table", "models", "data", "baseline", "maps", "cached"}.
     """
     from tqdm import tqdm
@@ -301,6 +305,9 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *, summary: s
         raise InputError(f"--batch-size {batch_size}: expected an integer >= 1")
     out = str(out).rstrip("/")
     evaluation = read_data(data)
+    from histoxai.components.evaluate.baseline import summary_path
+
+    summary = summary_path(baseline_summary)
     baseline = None
     if summary is not None:
         from histoxai.components.evaluate.baseline import compute_baselines

@@ -24,46 +24,59 @@ from __future__ import annotations
 
 import argparse
 
+from histoxai.components.explain.methods import split_methods
+from histoxai.components.explain.params import DEFAULTS, ENGINES
+
 
 def _list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from histoxai.components.explain.methods import DEFAULT_METHODS
+def _joined(values) -> str:
+    return ",".join(values)
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="`histoxai train` output folder or a .keras file, local or gs://")
     parser.add_argument("--data", required=True,
                         help="split manifest (split.parquet or its folder), local or gs://")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                        help=f"methods with settings (default: {' '.join(DEFAULT_METHODS)})")
-    parser.add_argument("--targets", type=_list, help="comma-separated model outputs (default: all)")
-    parser.add_argument("--scores", type=_list, default=["increase"],
-                        help="comma-separated score modes (default: increase)")
-    parser.add_argument("--splits", type=_list, default=["test"],
-                        help="comma-separated splits to explain (default: test; '' for none)")
-    parser.add_argument("--samples", type=_list, default=[], help="comma-separated samples to explain whole")
-    parser.add_argument("--max-patches", type=int, metavar="N",
-                        help="at most N patches (a seeded random choice)")
+    parser.add_argument("--methods", type=split_methods, default=_joined(DEFAULTS.methods), metavar="METHODS",
+                        help="comma-separated methods with their settings, e.g. "
+                             "gradcam++,smoothgrad:sigma=0.2,n=30,vanilla (default: %(default)s)")
+    parser.add_argument("--targets", type=_list, default=_joined(DEFAULTS.targets),
+                        help="comma-separated model outputs (default: all)")
+    parser.add_argument("--scores", type=_list, default=_joined(DEFAULTS.scores),
+                        help="comma-separated score modes (default: %(default)s)")
+    parser.add_argument("--splits", type=_list, default=_joined(DEFAULTS.splits),
+                        help="comma-separated splits to explain (default: %(default)s; '' for none)")
+    parser.add_argument("--samples", type=_list, default=_joined(DEFAULTS.samples),
+                        help="comma-separated samples to explain whole")
+    parser.add_argument("--max-patches", type=int, default=DEFAULTS.max_patches, metavar="N",
+                        help="at most N patches, a seeded random choice (default 0: every patch)")
     parser.add_argument("--shard-range", metavar="A:B", help="only shards A to B-1 of the selection "
                                                              "(in reading order), to fan out over shards")
     parser.add_argument("--phantom-dir", help="the phantom's folder (one sub-folder per sample with "
                                               "phantom_truth/): scores CC maps against the true nuclei")
-    parser.add_argument("--batch-size", type=int, default=16, help="patches per batch (default 16)")
-    parser.add_argument("--gradient-batch", type=int, default=64,
-                        help="most images per gradient pass for SmoothGrad copies and IG steps (default 64)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                        help="patches per batch (default %(default)s)")
+    parser.add_argument("--gradient-batch", type=int, default=DEFAULTS.gradient_batch,
+                        help="most images per gradient pass for SmoothGrad copies and IG steps "
+                             "(default %(default)s)")
     parser.add_argument("--map-size", type=int,
                         help="store maps downsampled to this size (default: the model's input size)")
-    parser.add_argument("--engine", default="batched", choices=["batched", "tf-keras-vis"],
+    parser.add_argument("--engine", default=DEFAULTS.engine, choices=ENGINES,
                         help="batched compiled graphs (default) or tf-keras-vis's own classes")
-    parser.add_argument("--trust-patches", type=int, default=32,
-                        help="patches for deletion/insertion and randomisation (default 32; 0 skips trust)")
-    parser.add_argument("--trust-steps", type=int, default=16, help="deletion/insertion steps (default 16)")
-    parser.add_argument("--randomize-blocks", type=int, default=2,
-                        help="backbone blocks randomised after the head (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="patch choice and randomisation seed (default 0)")
+    parser.add_argument("--trust-patches", type=int, default=DEFAULTS.trust_patches,
+                        help="patches for deletion/insertion and randomisation "
+                             "(default %(default)s; 0 skips trust)")
+    parser.add_argument("--trust-steps", type=int, default=DEFAULTS.trust_steps,
+                        help="deletion/insertion steps (default %(default)s)")
+    parser.add_argument("--randomize-blocks", type=int, default=DEFAULTS.randomize_blocks,
+                        help="backbone blocks randomised after the head (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="patch choice and randomisation seed (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
@@ -71,11 +84,11 @@ def run(args: argparse.Namespace) -> None:
     from histoxai.components.explain.explain import explain, parse_shard_range
     from histoxai.errors import InputError
 
-    if args.max_patches is not None and args.max_patches < 1:
-        raise InputError(f"--max-patches {args.max_patches}: expected a positive integer")
+    if args.max_patches < 0:
+        raise InputError(f"--max-patches {args.max_patches}: expected an integer >= 0 (0: every patch)")
     summary = explain(
-        args.model, args.data, args.out, methods=args.methods, targets=args.targets, scores=args.scores,
-        splits=args.splits, samples=args.samples, max_patches=args.max_patches,
+        args.model, args.data, args.out, methods=args.methods, targets=args.targets or None,
+        scores=args.scores, splits=args.splits, samples=args.samples, max_patches=args.max_patches or None,
         shard_range=parse_shard_range(args.shard_range), batch_size=args.batch_size,
         gradient_batch=args.gradient_batch, map_size=args.map_size, engine=args.engine,
         phantom_dir=args.phantom_dir, trust_patches=args.trust_patches, trust_steps=args.trust_steps,

@@ -14,23 +14,23 @@ def explain_model(
     metrics: Output[Metrics],
     trust_html: Output[HTML],
     trust_markdown: Output[Markdown],
-    methods: list = ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=30",  # noqa: B006 (KFP reads it)
-                     "smoothgrad:sigma=0.3,n=30", "vanilla", "ig"],
-    targets: str = "",
-    scores: str = "increase",
-    splits: str = "test",
-    samples: str = "",
-    max_patches: int = 0,
-    shard_range: str = "",
-    phantom_dir: str = "",
-    batch_size: int = 16,
-    gradient_batch: int = 64,
-    trust_patches: int = 32,
-    seed: int = 0,
+    methods: list,
+    targets: str,
+    scores: str,
+    splits: str,
+    samples: str,
+    max_patches: int,
+    shard_range: str,
+    phantom_dir: str,
+    batch_size: int,
+    gradient_batch: int,
+    trust_patches: int,
+    seed: int,
 ):
     """Maps of `model` (a training output folder) for the patches of `split` (the split folder).
 
-    Parameters as `histoxai explain` (comma-separated lists; '' = default; max_patches 0 = all;
+    Parameters as `histoxai explain`, defaults in components/explain/params.py; the pipeline passes every
+    value (comma-separated lists; '' = default; max_patches 0 = all;
     shard_range 'A:B' to fan out over shards). maps: the output folder (maps.parquet, maps/, trust
     files, explain.json), readable with histoxai.saliency.store.open_maps; metrics: map and
     NaN counts, and per target x method the trust measures.
@@ -42,6 +42,7 @@ def explain_model(
     from histoxai import artifacts, storage
     from histoxai.artifacts import location
     from histoxai.components.explain.explain import explain, parse_shard_range
+    from histoxai.components.explain.params import DEFAULTS
 
     def listed(text: str) -> list:
         return [item.strip() for item in text.split(",") if item.strip()]
@@ -49,7 +50,7 @@ def explain_model(
     out = location(maps)
     # overwrite: a retried task may find an earlier attempt's partial output
     summary = explain(location(model), location(split), out, methods=methods,
-                      targets=listed(targets) or None, scores=listed(scores) or ["increase"],
+                      targets=listed(targets) or None, scores=listed(scores) or list(DEFAULTS.scores),
                       splits=listed(splits), samples=listed(samples), max_patches=max_patches or None,
                       shard_range=parse_shard_range(shard_range), batch_size=batch_size,
                       gradient_batch=gradient_batch, phantom_dir=phantom_dir or None,

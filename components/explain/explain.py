@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from histoxai import artifacts, storage
-from histoxai.components.explain.methods import DEFAULT_METHODS, SIGNED_METHODS, parse_method, parse_score
+from histoxai.components.explain.methods import SIGNED_METHODS, parse_method, parse_score
+from histoxai.components.explain.params import DEFAULTS
 from histoxai.errors import InputError
 from histoxai.saliency import store
 
@@ -120,12 +121,14 @@ def _make_engine(model, engine: str, gradient_batch: int):
     return cls(model, gradient_batch=gradient_batch)
 
 
-def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[str] = DEFAULT_METHODS,
-            targets: Sequence[str] | None = None, scores: Sequence[str] = ("increase",),
-            splits: Sequence[str] = ("test",), samples: Sequence[str] = (), max_patches: int | None = None,
-            shard_range: tuple[int, int] | None = None, batch_size: int = 16, gradient_batch: int = 64,
-            map_size: int | None = None, engine: str = "batched", phantom_dir: str | None = None,
-            trust_patches: int = 32, trust_steps: int = 16, randomize_blocks: int = 2, seed: int = 0,
+def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[str] = DEFAULTS.methods,
+            targets: Sequence[str] | None = None, scores: Sequence[str] = DEFAULTS.scores,
+            splits: Sequence[str] = DEFAULTS.splits, samples: Sequence[str] = DEFAULTS.samples,
+            max_patches: int | None = None, shard_range: tuple[int, int] | None = None,
+            batch_size: int = DEFAULTS.batch_size, gradient_batch: int = DEFAULTS.gradient_batch,
+            map_size: int | None = None, engine: str = DEFAULTS.engine, phantom_dir: str | None = None,
+            trust_patches: int = DEFAULTS.trust_patches, trust_steps: int = DEFAULTS.trust_steps,
+            randomize_blocks: int = DEFAULTS.randomize_blocks, seed: int = DEFAULTS.seed,
             overwrite: bool = False) -> dict:
     """Compute, store and check the maps; returns the summary written to explain.json."""
     import pandas as pd

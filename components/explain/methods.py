@@ -139,6 +139,21 @@ def _parse_value(method: str, key: str, text: str):
                                           "a positive integer")
 
 
+def split_methods(text: str) -> list[str]:
+    """A comma-separated list of methods with their settings, as every list option is given:
+    'gradcam++,smoothgrad:sigma=0.2,n=30,vanilla' -> ['gradcam++', 'smoothgrad:sigma=0.2,n=30', 'vanilla'].
+    A KEY=VALUE item after a method's settings belongs to that method (a method name holds no '=')."""
+    methods: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item and methods and ":" in methods[-1]:
+            methods[-1] += "," + item
+        else:
+            methods.append(item)
+    return methods
+
+
 def parse_method(text: str) -> MethodSpec:
     """'smoothgrad:sigma=0.3,n=30' -> MethodSpec (unnamed parameters take their defaults)."""
     name, _, rest = text.strip().partition(":")

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import argparse
 
+from histoxai.components.ingest.params import DEFAULTS, ENCODINGS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sample_dir", metavar="SAMPLE_DIR", help="one sample folder, local or gs://")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
     parser.add_argument("--sample-id", default=None, help="sample id (default: the folder name)")
-    parser.add_argument("--patch-size", type=int, default=360,
-                        help="side S of the S x S patches (default 360)")
-    parser.add_argument("--erosion", type=int, default=5,
-                        help="ROI erosion distance in voxels (default 5, i.e. 1 mm at 200 um)")
-    parser.add_argument("--encoding", choices=("png", "jpeg", "raw"), default="png",
-                        help="patch image encoding in the shards (default png)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="patches per shard (default 1000)")
+    parser.add_argument("--patch-size", type=int, default=DEFAULTS.patch_size,
+                        help="side S of the S x S patches (default %(default)s)")
+    parser.add_argument("--erosion", type=int, default=DEFAULTS.erosion,
+                        help="ROI erosion distance in voxels (default %(default)s, i.e. 1 mm at 200 um)")
+    parser.add_argument("--encoding", choices=ENCODINGS, default=DEFAULTS.encoding,
+                        help="patch image encoding in the shards (default %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULTS.shard_size,
+                        help="patches per shard (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

@@ -10,14 +10,15 @@ from histoxai.images import CPU_IMAGE
 def ingest(
     samples_uri: str,
     sample: str,
+    patch_size: int,
+    erosion: int,
+    encoding: str,
+    shard_size: int,
     data: Output[Dataset],
     qc: Output[Markdown],
-    patch_size: int = 360,
-    erosion: int = 5,
-    encoding: str = "png",
-    shard_size: int = 1000,
 ):
-    """Cut sample `sample` (the folder SAMPLES_URI/<sample>, local or gs://) into patches.
+    """Cut sample `sample` (the folder SAMPLES_URI/<sample>, local or gs://) into patches (parameters
+    and their defaults: components/ingest/params.py; the pipeline passes every one).
 
     data: the ingest output folder (shards/, manifest.parquet, qc.md, qc_thumbnail.png, ingest.json);
     qc: the sample's QC page (rules, drop counts, value ranges).

@@ -29,6 +29,7 @@ from histoxai.components.ingest.inputs import (
     read_errors_named,
     sample_name,
 )
+from histoxai.components.ingest.params import DEFAULTS
 from histoxai.components.ingest.structure import StructureStream
 from histoxai.errors import InputError
 
@@ -239,8 +240,9 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
     return StreamResult(records, sa, thumbnail, shard_set.names)
 
 
-def ingest_sample(sample_dir: str, out: str, *, sample_id: str | None = None, patch_size: int = 360,
-                  erosion: int = 5, encoding: str = "png", shard_size: int = 1000,
+def ingest_sample(sample_dir: str, out: str, *, sample_id: str | None = None,
+                  patch_size: int = DEFAULTS.patch_size, erosion: int = DEFAULTS.erosion,
+                  encoding: str = DEFAULTS.encoding, shard_size: int = DEFAULTS.shard_size,
                   overwrite: bool = False) -> dict:
     """Cut one sample folder (local or gs://) into patches; write shards, manifest and QC to `out`.
 

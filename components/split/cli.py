@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from histoxai.components.split.params import DEFAULTS, STRATEGIES
 from histoxai.errors import InputError
 
 
@@ -26,17 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifests", nargs="*", metavar="MANIFEST",
                         help="ingest manifest (manifest.parquet or its folder), local or gs://")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
-    parser.add_argument("--train-samples", default="3,4",
-                        help="comma-separated ids of the samples pooled for train/val/test (default: 3,4)")
-    parser.add_argument("--strategy", choices=("random", "blocked"), default="random",
-                        help="random voxel split (the thesis's) or spatially blocked (default: random)")
-    parser.add_argument("--fractions", default="0.6,0.2,0.2",
-                        help="train,val,test fractions, each >= 0, summing to 1 (default: 0.6,0.2,0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
-    parser.add_argument("--block-size", type=int, default=8,
-                        help="blocked: block side in MR voxels (default: 8)")
-    parser.add_argument("--guard", type=int, default=1,
-                        help="blocked: guard band width in voxels, Chebyshev distance (default: 1)")
+    parser.add_argument("--train-samples", default=",".join(DEFAULTS.train_samples),
+                        help="comma-separated ids of the samples pooled for train/val/test "
+                             "(default: %(default)s)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=DEFAULTS.strategy,
+                        help="random voxel split (the thesis's) or spatially blocked (default: %(default)s)")
+    parser.add_argument("--fractions", default=",".join(str(f) for f in DEFAULTS.fractions),
+                        help="train,val,test fractions, each >= 0, summing to 1 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="shuffling seed (default: %(default)s)")
+    parser.add_argument("--block-size", type=int, default=DEFAULTS.block_size,
+                        help="blocked: block side in MR voxels (default: %(default)s)")
+    parser.add_argument("--guard", type=int, default=DEFAULTS.guard,
+                        help="blocked: guard band width in voxels, Chebyshev distance (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

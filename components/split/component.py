@@ -10,15 +10,16 @@ from histoxai.images import CPU_IMAGE
 def split(
     manifests: Input[list[Dataset]],
     train_samples: list[str],
+    strategy: str,
+    fractions: list[float],
+    seed: int,
+    block_size: int,
+    guard: int,
     data: Output[Dataset],
     table: Output[Markdown],
-    strategy: str = "random",
-    fractions: list[float] = [0.6, 0.2, 0.2],  # noqa: B006 (KFP reads defaults from the signature)
-    seed: int = 0,
-    block_size: int = 8,
-    guard: int = 1,
 ):
-    """Pool `train_samples` into train/val/test (random or spatially blocked); other samples are heldout.
+    """Pool `train_samples` into train/val/test (random or spatially blocked); other samples are heldout
+    (parameters and their defaults: components/split/params.py; the pipeline passes every one).
 
     data: the split folder (split.parquet, split.json, split.md); table: split.md, counts per sample and set.
     """

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from histoxai import artifacts, storage
+from histoxai.components.split.params import DEFAULTS
 from histoxai.errors import InputError
 from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
 
@@ -246,9 +247,10 @@ def _read_all(manifests: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     return frame.drop(columns="_source"), [str(m) for m in manifests]
 
 
-def split_manifests(manifests: Sequence[str], out: str, *, train_samples: Iterable = ("3", "4"),
-                    strategy: str = "random", fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
-                    block_size: int = 8, guard: int = 1, overwrite: bool = False) -> pd.DataFrame:
+def split_manifests(manifests: Sequence[str], out: str, *, train_samples: Iterable = DEFAULTS.train_samples,
+                    strategy: str = DEFAULTS.strategy, fractions: Sequence[float] = DEFAULTS.fractions,
+                    seed: int = DEFAULTS.seed, block_size: int = DEFAULTS.block_size,
+                    guard: int = DEFAULTS.guard, overwrite: bool = False) -> pd.DataFrame:
     """Split the patches of one or more ingest manifests and write OUT/split.{parquet,json,md}.
 
     split.parquet holds every input row (shard_uri absolute) plus `split`; it is written last, so

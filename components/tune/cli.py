@@ -1,12 +1,13 @@
 """Search hyperparameters (Optuna, or a Vertex AI Vizier job) with the training code of `histoxai train`.
 
 Each trial trains the base config (--config, --set) with values sampled from the search space
-(--space; default: the thesis's Table 3.2 space) on the split manifest (--data) and scores it by
-the mean validation R² over --objective-targets (default: all trained targets). TPE sampling
-(seeded), median pruning on each epoch's validation R², budget by --n-trials and/or --timeout.
+(--search-space; default: the shipped search_space, Table 3.2 and a few ranges) on the split
+manifest (--data) and scores it by the mean validation R² over --objective-targets (default: all
+trained targets). TPE sampling (seeded), median pruning on each epoch's validation R², budget by
+--tuning-trials and/or --timeout.
 
 OUT/study.journal holds the study: run the same command again after a crash or preemption and it
-continues with the finished trials kept (a larger --n-trials extends a finished study). At the end
+continues with the finished trials kept (a larger --tuning-trials extends a finished study). At the end
 OUT gets trials.parquet, trials.csv, summary.md and best_config.yaml, which trains unchanged:
   histoxai train --config OUT/best_config.yaml --data SPLIT --out MODEL_DIR
 
@@ -15,38 +16,43 @@ over the same space (trials on GPU workers of --image), and submits it only with
 
 Examples:
   histoxai tune --config demo --search-space search_space_demo \\
-      --data out/split --targets MD --n-trials 4 --out out/tune
+      --data out/split --targets MD --tuning-trials 4 --out out/tune
   histoxai tune --config thesis --search-space search_space --data gs://b/split \\
-      --targets MD,FA --n-trials 60 --timeout 86400 --out gs://b/tune/mdfa
+      --targets MD,FA --tuning-trials 60 --timeout 86400 --out gs://b/tune/mdfa
 """
 
 from __future__ import annotations
 
 import argparse
 
+from histoxai.components.tune.params import DEFAULTS
 from histoxai.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="base YAML config, local or gs:// (default: the thesis's values)")
-    parser.add_argument("--space", help="search space YAML, local or gs:// (default: Table 3.2)")
+    parser.add_argument("--config", help="base training config: demo, thesis, a YAML file or gs:// URI "
+                                         "(default: the thesis's values)")
+    parser.add_argument("--search-space", default=DEFAULTS.search_space,
+                        help="search space: search_space, search_space_demo, a YAML file or gs:// URI "
+                             "(default: %(default)s, the thesis's Table 3.2 and a few ranges around it)")
     parser.add_argument("--data", required=True,
                         help="split manifest: split.parquet from `histoxai split` or its folder, local or gs://")
     parser.add_argument("--targets", help="comma-separated target columns to train, e.g. MD,FA or CC")
-    parser.add_argument("--objective-targets", help="targets whose mean validation R² is maximised "
-                                                    "(default: all trained targets)")
+    parser.add_argument("--objective-targets", default=DEFAULTS.objective_targets,
+                        help="comma-separated targets whose mean validation R² is maximised "
+                             "(default: all trained targets)")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one base config key (value in YAML syntax); repeatable")
-    parser.add_argument("--n-trials", type=int, default=20,
-                        help="finished trials the study should hold (default 20; 0: no limit, "
+    parser.add_argument("--tuning-trials", type=int, default=DEFAULTS.tuning_trials, metavar="N",
+                        help="finished trials the study should hold (default %(default)s; 0: no limit, "
                              "then give --timeout)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="start no new trial after this many seconds of this run")
-    parser.add_argument("--startup-trials", type=int, default=5,
-                        help="random, never-pruned trials before TPE and pruning start (default 5)")
-    parser.add_argument("--warmup-epochs", type=int, default=3,
-                        help="a trial may be pruned from the end of this epoch on (default 3)")
+    parser.add_argument("--timeout", type=float, default=DEFAULTS.timeout_s, metavar="SECONDS",
+                        help="start no new trial after this many seconds of this run (default 0: no limit)")
+    parser.add_argument("--startup-trials", type=int, default=DEFAULTS.startup_trials,
+                        help="random, never-pruned trials before TPE and pruning start (default %(default)s)")
+    parser.add_argument("--warmup-epochs", type=int, default=DEFAULTS.warmup_epochs,
+                        help="a trial may be pruned from the end of this epoch on (default %(default)s)")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")
     parser.add_argument("--overwrite", action="store_true", help="discard the study in OUT and start over")
     parser.add_argument("--stop-after-trials", type=int, metavar="N",
@@ -72,8 +78,8 @@ def _run_vizier(args, base, space) -> None:
 
     if not args.project:
         raise InputError("--backend vizier needs --project (the Google Cloud project to run the job in)")
-    if not args.n_trials:
-        raise InputError("--backend vizier needs --n-trials (the job's maximum trial count)")
+    if not args.tuning_trials:
+        raise InputError("--backend vizier needs --tuning-trials (the job's maximum trial count)")
     credentials = None
     if not args.submit:  # build and validate offline: nothing is sent
         from google.auth.credentials import AnonymousCredentials
@@ -83,7 +89,7 @@ def _run_vizier(args, base, space) -> None:
         base, space, args.data, args.out, project=args.project, location=args.region,
         staging_bucket=args.staging_bucket, image=args.image, machine_type=args.machine_type,
         accelerator_type=args.accelerator_type, accelerator_count=args.accelerator_count,
-        max_trial_count=args.n_trials, parallel_trial_count=args.parallel_trials,
+        max_trial_count=args.tuning_trials, parallel_trial_count=args.parallel_trials,
         objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
         credentials=credentials)
     storage.write_text(storage.join(args.out, "vizier_job.json"), vizier.job_json(job))
@@ -100,20 +106,23 @@ def run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     if args.targets:
         overrides["targets"] = args.targets
-    minimum = {"n_trials": 0, "stop_after_trials": 1, "startup_trials": 0, "warmup_epochs": 1,
+    minimum = {"tuning_trials": 0, "stop_after_trials": 1, "startup_trials": 0, "warmup_epochs": 1,
                "accelerator_count": 0, "parallel_trials": 1}
     for name, low in minimum.items():
         flag, value = "--" + name.replace("_", "-"), getattr(args, name)
         if value is not None and value < low:
             raise InputError(f"{flag} {value}: expected an integer >= {low}")
     base = load_config(args.config, overrides)
-    space = load_space(args.space)
+    if args.timeout < 0:
+        raise InputError(f"--timeout {args.timeout}: expected seconds >= 0 (0: no limit)")
+    space = load_space(args.search_space)
     if args.backend == "vizier":
         _run_vizier(args, base, space)
         return
     from histoxai.components.tune.tune import tune
 
-    summary = tune(base, space, args.data, args.out, n_trials=args.n_trials or None, timeout_s=args.timeout,
+    summary = tune(base, space, args.data, args.out, n_trials=args.tuning_trials or None,
+                   timeout_s=args.timeout or None,
                    objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
                    startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs, seed=args.seed,
                    overwrite=args.overwrite, stop_after_trials=args.stop_after_trials)

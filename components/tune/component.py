@@ -15,12 +15,13 @@ from histoxai.images import GPU_IMAGE
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targets: str,
-              study: Output[Artifact], best_config: Output[Artifact], summary: Output[Markdown],
-              metrics: Output[Metrics], objective_targets: str = "", n_trials: int = 20,
-              timeout_s: float = 0.0, startup_trials: int = 5, warmup_epochs: int = 3):
+              objective_targets: str, tuning_trials: int, timeout_s: float, startup_trials: int,
+              warmup_epochs: int, study: Output[Artifact], best_config: Output[Artifact],
+              summary: Output[Markdown], metrics: Output[Metrics]):
     """Search hyperparameters (base_config: TrainConfig values, see config.as_pipeline_parameter;
     search_space: {fixed, search} as in histoxai/configs/search_space.yaml; targets: e.g. "MD,FA");
-    timeout_s 0: no limit."""
+    tuning_trials 0 or timeout_s 0: no limit. Defaults: components/tune/params.py (the pipeline
+    passes every value)."""
     from histoxai import artifacts, storage
     from histoxai.components.tune.space import parse_space, restore_ints
     from histoxai.components.tune.tune import tune
@@ -31,7 +32,7 @@ def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targ
     base = from_dict({**restore_ints(base_config), "targets": targets}, "base_config parameter")
     space = {part: restore_ints(values or {}) for part, values in search_space.items()}
     result = tune(base, parse_space(space, "search_space parameter"), split.path, out,
-                  n_trials=n_trials or None, timeout_s=timeout_s or None,
+                  n_trials=tuning_trials or None, timeout_s=timeout_s or None,
                   objective_targets=objective_targets.split(",") if objective_targets else None,
                   startup_trials=startup_trials, warmup_epochs=warmup_epochs)
     storage.write_bytes(best_config.path, storage.read_bytes(storage.join(out, artifacts.BEST_CONFIG)))

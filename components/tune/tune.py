@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from histoxai import artifacts, storage
+from histoxai.components.tune.params import DEFAULTS
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
@@ -162,8 +163,9 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
 
 
 def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
-         n_trials: int | None = 20, timeout_s: float | None = None,
-         objective_targets: Sequence[str] | None = None, startup_trials: int = 5, warmup_epochs: int = 3,
+         n_trials: int | None = DEFAULTS.tuning_trials, timeout_s: float | None = None,
+         objective_targets: Sequence[str] | None = None, startup_trials: int = DEFAULTS.startup_trials,
+         warmup_epochs: int = DEFAULTS.warmup_epochs,
          seed: int | None = None, enqueue: Sequence[Mapping[str, Any]] = (), overwrite: bool = False,
          stop_after_trials: int | None = None) -> dict:
     """Run (or continue) the study in OUT until it holds n_trials finished trials or timeout_s has
@@ -181,9 +183,9 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
     from histoxai.training import load_splits
 
     if n_trials is None and timeout_s is None:
-        raise InputError("no budget: give --n-trials and/or --timeout")
+        raise InputError("no budget: give --tuning-trials and/or --timeout")
     if n_trials is not None and n_trials < 1:
-        raise InputError(f"--n-trials {n_trials}: expected a positive integer")
+        raise InputError(f"--tuning-trials {n_trials}: expected a positive integer")
     if warmup_epochs < 1:
         raise InputError(f"--warmup-epochs {warmup_epochs}: expected a positive integer")
     if timeout_s is not None and timeout_s <= 0:

@@ -1,0 +1,17 @@
+"""The ingest step's parameters: each default lives here once, and `histoxai ingest`, the KFP
+component and the pipeline read it from here."""
+
+import dataclasses
+
+ENCODINGS = ("png", "jpeg", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestParams:
+    patch_size: int = 360  # side S of the S x S patches in pixels (the model's input follows it)
+    erosion: int = 5  # ROI erosion in voxels (1 mm at 200 um)
+    encoding: str = "png"  # one of ENCODINGS
+    shard_size: int = 1000  # patches per shard
+
+
+DEFAULTS = IngestParams()
