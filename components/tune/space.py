@@ -247,5 +247,5 @@ def restore_ints(values: dict) -> dict:
             return {k: v if k == "log" else as_int(v) for k, v in value.items()}
         return value
 
-    int_keys = {k for k, f in FIELDS.items() if type(f.default) is int}
+    int_keys = {k for k, f in FIELDS.items() if str(f.type).replace(" ", "") in ("int", "int|None")}
     return {k: as_int(v) if k in int_keys else v for k, v in values.items()}
