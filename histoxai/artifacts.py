@@ -48,6 +48,25 @@ WRITERS = {INGEST_INFO: "histoxai ingest", SPLIT_INFO: "histoxai split", TRAIN_M
            EXPLAIN_INFO: "histoxai explain", EVALUATION_INFO: "histoxai evaluate"}
 
 
+def split_table(data: str, option: str = "--data") -> str:
+    """The split table a --data value names (split.parquet, or a split folder holding it), checked to
+    exist, so a command fails on a wrong path before it loads TensorFlow."""
+    uri = str(data) if str(data).endswith(".parquet") else storage.join(data, SPLIT_TABLE)
+    if not storage.exists(uri):
+        raise InputError(f"{option} {data}: no {SPLIT_TABLE} there; expected a split folder or its "
+                         f"{SPLIT_TABLE} (`histoxai split`)")
+    return uri
+
+
+def model_file(model: str, option: str = "--model") -> str:
+    """The model.keras a --model value names (the file, or a training output folder), checked to exist."""
+    uri = str(model) if str(model).endswith(".keras") else storage.join(model, MODEL_FILE)
+    if not storage.exists(uri):
+        raise InputError(f"{option} {model}: no {MODEL_FILE} there; expected a training output folder "
+                         f"(`histoxai train`) or a .keras file")
+    return uri
+
+
 def read_json(folder: str, name: str) -> dict[str, Any]:
     """The JSON object `name` in a step's output folder; InputError when missing or malformed."""
     uri = storage.join(folder, name)

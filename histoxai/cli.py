@@ -1,10 +1,12 @@
-"""The `histoxai` command: one subcommand per pipeline step."""
+"""The `histoxai` command: one subcommand per pipeline step, plus the pipeline, the app and the phantom."""
 
 import argparse
 import importlib
+import re
 import sys
 
-from histoxai.errors import InputError
+from histoxai import __version__
+from histoxai.errors import InputError, did_you_mean
 
 # subcommand -> module exposing add_arguments(parser) and run(args); imported lazily so that
 # `histoxai --help` stays fast and a step's heavy dependencies load only when it runs.
@@ -23,14 +25,28 @@ SUBCOMMANDS = {
     "submit": "histoxai.pipelines.cli_submit",
     "retrain": "histoxai.pipelines.cli_retrain",
 }
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<known>.*)\)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped choice (a subcommand, --strategy ...)."""
+
+    def error(self, message: str):
+        wrong = _INVALID_CHOICE.search(message)
+        if wrong:
+            known = re.findall(r"'([^']*)'", wrong["known"])
+            message += did_you_mean(wrong["given"], known)
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="histoxai",
         description="Explainable deep learning on histology and diffusion MRI. "
-        "Every path may be a local path or a gs:// URI.",
+        "Every path may be a local path or a gs:// URI. Lists of values are comma-separated "
+        "(--samples 3,4,5); several paths are separate arguments; KEY=VALUE options repeat.",
     )
+    parser.add_argument("--version", action="version", version=f"histoxai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -40,12 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(step)
-        step.set_defaults(_run=module.run)
+        step.set_defaults(_run=module.run, _parser=step)
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; an unknown option ends like argparse's own errors, with a hint."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        options = [o for action in args._parser._actions for o in action.option_strings]
+        first = next((u for u in unknown if u.startswith("-")), unknown[0])
+        hint = did_you_mean(first.split("=", 1)[0], options) if first.startswith("-") else ""
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         args._run(args)
     except InputError as err:

@@ -93,8 +93,7 @@ def load_splits(data_uri: str, targets) -> dict:
     from histoxai import dataset
     from histoxai.manifest import read_manifest
 
-    if not str(data_uri).endswith(".parquet"):
-        data_uri = storage.join(data_uri, artifacts.SPLIT_TABLE)
+    data_uri = artifacts.split_table(data_uri)
     frame = read_manifest(data_uri)
     dataset.check_targets(frame, targets, data_uri)
     out = {}

@@ -42,7 +42,7 @@ def run(tmp_path_factory):
     write_blob_manifest(folder / "split", n=80, size=32, seed=5)
     train(configs.from_dict(TINY), str(folder / "split"), str(folder / "models" / "tiny"))
     assert main(["evaluate", "--model", f"tiny={folder / 'models' / 'tiny'}", "--data", str(folder / "split"),
-                 "--baseline-summary", "", "--out", str(folder / "evaluate")]) == 0
+                 "--summary", "", "--out", str(folder / "evaluate")]) == 0
     assert main(["explain", "--model", str(folder / "models" / "tiny"), "--data", str(folder / "split"),
                  "--out", str(folder / "explain"), "--splits", "test,val", "--methods",
                  "gradcam++,smoothgrad:sigma=0.2,n=4,smoothgrad:sigma=0.3,n=4", "--trust-patches", "4",

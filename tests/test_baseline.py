@@ -174,7 +174,7 @@ def test_cli_writes_to_gcs(gcs_bucket):
 
 def test_missing_or_corrupt_summary_is_one_clear_error(tmp_path, capsys):
     missing = tmp_path / "nowhere.mat"
-    assert cli.main(["baseline", "--baseline-summary", str(missing)]) == 2
+    assert cli.main(["baseline", "--summary", str(missing)]) == 2
     assert f"{missing}: not found" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.mat"
     corrupt.write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 40)

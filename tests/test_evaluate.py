@@ -61,8 +61,9 @@ def setup(tmp_path_factory):
     (held / "ingest.json").write_text(json.dumps({"grid": list(HELD_GRID)}))
     data = [str(split), str(constant), str(single / "manifest.parquet"), str(held)]
     out = root / "out"
-    args = ["evaluate", "--model", f"a={root / 'model'}", "--model", f"b={root / 'model'}", "--data", *data,
-            "--baseline-summary", BUNDLED_SUMMARY, "--baseline-repeats", "3", "--out", str(out)]
+    args = ["evaluate", "--model", f"a={root / 'model'}", "--model", f"b={root / 'model'}",
+            *[arg for uri in data for arg in ("--data", uri)],
+            "--summary", BUNDLED_SUMMARY, "--baseline-repeats", "3", "--out", str(out)]
     assert main(args) == 0
     return {"root": root, "model": root / "model", "data": data, "out": out, "args": args}
 

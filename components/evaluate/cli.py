@@ -14,15 +14,15 @@ manifest.parquet; their patches count as heldout). Writes to OUT (local or gs://
   evaluation.json          the same rows, model hashes and settings
   predictions/<model>/<sample>.parquet   sample, row, col, split, <T>_measured, <T>_predicted
   maps/<model>/<sample>/<T>.png, .npz    measured, predicted, residual ŷ - y on the MR grid
-  baseline/                the study's baselines (as `histoxai baseline`; --baseline-summary '' skips)
+  baseline/                the study's baselines (as `histoxai baseline`; --summary '' skips)
 Predictions are reused from an earlier run into the same OUT (--overwrite) when the model's hash
 and the sample's patches match.
 
 Examples:
   histoxai evaluate --model outputs/models/mdfa --model outputs/models/cc --data outputs/demo/split \\
       --out outputs/evaluate
-  histoxai evaluate --model multitask=gs://b/run/mdfa --data gs://b/run/split gs://b/ingest/7 \\
-      --baseline-summary '' --out gs://b/run/evaluate --overwrite
+  histoxai evaluate --model multitask=gs://b/run/mdfa --data gs://b/run/split --data gs://b/ingest/7 \\
+      --summary '' --out gs://b/run/evaluate --overwrite
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
                         help="training output folder, local or gs://; repeat for several models "
                              "(named after the folder unless NAME= is given)")
-    parser.add_argument("--data", nargs="+", required=True, metavar="SPLIT_OR_MANIFEST",
-                        help="split folder / split.parquet, and/or ingest folders / manifest.parquet")
+    parser.add_argument("--data", action="append", required=True, metavar="SPLIT_OR_MANIFEST",
+                        help="split folder / split.parquet, or an ingest folder / manifest.parquet; "
+                             "repeat for more (e.g. the split and further held-out samples)")
     parser.add_argument("--out", required=True, help="output folder, local or gs://")
-    parser.add_argument("--baseline-summary", default=DEFAULTS.baseline_summary, metavar="PATH",
+    parser.add_argument("--summary", dest="baseline_summary", default=DEFAULTS.baseline_summary,
+                        metavar="PATH",
                         help="the original study's summary.mat whose baselines the report shows beside "
                              "ours: 'bundled' (the copy shipped with histoxai; the default), a path or "
                              "gs:// URI, or '' for none")
@@ -54,10 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from histoxai.components.evaluate.evaluate import evaluate
+    from histoxai import artifacts, storage
+    from histoxai.components.evaluate.evaluate import evaluate, parse_model_spec
+    from histoxai.console import import_tensorflow
+    from histoxai.errors import InputError
     from histoxai.evaluation import table41
     from histoxai.metrics import markdown_table
 
+    for data in args.data:  # wrong paths fail here, before TensorFlow loads
+        if not storage.exists(data):
+            raise InputError(f"--data {data}: no such file or folder; expected a split folder, "
+                             "split.parquet, an ingest folder or manifest.parquet")
+    models = [parse_model_spec(spec)[1] for spec in args.model]
+    for model in models:
+        artifacts.model_file(model)
+    import_tensorflow()
     result = evaluate(args.model, args.data, args.out, baseline_summary=args.baseline_summary,
                       baseline_repeats=args.baseline_repeats, seed=args.seed, batch_size=args.batch_size,
                       overwrite=args.overwrite)

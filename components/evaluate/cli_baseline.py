@@ -23,7 +23,8 @@ from histoxai.components.evaluate.params import DEFAULTS, ROI_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--baseline-summary", default=DEFAULTS.baseline_summary, metavar="PATH",
+    parser.add_argument("--summary", dest="baseline_summary", default=DEFAULTS.baseline_summary,
+                        metavar="PATH",
                         help="the study's summary.mat, local or gs:// (default: 'bundled', the copy "
                              "shipped with histoxai)")
     parser.add_argument("--out", default=None, help="output folder, local or gs:// (default: print only)")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
 
     summary = summary_path(args.baseline_summary)
     if summary is None:
-        raise InputError("--baseline-summary '': expected 'bundled', a summary.mat path or a gs:// URI")
+        raise InputError("--summary '': expected 'bundled', a summary.mat path or a gs:// URI")
     result = compute_baselines(summary, roi=args.roi, repeats=args.baseline_repeats, seed=args.seed)
     print(to_markdown(result, full=False))
     if args.out:

@@ -81,11 +81,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from histoxai import artifacts
     from histoxai.components.explain.explain import explain, parse_shard_range
+    from histoxai.console import import_tensorflow
     from histoxai.errors import InputError
 
     if args.max_patches < 0:
         raise InputError(f"--max-patches {args.max_patches}: expected an integer >= 0 (0: every patch)")
+    artifacts.model_file(args.model)  # wrong paths fail here, before TensorFlow loads
+    artifacts.split_table(args.data)
+    import_tensorflow()
     summary = explain(
         args.model, args.data, args.out, methods=args.methods, targets=args.targets or None,
         scores=args.scores, splits=args.splits, samples=args.samples, max_patches=args.max_patches or None,

@@ -95,7 +95,7 @@ def load_trained_model(uri: str):
     """A `histoxai train` output folder (its model.keras) or a .keras file."""
     from histoxai.model import load_model
 
-    return load_model(uri if str(uri).endswith(".keras") else storage.join(uri, artifacts.MODEL_FILE))
+    return load_model(artifacts.model_file(uri))
 
 
 def map_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
@@ -161,8 +161,7 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
     image_size = int(model.input_shape[1])
     if map_size is not None and not 1 <= map_size <= image_size:
         raise InputError(f"--map-size {map_size}: expected 1 to the model's input size {image_size}")
-    if not str(data_uri).endswith(".parquet"):
-        data_uri = storage.join(data_uri, artifacts.SPLIT_TABLE)
+    data_uri = artifacts.split_table(data_uri)
     frame = read_manifest(data_uri)
     dataset.check_targets(frame, targets, str(data_uri))
     frame = select_patches(frame, splits=splits, samples=samples, shard_range=shard_range,

@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from histoxai import artifacts
     from histoxai.config import load_config, parse_overrides
+    from histoxai.console import import_tensorflow
     from histoxai.training import train
 
     overrides = parse_overrides(args.set)
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> None:
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise InputError(f"--stop-after-epochs {args.stop_after_epochs}: expected a positive integer")
     config = load_config(args.config, overrides)
+    artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
+    import_tensorflow()
     metrics = train(config, args.data, args.out, overwrite=args.overwrite,
                     stop_after_epochs=args.stop_after_epochs)
     for split, values in metrics["r2"].items():

@@ -100,6 +100,7 @@ def _run_vizier(args, base, space) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from histoxai import artifacts
     from histoxai.components.tune.space import load_space
     from histoxai.config import load_config, parse_overrides
 
@@ -116,10 +117,14 @@ def run(args: argparse.Namespace) -> None:
     if args.timeout < 0:
         raise InputError(f"--timeout {args.timeout}: expected seconds >= 0 (0: no limit)")
     space = load_space(args.search_space)
+    artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
     if args.backend == "vizier":
         _run_vizier(args, base, space)
         return
     from histoxai.components.tune.tune import tune
+    from histoxai.console import import_tensorflow
+
+    import_tensorflow()
 
     summary = tune(base, space, args.data, args.out, n_trials=args.tuning_trials or None,
                    timeout_s=args.timeout or None,
