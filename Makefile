@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 test: install tools  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 10 min), into $(OUT)/demo
+demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 3 min on 2 cores), into $(OUT)/demo
 	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo
 
 compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)
 	$(BIN)/histoxai compile --out $(OUT)/pipeline.yaml
 
-lint: install
+lint: install  ## ruff over the whole tree (CI runs it before the tests)
 	$(BIN)/ruff check .
 
 bench: install  ## benchmarks; figures go to $(OUT)/bench/results.json and .md
@@ -38,7 +38,7 @@ lock:  ## re-resolve the environment from pyproject.toml and rewrite constraints
 	  echo "# Regenerate after changing pyproject.toml dependencies: make lock"; \
 	  /tmp/histoxai-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
 
-# --- Cloud and cluster: images, infrastructure, KFP on minikube (README: "Run it in your cloud") --------
+# --- Cloud and cluster: images, infrastructure, KFP on minikube (docs/cloud.md) --------
 TOOLS_VENV := .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 RETRAIN_SRC := build/retrain-source
@@ -76,7 +76,7 @@ template: install  ## compile the pipeline with the images of tag=<git commit> t
 	  $(BIN)/histoxai compile --out "$$($(TF_OUT) pipeline_template)"
 
 retrain-source: install  ## pack the retraining function's source: main.py, the project wheel, pinned requirements
-	rm -rf $(RETRAIN_SRC) && mkdir -p $(RETRAIN_SRC)
+	rm -rf $(RETRAIN_SRC) build/lib && mkdir -p $(RETRAIN_SRC)  # build/lib: a stale copy would ship deleted modules
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(RETRAIN_SRC) .
 	cp infra/retrain/main.py constraints.txt $(RETRAIN_SRC)/
 	cd $(RETRAIN_SRC) && { echo "-c constraints.txt"; ls histoxai-*.whl | sed 's|^|./|'; } > requirements.txt

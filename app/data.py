@@ -95,11 +95,10 @@ def maps_table(readers: dict[str, store.MapReader], names: dict[str, str], manif
 
 def trust_table(explain_uris, names: dict[str, str]) -> pd.DataFrame:
     """The trust measures of every explain folder that has them, with the model's name."""
-    from histoxai.saliency.trust import TRUST_TABLE
 
     frames = []
     for uri in explain_uris:
-        path = storage.join(uri, TRUST_TABLE)
+        path = storage.join(uri, artifacts.TRUST_TABLE)
         if storage.exists(path):
             trust = storage.read_parquet(path, "the explain step's trust table")
             frames.append(trust.assign(model=names[uri]))

@@ -48,8 +48,8 @@ def main() -> None:
         cache.clear()
         st.rerun()
     if index.empty:
-        st.warning(f"No pipeline outputs below {run}: looked for {', '.join(runs.MARKERS.values())} up to "
-                   f"{runs.MAX_DEPTH} folders down.")
+        st.warning(f"No pipeline outputs below {run}: looked for {', '.join(artifacts.MARKERS.values())} "
+                   f"up to {runs.MAX_DEPTH} folders down.")
         return
 
     st.subheader("Pages")

@@ -15,7 +15,6 @@ from histoxai import artifacts, layout, storage
 from histoxai.errors import InputError
 
 MAX_DEPTH = 6  # e.g. root / pipeline / run id / task / artifact / maps.parquet
-MARKERS = artifacts.MARKERS
 PHANTOM_MARKER = layout.TRUTH_TARGETS  # <phantom>/<sample>/phantom_truth/targets.json
 
 
@@ -111,10 +110,10 @@ def discover(run: str, max_depth: int = MAX_DEPTH) -> RunIndex:
         if not os.path.isdir(run):
             raise InputError(f"{run}: run folder not found; expected a folder with pipeline outputs")
         files = list(_local_files(run, max_depth + 2))
-    found: dict[str, set[str]] = {kind: set() for kind in (*MARKERS, "phantom")}
+    found: dict[str, set[str]] = {kind: set() for kind in (*artifacts.MARKERS, "phantom")}
     for rel in files:
         folder, _, name = rel.rpartition("/")
-        for kind, marker in MARKERS.items():
+        for kind, marker in artifacts.MARKERS.items():
             if name == marker and rel.count("/") <= max_depth:
                 found[kind].add(storage.join(run, folder) if folder else run)
         if rel.endswith("/" + PHANTOM_MARKER):

@@ -16,11 +16,10 @@ from typing import Any
 
 from histoxai import __version__, storage
 from histoxai.errors import InputError
-from histoxai.manifest import MANIFEST_NAME
 
 # ingest: one sample -> shards + manifest
 SHARDS_DIR = "shards"
-MANIFEST = MANIFEST_NAME  # one row per patch (histoxai.manifest)
+MANIFEST = "manifest.parquet"  # one row per patch (histoxai.manifest)
 INGEST_INFO = "ingest.json"  # counts per rule, MR grid, patch size, timing
 QC_REPORT, QC_THUMBNAIL = "qc.md", "qc_thumbnail.png"
 # split: pooled manifests -> train/val/test/heldout
@@ -128,18 +127,23 @@ def location(artifact) -> str:
 
 
 def _source_checkout() -> str | None:
-    """The source folder of an editable install (pip records it in direct_url.json), else None."""
+    """The source folder of the editable install this code runs from (pip records it in
+    direct_url.json), else None: an installed wheel's version is its code version."""
     from importlib import metadata
+    from pathlib import Path
 
-    try:
-        text = metadata.distribution("histoxai").read_text("direct_url.json")
-        record = json.loads(text or "{}")
-    except (metadata.PackageNotFoundError, json.JSONDecodeError):
-        return None
-    url = str(record.get("url", ""))
-    if not record.get("dir_info", {}).get("editable") or not url.startswith("file://"):
-        return None
-    return url.removeprefix("file://")
+    here = Path(__file__).resolve()
+    for dist in metadata.distributions(name="histoxai"):
+        try:
+            record = json.loads(dist.read_text("direct_url.json") or "{}")
+        except json.JSONDecodeError:
+            continue
+        url = str(record.get("url", ""))
+        if record.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            checkout = Path(url.removeprefix("file://")).resolve()
+            if here.is_relative_to(checkout):
+                return str(checkout)
+    return None
 
 
 def code_version() -> str:

@@ -21,7 +21,6 @@ from histoxai.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
-TENSORBOARD = artifacts.TENSORBOARD_DIR
 
 
 def _other_slot(name: str | None, stem: str) -> str:
@@ -51,7 +50,7 @@ class CheckpointStore:
         else:
             self.dir = Path(self.uri)
             self.dir.mkdir(parents=True, exist_ok=True)
-        self.tensorboard_dir = self.dir / TENSORBOARD
+        self.tensorboard_dir = self.dir / artifacts.TENSORBOARD_DIR
 
     def close(self) -> None:
         if self._tmp is not None:

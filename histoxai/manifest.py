@@ -17,7 +17,7 @@ import os
 
 import pandas as pd
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 
 TARGETS = ("MD", "FA", "FAIP", "CC")
@@ -26,7 +26,6 @@ KEY = ("sample", "row", "col")
 LOCATION = ("shard", "index", "offset", "encoding", "patch_size")
 COLUMNS = KEY + LOCATION + TARGETS + FEATURES
 SPLITS = ("train", "val", "test", "heldout", "gap")
-MANIFEST_NAME = "manifest.parquet"
 
 
 def natural_key(sample: str) -> tuple:
@@ -38,7 +37,7 @@ def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
     """A manifest (file, or folder holding manifest.parquet), with shard_uri resolved."""
     uri = str(uri)
     if not uri.endswith(".parquet"):
-        uri = storage.join(uri, MANIFEST_NAME)
+        uri = storage.join(uri, artifacts.MANIFEST)
     frame = storage.read_parquet(uri, "a patch manifest written by `histoxai ingest`")
     missing = [c for c in KEY + LOCATION if c not in frame.columns]
     if missing:

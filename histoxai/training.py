@@ -22,14 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from histoxai import artifacts, storage
-from histoxai.checkpoint import TENSORBOARD, CheckpointStore
+from histoxai.checkpoint import CheckpointStore
 from histoxai.config import TrainConfig, fit_to_patches
 from histoxai.errors import InputError
 
 PHASES = ("frozen", "finetune")
 SPLITS_USED = ("train", "val", "test")
 RESULT_FILES = (artifacts.MODEL_FILE, artifacts.MODEL_CONFIG, artifacts.TRAIN_HISTORY,
-                artifacts.TRAIN_METRICS, TENSORBOARD)
+                artifacts.TRAIN_METRICS, artifacts.TENSORBOARD_DIR)
 STOPPED_EXIT_CODE = 75  # --stop-after-epochs: the process ends as if preempted
 EpochHook = Callable[[int, dict], None]  # on_epoch_end(epoch, logs)
 
@@ -353,6 +353,6 @@ def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: Checkp
         (stage / artifacts.MODEL_CONFIG).write_text(config.to_yaml())
         pd.DataFrame(state["history"]).to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
         if store.tensorboard_dir.exists():
-            shutil.copytree(store.tensorboard_dir, stage / TENSORBOARD)
+            shutil.copytree(store.tensorboard_dir, stage / artifacts.TENSORBOARD_DIR)
         (stage / artifacts.TRAIN_METRICS).write_text(json.dumps(metrics, indent=1))
         storage.publish_dir(stage, out_uri, commit_last=artifacts.TRAIN_METRICS)

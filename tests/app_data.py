@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histoxai import artifacts
 from histoxai.components.explain.explain import map_statistics
 from histoxai.manifest import write_manifest
 from histoxai.saliency import store
@@ -81,7 +82,7 @@ def synthesise_run(folder: str | Path, patches: int = 10_000, *, patch_size: int
                 **stats, map_signed=False, ig_gap=np.nan).join(pd.DataFrame(locations)))
     table = pd.concat(parts, ignore_index=True)
     table.insert(0, "map_id", np.arange(len(table), dtype=np.int64))
-    store.write_table(table, explain / store.TABLE_NAME)
+    store.write_table(table, explain / artifacts.MAPS_TABLE)
     (explain / "explain.json").write_text(json.dumps({"model": str(folder / "models" / "mdfa"),
                                                       "maps": len(table), "patches": patches}))
     return {"run": str(folder), "split": str(split), "explain": str(explain), "maps": len(table),

@@ -3,7 +3,7 @@ before sign-in, signs in, finds the grid with the expected number of tiles, and 
 
 Chromium and its driver are installed with apt-get when missing. HISTOXAI_APP_E2E_RUN drives another run
 (e.g. the demo's) instead of the synthetic one; HISTOXAI_APP_SCREENSHOT names a file to copy the
-screenshot to (the README's docs/app.png is made this way from the demo run).
+screenshot to (docs/app.png, shown in docs/app.md, is made this way from the demo run).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from histoxai import colour, dataset, storage
+from histoxai import artifacts, colour, dataset, storage
 from histoxai import config as configs
 from histoxai.cli import main
 from histoxai.components.evaluate import evaluate as ev
@@ -69,7 +69,7 @@ def setup(tmp_path_factory):
 
 
 def _table(out) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(str(out), ev.TABLE_FILE))))
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(str(out), artifacts.EVALUATION_TABLE))))
 
 
 def test_table_4_1_layout_marks_training_samples(setup):
@@ -126,7 +126,7 @@ def test_one_patch_and_constant_target_give_documented_values(setup):
     assert np.isfinite(single["mae"]) and np.isfinite(single["bias"])
     constant = table.loc[("a", "MD", "sample", "7")]
     assert constant["n"] == 12 and constant["note"] == NOTE_CONSTANT_TARGET and pd.isna(constant["r2"])
-    raw = pq.read_table(setup["out"] / ev.TABLE_FILE).to_pandas()
+    raw = pq.read_table(setup["out"] / artifacts.EVALUATION_TABLE).to_pandas()
     floats = raw[list(METRICS)].to_numpy(dtype=float)
     assert not np.isnan(floats[raw[list(METRICS)].notna().to_numpy()]).any()  # null, never NaN
     report = (setup["out"] / "report.md").read_text()

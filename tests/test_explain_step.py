@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histoxai import layout
+from histoxai import artifacts, layout
 from histoxai.cli import main
 from histoxai.components.explain.explain import explain
 from histoxai.components.explain.methods import Score
@@ -39,7 +39,7 @@ def test_float16_storage_keeps_any_magnitude(tmp_path):
         locations = [writer.append(m.astype(np.float32)) for m in maps]
     assert len({loc["map_file"] for loc in locations}) > 1  # chunks roll over
     table = pd.DataFrame(locations).assign(map_id=range(len(maps)))
-    store.write_table(table, tmp_path / store.TABLE_NAME)
+    store.write_table(table, tmp_path / artifacts.MAPS_TABLE)
     reader = store.open_maps(str(tmp_path))
     for i, raw in enumerate(maps):
         got = reader.read(i)
@@ -170,13 +170,13 @@ def test_cli_writes_maps_table_and_trust_report(run_inputs, tmp_path, capsys):
     assert (table["map_nan_fraction"] == 0).all()
     summary = json.loads((out / "explain.json").read_text())
     assert (summary["maps"], summary["nan_maps"], summary["cam_layer"]) == (len(table), 0, "top_activation")
-    measures = pd.read_parquet(out / trust.TRUST_TABLE)
+    measures = pd.read_parquet(out / artifacts.TRUST_TABLE)
     assert {"deletion_auc", "random_insertion_auc", "rho: head", "randomization_flag"} <= set(
         measures.columns)
     assert measures["rho: head"].notna().sum() == 2 * 3  # first score only
     assert "Saliency trust report" in (out / "trust.md").read_text()
     assert "<table" in (out / "trust.html").read_text()
-    curves = pd.read_parquet(out / trust.CURVES_TABLE)
+    curves = pd.read_parquet(out / artifacts.TRUST_CURVES)
     assert set(curves["order"]) == {"map", "random"} and curves["fraction"].max() == 1
 
 

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from histoxai import artifacts, storage
 from histoxai import config as configs
-from histoxai import storage
 from histoxai.cli import main
 from histoxai.components.tune import results
 from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, restore_ints, table_space
-from histoxai.components.tune.tune import STUDY_FILE, STUDY_NAME, tune
+from histoxai.components.tune.tune import STUDY_NAME, tune
 from histoxai.errors import InputError
 from histoxai.training import STOPPED_EXIT_CODE, train
 from tests.train_data import write_blob_manifest
@@ -180,7 +180,7 @@ def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(
     assert frame["objective"].isna().tolist() == [False, False, True, True]
     assert summary["best_trial"] == int(frame.loc[frame["objective"].idxmax(), "number"])
     assert summary["val_r2"]["MD"] == pytest.approx(summary["objective"]) and summary["objective"] > 0.2
-    assert (out / STUDY_FILE).exists() and "## Best trial: #" in (out / "summary.md").read_text()
+    assert (out / artifacts.STUDY_JOURNAL).exists() and "## Best trial: #" in (out / "summary.md").read_text()
 
     best = configs.load_config(str(out / "best_config.yaml"))
     assert best.learning_rate == frame.loc[summary["best_trial"], "learning_rate"]
@@ -199,7 +199,7 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
     assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
     assert not storage.exists(storage.join(out, "best_config.yaml"))
     local = tmp_path / "mirrored.journal"
-    storage.download_file(storage.join(out, STUDY_FILE), local)
+    storage.download_file(storage.join(out, artifacts.STUDY_JOURNAL), local)
     study = _journal_study(local)
     [first] = study.trials
     assert first.state.name == "COMPLETE"
@@ -207,7 +207,7 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
     distributions = {"learning_rate": optuna.distributions.CategoricalDistribution([1e-3, 3e-3]),
                      "dense_units": optuna.distributions.CategoricalDistribution([8, 16])}
     interrupted = study.ask(distributions)
-    storage.upload_file(local, storage.join(out, STUDY_FILE))
+    storage.upload_file(local, storage.join(out, artifacts.STUDY_JOURNAL))
 
     assert main(args) == 0
     printed = capsys.readouterr().out

@@ -8,6 +8,8 @@ the checkout's own code out of reach.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,8 +27,17 @@ RUN = ("import sys, histoxai; from histoxai.cli import main; "
 def installed(tmp_path_factory) -> Path:
     """The wheel's files, unpacked into a site folder of their own."""
     root = tmp_path_factory.mktemp("wheel")
+    # build from a copy of the files git would commit: setuptools writes build/ beside the sources,
+    # and a stale build/ in the checkout would slip deleted modules into later wheels
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], check=True, capture_output=True, text=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / "src" / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "-w", str(root / "dist"), str(root / "src")], check=True, capture_output=True,
+                   timeout=300)
     wheels = list((root / "dist").glob("histoxai-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as wheel:
@@ -52,14 +63,12 @@ def test_compile_runs_from_the_installed_wheel(installed, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     done = histoxai(installed, tmp_path, "compile", "--config", "demo", "--out", "demo.yaml")
     assert done.returncode == 0, done.stderr[-2000:]
-    thesis, demo = (yaml.safe_load((tmp_path / name).read_text()) for name in ("default.yaml", "demo.yaml"))
-    default = {name: spec["defaultValue"] for name, spec in
-               (("thesis", thesis), ("demo", demo)) for spec in [spec["root"]["inputDefinitions"]
-                                                                  ["parameters"]["config"]]}
-    assert "EfficientNetV2S" in default["thesis"] and "backbone: tiny" in default["demo"], default
+    thesis, demo = (yaml.safe_load((tmp_path / name).read_text())["root"]["inputDefinitions"]["parameters"]
+                    for name in ("default.yaml", "demo.yaml"))
+    assert "EfficientNetV2S" in thesis["config"]["defaultValue"], thesis["config"]
+    assert "backbone: tiny" in demo["config"]["defaultValue"], demo["config"]
     # the search space default is the shipped file, read as package data
-    space = thesis["root"]["inputDefinitions"]["parameters"]["tuning_search_space"]["defaultValue"]
-    assert "backbone" in space["search"]
+    assert "backbone" in thesis["tuning_search_space"]["defaultValue"]["search"]
 
 
 def test_the_installed_wheel_names_its_shipped_configs(installed, tmp_path):
@@ -68,3 +77,14 @@ def test_the_installed_wheel_names_its_shipped_configs(installed, tmp_path):
     assert not (tmp_path / "x.yaml").exists()
     version = histoxai(installed, tmp_path, "--version")
     assert version.returncode == 0 and version.stdout.strip() == "histoxai 0.1.0", version
+
+
+def test_code_version_names_the_commit_only_for_a_checkout(installed, tmp_path):
+    from histoxai.artifacts import code_version
+
+    assert re.fullmatch(r"0\.1\.0\+g[0-9a-f]{12}(\.dirty)?", code_version()), code_version()
+    env = {k: v for k, v in os.environ.items() if k != "HISTOXAI_CODE_VERSION"}
+    done = subprocess.run([sys.executable, "-c", "from histoxai.artifacts import code_version; "
+                           "print(code_version())"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(installed)}, timeout=120)
+    assert done.stdout.strip() == "0.1.0", done

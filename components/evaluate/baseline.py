@@ -53,8 +53,6 @@ CNN_VARIABLES = {"MD": "sMD_CNN", "FAIP": "sFAIP_CNN"}
 QUADRATIC, CNN = "quadratic", "cnn_brabec2023"
 SMOOTH_SIZE, SMOOTH_SIGMA, TEST_FRACTION = 5, 0.5, 0.2
 MIN_VOXELS = 4  # 3 to fit a quadratic, 1 to score
-TABLE_FILE, MARKDOWN_FILE = artifacts.BASELINE_TABLE, artifacts.BASELINE_REPORT
-JSON_FILE = artifacts.BASELINE_INFO
 ROW_COLUMNS = ("sample", "baseline", "feature", "target", "roi", "n", "n_voxels", "repeats", "r2",
                "r2_q25", "r2_q75", "r2_var", "pearson_r2", "mae", "bias", "coef_a", "coef_b", "coef_c",
                "note")
@@ -324,7 +322,7 @@ def write_baselines(result: dict, out: str, *, overwrite: bool = False) -> None:
     """OUT/baseline.parquet (the tidy table), baseline.md and baseline.json (everything), local or gs://."""
     info = {"settings": result["settings"], "definitions": METRIC_LABELS,
             **{k: _records(result[k]) for k in ("per_sample", "across_tumour", "tumour_means", "summary")}}
-    with storage.staged_output(out, overwrite=overwrite, commit_last=TABLE_FILE) as stage:
-        (stage / JSON_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        (stage / MARKDOWN_FILE).write_text(to_markdown(result))
-        result["per_sample"].to_parquet(stage / TABLE_FILE, index=False)
+    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.BASELINE_TABLE) as stage:
+        (stage / artifacts.BASELINE_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        (stage / artifacts.BASELINE_REPORT).write_text(to_markdown(result))
+        result["per_sample"].to_parquet(stage / artifacts.BASELINE_TABLE, index=False)

@@ -35,12 +35,10 @@ import pandas as pd
 from histoxai import artifacts, storage
 from histoxai.components.evaluate.params import DEFAULTS
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, MANIFEST_NAME, SPLITS, natural_key, read_manifest
+from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
 from histoxai.metrics import METRICS, metrics_by_group
 
-TABLE_FILE, JSON_FILE = artifacts.EVALUATION_TABLE, artifacts.EVALUATION_INFO
 PREDICTIONS_DIR, MAPS_DIR, BASELINE_DIR = "predictions", "maps", "baseline"
-MODEL_FILES = artifacts.MODEL_FILES
 POOLED_SPLITS = ("train", "val", "test")
 TRAINING_SPLITS = (*POOLED_SPLITS, "gap")  # a sample with any of these took part in training
 CACHE_KEY = b"histoxai.predictions"
@@ -108,10 +106,10 @@ def open_model(spec: str, stack: contextlib.ExitStack) -> ModelSource:
     from histoxai.config import load_config
 
     name, uri = parse_model_spec(spec)
-    for file in MODEL_FILES:
+    for file in artifacts.MODEL_FILES:
         if not storage.exists(storage.join(uri, file)):
             raise InputError(f"{uri}: no {file}; expected a finished training output folder "
-                             f"({', '.join(MODEL_FILES)}) from `histoxai train`")
+                             f"({', '.join(artifacts.MODEL_FILES)}) from `histoxai train`")
     config = load_config(storage.join(uri, artifacts.MODEL_CONFIG))
     if not config.targets:
         raise InputError(f"{uri}/config.yaml: key 'targets' is empty; "
@@ -137,11 +135,11 @@ class EvalData:
 def _input_file(uri: str) -> str:
     if uri.endswith(".parquet"):
         return uri
-    for name in (artifacts.SPLIT_TABLE, MANIFEST_NAME):
+    for name in (artifacts.SPLIT_TABLE, artifacts.MANIFEST):
         if storage.exists(storage.join(uri, name)):
             return storage.join(uri, name)
-    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {MANIFEST_NAME} found; expected a split "
-                     "folder (`histoxai split`) or an ingest output folder (`histoxai ingest`)")
+    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {artifacts.MANIFEST} found; expected a "
+                     "split folder (`histoxai split`) or an ingest output folder (`histoxai ingest`)")
 
 
 def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]:
@@ -323,7 +321,7 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
             from histoxai.dataset import check_targets
 
             check_targets(evaluation.frame, model.targets, f"--data (targets of model {model.name})")
-        with storage.staged_output(out, overwrite=overwrite, commit_last=TABLE_FILE) as stage:
+        with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.EVALUATION_TABLE) as stage:
             tables, map_files, cached = [], {}, {}
             steps = [(m, s) for m in sources for s in evaluation.samples]
             by_sample = dict(tuple(evaluation.frame.groupby("sample", sort=False)))
@@ -358,8 +356,9 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
                     "data": evaluation.inputs, "samples": evaluation.samples,
                     "training_samples": evaluation.training_samples, "grid_notes": evaluation.grid_notes,
                     "summary": summary, "rows": _records(table)}
-            (stage / JSON_FILE).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
-            table.to_parquet(stage / TABLE_FILE, index=False)
+            info_text = json.dumps(info, indent=1, ensure_ascii=False) + "\n"
+            (stage / artifacts.EVALUATION_INFO).write_text(info_text)
+            table.to_parquet(stage / artifacts.EVALUATION_TABLE, index=False)
     return result
 
 

@@ -138,8 +138,8 @@ def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, tar
         measures = measures.merge(wide.reset_index(), on=GROUP, how="left")
         last = f"rho: {stages[-1][0]}"
         measures["randomization_flag"] = measures[last] >= trust.RANDOMIZATION_FLAG
-    store.write_table(measures, stage / trust.TRUST_TABLE)
-    store.write_table(pd.DataFrame(curves), stage / trust.CURVES_TABLE)
+    store.write_table(measures, stage / artifacts.TRUST_TABLE)
+    store.write_table(pd.DataFrame(curves), stage / artifacts.TRUST_CURVES)
     notes = _notes(measures, summary, phantom_dir, len(subset), steps)
     (stage / artifacts.TRUST_REPORT).write_text(markdown(measures, notes))
     (stage / artifacts.TRUST_HTML).write_text(html_page(measures, notes))

@@ -33,7 +33,6 @@ from histoxai.saliency import store
 
 ENGINES = ("batched", "tf-keras-vis")
 PATCH_COLUMNS = ("shard_uri", "index", "offset", "encoding", "patch_size")
-SUMMARY_NAME = artifacts.EXPLAIN_INFO
 
 
 def patch_keys(frame) -> np.ndarray:
@@ -172,7 +171,7 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
     rows: list[pd.DataFrame] = []
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    with storage.staged_output(out_uri, overwrite=overwrite, commit_last=store.TABLE_NAME) as stage:
+    with storage.staged_output(out_uri, overwrite=overwrite, commit_last=artifacts.MAPS_TABLE) as stage:
         with store.MapWriter(stage) as writer, dataset.local_shards(frame) as local:
             batches = dataset.patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none")
             start = 0
@@ -208,8 +207,8 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
             table = assess(stage, reader, model, saliency, frame, keys, specs, score_list, targets,
                            phantom_dir=phantom_dir, patches=trust_patches, steps=trust_steps,
                            randomize_blocks=randomize_blocks, seed=seed, summary=summary)
-        store.write_table(table, stage / store.TABLE_NAME)
-        (stage / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        store.write_table(table, stage / artifacts.MAPS_TABLE)
+        (stage / artifacts.EXPLAIN_INFO).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 

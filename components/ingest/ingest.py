@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxai import layout, manifest, shards, storage
+from histoxai import artifacts, layout, manifest, shards, storage
 from histoxai.components.ingest import qc
 from histoxai.components.ingest.inputs import (
     Sample,
@@ -256,7 +256,7 @@ def ingest_sample(sample_dir: str, out: str, *, sample_id: str | None = None,
     sample_id = check_sample_id(sample_id) if sample_id else sample_name(str(sample_dir))
     clock = StageClock()
     started, started_cpu = time.perf_counter(), time.process_time()
-    with storage.staged_output(out, overwrite=overwrite, commit_last=manifest.MANIFEST_NAME) as stage, \
+    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.MANIFEST) as stage, \
             open_sample(sample_dir) as sample:
         codes = grid_rule_codes(sample.maps, sample.dhe_mask, erosion)
         nan = nan_targets(sample.maps, sample.faip_present)
@@ -286,7 +286,7 @@ def ingest_sample(sample_dir: str, out: str, *, sample_id: str | None = None,
         timing["cpu_s"]["total_process"] = round(time.process_time() - started_cpu, 3)
         counts["timing"] = timing
         qc.write_report(stage, counts, rule_text(erosion), result.thumbnail)
-        manifest.write_manifest(frame, stage / manifest.MANIFEST_NAME)
+        manifest.write_manifest(frame, stage / artifacts.MANIFEST)
     return counts
 
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from histoxai import artifacts
 
-THUMBNAIL_NAME, REPORT_NAME, COUNTS_NAME = artifacts.QC_THUMBNAIL, artifacts.QC_REPORT, artifacts.INGEST_INFO
 _THUMB_MAX_SIDE = 1024  # px
 _KEPT_TINT = np.array([0, 200, 60])
 _DROPPED_TINT = np.array([230, 40, 40])  # inside the MR ROI but dropped by a later rule
@@ -95,11 +94,11 @@ def render_markdown(counts: dict, rule_text: dict[str, str]) -> str:
         lines.append(f"| {name} | {_fmt(r['min'])} | {_fmt(r['median'])} | {_fmt(r['max'])} | {r['nan']} |")
     lines += ["", "## Thumbnail", "",
               "Green: kept voxels. Red: inside the MR ROI but dropped by a later rule.", "",
-              f"![thumbnail]({THUMBNAIL_NAME})", ""]
+              f"![thumbnail]({artifacts.QC_THUMBNAIL})", ""]
     return "\n".join(lines)
 
 
 def write_report(folder: Path, counts: dict, rule_text: dict[str, str], thumbnail: Thumbnail) -> None:
-    thumbnail.save(folder / THUMBNAIL_NAME)
-    (folder / REPORT_NAME).write_text(render_markdown(counts, rule_text))
-    (folder / COUNTS_NAME).write_text(json.dumps(counts, indent=2) + "\n")
+    thumbnail.save(folder / artifacts.QC_THUMBNAIL)
+    (folder / artifacts.QC_REPORT).write_text(render_markdown(counts, rule_text))
+    (folder / artifacts.INGEST_INFO).write_text(json.dumps(counts, indent=2) + "\n")

@@ -27,7 +27,7 @@ def split(
 
     from histoxai import artifacts, storage
     from histoxai.artifacts import location
-    from histoxai.components.split.split import INFO_FILE, TABLE_FILE, split_manifests
+    from histoxai.components.split.split import split_manifests
 
     out = location(data)
     # dsl.Collected and JSON list parameters can turn whole numbers into floats; sample ids are strings
@@ -35,10 +35,10 @@ def split(
     split_manifests([location(m) for m in manifests], out, train_samples=ids, strategy=strategy,
                     fractions=fractions, seed=int(seed), block_size=int(block_size), guard=int(guard),
                     overwrite=True)
-    info = json.loads(storage.read_text(storage.join(out, INFO_FILE)))
+    info = json.loads(storage.read_text(storage.join(out, artifacts.SPLIT_INFO)))
     totals = {name: sum(row[name] for row in info["counts"].values())
               for name in next(iter(info["counts"].values()))}
     data.metadata.update({"strategy": strategy, "train_samples": info["options"]["train_samples"],
                           "samples": sorted(info["counts"]), "patches": totals,
                           "table": artifacts.SPLIT_TABLE})
-    storage.write_text(location(table), storage.read_text(storage.join(out, TABLE_FILE)))
+    storage.write_text(location(table), storage.read_text(storage.join(out, artifacts.SPLIT_REPORT)))

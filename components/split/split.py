@@ -46,7 +46,6 @@ from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
 
 STRATEGIES = ("random", "blocked")
 EVALUATION_SETS = ("train", "val", "test")
-SPLIT_FILE, INFO_FILE, TABLE_FILE = artifacts.SPLIT_TABLE, artifacts.SPLIT_INFO, artifacts.SPLIT_REPORT
 # Float tolerance for fractions that sum to 1 and for floor(n * f) when n * f is an integer in exact maths.
 _EPS = 1e-9
 
@@ -273,8 +272,8 @@ def split_manifests(manifests: Sequence[str], out: str, *, train_samples: Iterab
         options.update(block_size=int(block_size), guard=int(guard))
     info = {"options": options, "inputs": inputs,
             "counts": {s: {k: int(v) for k, v in row.items()} for s, row in counts.iterrows()}}
-    with storage.staged_output(out, overwrite=overwrite, commit_last=SPLIT_FILE) as stage:
-        (stage / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        (stage / TABLE_FILE).write_text(_markdown(counts, options))
-        frame.assign(split=labels).to_parquet(stage / SPLIT_FILE, index=False)
+    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.SPLIT_TABLE) as stage:
+        (stage / artifacts.SPLIT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (stage / artifacts.SPLIT_REPORT).write_text(_markdown(counts, options))
+        frame.assign(split=labels).to_parquet(stage / artifacts.SPLIT_TABLE, index=False)
     return counts

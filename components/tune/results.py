@@ -18,7 +18,6 @@ from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
 
 TRIALS = "trials"  # .parquet and .csv
-SUMMARY, BEST_CONFIG = artifacts.TUNE_SUMMARY, artifacts.BEST_CONFIG
 MIN_TRIALS_FOR_IMPORTANCE = 10
 TOP = 10
 STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
@@ -89,7 +88,7 @@ def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets
 
     counts = frame["state"].value_counts().to_dict()
     shown_counts = ", ".join(f"{counts.get(s, 0)} {w}" for s, w in STATE_WORDS.items())
-    best_config = storage.join(out_uri, BEST_CONFIG)
+    best_config = storage.join(out_uri, artifacts.BEST_CONFIG)
     lines = [
         "# Hyperparameter tuning", "",
         f"- Study: `{storage.join(out_uri, 'study.journal')}` on `{data_uri}`",
@@ -134,15 +133,15 @@ def write_results(study, start: TrainConfig, space: SearchSpace, targets: Sequen
     frame.to_parquet(buffer, index=False)
     storage.write_bytes(storage.join(out_uri, f"{TRIALS}.parquet"), buffer.getvalue())
     storage.write_text(storage.join(out_uri, f"{TRIALS}.csv"), frame.to_csv(index=False))
-    storage.write_text(storage.join(out_uri, SUMMARY),
+    storage.write_text(storage.join(out_uri, artifacts.TUNE_SUMMARY),
                        _summary(study, frame, best, start, space, targets, out_uri, data_uri, seed))
     header = (f"# Best configuration of the study in {out_uri}: trial {best.number}, mean validation R² "
               f"over {', '.join(targets)} = {best.value:.4f}.\n# Train it with: histoxai train --config "
               "THIS_FILE --data SPLIT --out MODEL_DIR\n")
-    storage.write_text(storage.join(out_uri, BEST_CONFIG), header + best_config.to_yaml())
+    storage.write_text(storage.join(out_uri, artifacts.BEST_CONFIG), header + best_config.to_yaml())
     counts = frame["state"].value_counts().to_dict()
     return {"best_trial": best.number, "objective": float(best.value), "params": dict(best.params),
             "val_r2": {t: best.user_attrs.get(f"val_{t}_r2") for t in start.targets},
             "objective_targets": list(targets), "trials": len(frame),
             "complete": counts.get("COMPLETE", 0), "pruned": counts.get("PRUNED", 0),
-            "failed": counts.get("FAIL", 0), "best_config": storage.join(out_uri, BEST_CONFIG)}
+            "failed": counts.get("FAIL", 0), "best_config": storage.join(out_uri, artifacts.BEST_CONFIG)}

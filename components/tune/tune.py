@@ -32,7 +32,6 @@ from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
 from histoxai.training import STOPPED_EXIT_CODE
 
-STUDY_FILE = artifacts.STUDY_JOURNAL
 STUDY_NAME = "histoxai-tune"
 SPEC_ATTR = "histoxai_spec"  # what the study searches; a restart must search the same
 
@@ -58,15 +57,15 @@ def check_objective_targets(start: TrainConfig, objective_targets: Sequence[str]
 def _study_file(out_uri: str, overwrite: bool) -> Iterator[tuple[Path, Any]]:
     """The local journal path and a function that mirrors it to OUT (a no-op for local OUT)."""
     if not storage.is_gcs(out_uri):
-        path = Path(out_uri) / STUDY_FILE
+        path = Path(out_uri) / artifacts.STUDY_JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
             path.unlink(missing_ok=True)
         yield path, lambda: None
         return
-    remote = storage.join(out_uri, STUDY_FILE)
+    remote = storage.join(out_uri, artifacts.STUDY_JOURNAL)
     with tempfile.TemporaryDirectory(prefix="histoxai-study-") as tmp:
-        path = Path(tmp) / STUDY_FILE
+        path = Path(tmp) / artifacts.STUDY_JOURNAL
         if not overwrite and storage.exists(remote):
             storage.download_file(remote, path)
         yield path, lambda: storage.upload_file(path, remote) if path.exists() else None

@@ -35,7 +35,6 @@ from histoxai.errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
-TABLE_NAME = artifacts.MAPS_TABLE
 MAPS_DIR = "maps"
 CODEC = "f16le"
 LOCATION = ("map_file", "map_offset", "map_nbytes", "map_height", "map_width", "map_exponent", "map_codec")
@@ -112,7 +111,7 @@ def write_table(frame, path: str | os.PathLike) -> None:
 def read_table(run_uri: str) -> pd.DataFrame:
     """The maps table of an explain output folder, indexed by map_id."""
 
-    uri = storage.join(run_uri, TABLE_NAME)
+    uri = storage.join(run_uri, artifacts.MAPS_TABLE)
     frame = storage.read_parquet(uri, "the maps table of `histoxai explain`")
     missing = [c for c in ("map_id", *LOCATION) if c not in frame.columns]
     if missing:

@@ -29,12 +29,11 @@ import re
 
 import numpy as np
 
-from histoxai import artifacts, layout, storage
+from histoxai import layout, storage
 from histoxai.errors import InputError
 
 RANDOMIZATION_FLAG = 0.5
 BLUR_FRACTION = 0.1  # sigma of the deletion/insertion reference blur, as a share of the image size
-TRUST_TABLE, CURVES_TABLE = artifacts.TRUST_TABLE, artifacts.TRUST_CURVES
 _INITIALIZERS = {"depthwise_kernel": "depthwise_initializer", "pointwise_kernel": "pointwise_initializer"}
 _BLOCK_PATTERNS = [re.compile(p) for p in (
     r"^(block\d+[a-z])_", r"^(conv\d+_block\d+)_", r"^(block_\d+)_", r"^(expanded_conv_\d+)_",

@@ -26,7 +26,7 @@ fi
 # The pods read samples through the storage layer (local paths inside the pod, or gs://): give them a
 # bucket holding phantom samples (histoxai phantom --out gs://BUCKET/phantom) and credentials in the image
 # environment, e.g. with minikube's gcp-auth addon.
-[[ -n "${SAMPLES_URI:-}" ]] || die "set SAMPLES_URI to a gs:// folder of samples the cluster can read (see make minikube-run in the README)"
+[[ -n "${SAMPLES_URI:-}" ]] || die "set SAMPLES_URI to a gs:// folder of samples the cluster can read (see make minikube-run in docs/cloud.md)"
 accelerator=none
 [[ "$GPU" == 1 ]] && accelerator=nvidia.com/gpu
 
