@@ -1,6 +1,6 @@
 """Open the review web app on a run's outputs (local or gs://), behind a sign-in.
 
-Starts Streamlit on the app (histoxai/app/main.py): Main (the run's outputs, models, the Table 4.1
+Starts Streamlit on the app (app/main.py): Main (the run's outputs, models, the Table 4.1
 report, the trust report), Single Target (a grid of patches with one method's overlay), Multiple
 Targets, Multiple Methods (one patch, side by side) and Sample Maps (measured, predicted and residual
 maps; click a voxel for its patch). The run is any folder with pipeline outputs below it; the sidebar

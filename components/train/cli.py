@@ -23,7 +23,8 @@ from histoxai.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config, local or gs:// (default: the thesis's values)")
+    parser.add_argument("--config", help="training config: demo, thesis, a YAML file or gs:// URI "
+                                         "(default: the thesis's values)")
     parser.add_argument("--data", required=True,
                         help="split manifest: split.parquet from `histoxai split` or its folder, local or gs://")
     parser.add_argument("--targets", help="comma-separated target columns, e.g. MD,FA or CC "

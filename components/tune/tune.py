@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna over the training code of `histoxai train`, resumable from OUT.
 
 `tune(base, space, data_uri, out_uri)` runs trials: each samples a config from the search space
-(components/tune/space.py), trains it with components/train/train.py's `train()` (the same code as
+(components/tune/space.py), trains it with histoxai/training.py's `train()` (the same code as
 `histoxai train`) and scores it by the mean validation R² over the objective targets. Each epoch's
 validation R² goes to a median pruner, which stops trials that fall behind earlier ones; a diverged
 trial (non-finite R²) is pruned at once. The sampler is TPE, seeded.
@@ -112,7 +112,7 @@ def _retry_interrupted(study) -> int:
 
 
 def _finished(study) -> int:
-    """Trials that count against --n-trials: finished ones, except those interrupted and retried."""
+    """Trials that count against --tuning-trials: finished ones, except those interrupted and retried."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)

@@ -2,7 +2,7 @@
 
 `build_tuning_job(...)` turns a SearchSpace into an `aiplatform.HyperparameterTuningJob` whose trials
 run this module as their container command on a GPU worker: each trial trains the base config with
-Vizier's values through components/train/train.py and reports the mean validation R² in the format
+Vizier's values through histoxai/training.py and reports the mean validation R² in the format
 of Google's cloudml-hypertune package. Conditional parameters become Vizier conditional parameter
 specs under their parent. Building needs no network (pass AnonymousCredentials to build offline);
 only `job.run()` submits.
