@@ -10,7 +10,9 @@ The GPU steps (tune, train, explain) request ACCELERATOR_TYPE x COUNT, fixed in 
 them). Vertex AI names accelerators NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_A100_80GB, ...; open-source
 Kubeflow wants the Kubernetes resource, nvidia.com/gpu. `--accelerator-type none` compiles without
 accelerator requests (CPU-only clusters, e.g. minikube). Container images come from
-HISTOXAI_CPU_IMAGE and HISTOXAI_GPU_IMAGE (the tags `make build` prints).
+HISTOXAI_CPU_IMAGE and HISTOXAI_GPU_IMAGE (the tags `make build` prints); without them the package
+names the local dev tags histoxai-cpu:dev and histoxai-gpu:dev, which only minikube runs (compile
+says so, and `histoxai submit` refuses them for Vertex AI).
 
 Examples:
   histoxai compile --out pipeline.yaml
@@ -70,3 +72,16 @@ def run(args: argparse.Namespace) -> None:
            else "no accelerator requests")
     print(f"wrote {args.out}: {len(inputs)} run parameters (required: {', '.join(required) or 'none'}); "
           f"{gpu}; caching {'on' if options.caching else 'off'}")
+    print(images_line())
+
+
+def images_line() -> str:
+    """Which images the components were compiled with (bound when they were imported), and a warning
+    when they are the local dev tags Vertex AI cannot pull."""
+    from histoxai import images
+
+    line = f"images: cpu {images.CPU_IMAGE}, gpu {images.GPU_IMAGE}"
+    if images.dev_images((images.CPU_IMAGE, images.GPU_IMAGE)):
+        line += (" (warning: local dev tags for minikube; Vertex AI cannot pull them: "
+                 f"{images.DEV_HINT})")
+    return line

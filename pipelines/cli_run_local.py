@@ -4,6 +4,8 @@ Every step runs as a subprocess of this Python environment, in the order and wit
 cluster would use. Outputs land in OUT/histoxai-<timestamp>/<step>/<output>, the report also as
 OUT/histoxai-<timestamp>/report.html, the full log in OUT/histoxai-<timestamp>.log. Samples may be
 read from gs://; OUT must be local (use --publish gs://... to copy the finished run to a bucket).
+Before any step starts, every sample of --samples must have its folder with the dataset's MR file
+(SAMPLES_URI/<id>/coreg_fine/ver1/MR.mat) and --train-samples must be among them.
 The defaults (the thesis's config, all six saliency methods on every test patch) are sized for a
 GPU cluster; on a CPU use a small config and limit the maps (--param explain_max_patches=48), as
 `make demo` does.

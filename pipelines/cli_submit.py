@@ -9,8 +9,11 @@ Kubeflow Pipelines: --kfp-host URL (e.g. http://localhost:8888 after `make minik
 --wait blocks until a single run ends. --no-cache turns step caching off for this run.
 
 --package sends a compiled package (`histoxai compile`); without it the current code is compiled
-with the compile options below. Run parameters as for `histoxai run-local`; --samples-uri must be a
-gs:// URI (Vertex AI) or a path the cluster's pods can read.
+with the compile options below. Vertex AI pulls the steps' images from a registry: a package with the
+local dev tags (histoxai-cpu:dev, histoxai-gpu:dev, for minikube) is refused; set HISTOXAI_CPU_IMAGE
+and HISTOXAI_GPU_IMAGE to the tags `make build` prints before compiling.
+Run parameters as for `histoxai run-local`; --samples-uri must be a gs:// URI (Vertex AI) or a path
+the cluster's pods can read.
 
 Examples:
   histoxai submit --project my-proj --region europe-west4 --pipeline-root gs://my-proj-runs/root \\
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
     from histoxai.pipelines.params import check_parameters, parameters_from_args
     from histoxai.pipelines.submit import (
         check_cron,
+        check_vertex_images,
         default_credentials,
         submit_kfp,
         submit_vertex,
@@ -121,6 +125,9 @@ def run(args: argparse.Namespace) -> None:
                                 schedule=args.schedule, namespace=args.namespace,
                                 service_account=args.service_account, wait=args.wait)
         else:
+            # before anything is sent: Vertex AI cannot pull minikube's local image tags
+            check_vertex_images(package, f"--package {args.package}" if args.package
+                                else "the pipeline compiled now")
             if not args.pipeline_root:
                 raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
                                  "(or set HISTOXAI_PIPELINE_ROOT)")

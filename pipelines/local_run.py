@@ -99,6 +99,46 @@ class _Progress(threading.Thread):
         self.poll()
 
 
+def _sample_id(sample) -> str:
+    """A sample id as the steps name it (a YAML list may give 3 or 3.0 for "3")."""
+    return str(int(sample)) if isinstance(sample, float) and sample.is_integer() else str(sample)
+
+
+def _found_samples(samples_uri: str) -> list[str]:
+    """The ids of the sample folders under samples_uri that hold the layout's MR file."""
+    from histoxai.layout import MR_MAT
+
+    if storage.is_gcs(samples_uri):
+        prefix, suffix = storage.join(samples_uri, ""), "/" + MR_MAT
+        found = {f[len(prefix):-len(suffix)] for f in storage.list_files(samples_uri)
+                 if f.startswith(prefix) and f.endswith(suffix)}
+        found = {f for f in found if f and "/" not in f}
+    else:
+        root = Path(samples_uri)
+        found = {p.name for p in root.iterdir() if (p / MR_MAT).is_file()} if root.is_dir() else set()
+    return sorted(found, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+
+
+def check_samples(samples_uri: str, samples, train_samples) -> None:
+    """Every sample in `samples` has its folder <samples_uri>/<id> with the layout's MR file, and every
+    training sample is among them; else one InputError that names all the missing ones."""
+    from histoxai.layout import MR_MAT
+
+    missing = [str(s) for s in samples if not storage.exists(storage.join(samples_uri, str(s), MR_MAT))]
+    if missing:
+        found = _found_samples(samples_uri)
+        which = f"sample{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        expected = storage.join(samples_uri, missing[0] if len(missing) == 1 else "<id>", MR_MAT)
+        raise InputError(f"--samples: {which} not found under {samples_uri} (expected {expected}); "
+                         + (f"found samples {', '.join(found)}" if found else
+                            "found no sample folder there"))
+    given = {_sample_id(s) for s in samples}
+    outside = [str(s) for s in train_samples if _sample_id(s) not in given]
+    if outside:
+        raise InputError(f"--train-samples: {', '.join(outside)} not among --samples "
+                         f"{', '.join(str(s) for s in samples)}; expected a subset of the samples to ingest")
+
+
 def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     """Run the pipeline with `arguments` (pipeline parameters) into the local folder `out`."""
     from kfp import local
@@ -113,6 +153,10 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     # no retries: a step that fails here fails the same way on a second try
     pipeline_func = build_pipeline(options or CompileOptions(retries=0))
     arguments = check_parameters(arguments, pipeline_func.component_spec)
+    inputs = pipeline_func.component_spec.inputs
+    # before anything is written: a missing sample would otherwise fail minutes later, in its ingest task
+    check_samples(arguments["samples_uri"], arguments.get("samples", inputs["samples"].default),
+                  arguments.get("train_samples", inputs["train_samples"].default))
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"{pipeline_func.name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}.log"

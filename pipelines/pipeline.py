@@ -21,6 +21,7 @@ NVIDIA_TESLA_T4, ...; open-source KFP wants a Kubernetes resource such as nvidia
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at runtime.
 import dataclasses
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,13 +30,14 @@ from kfp.dsl import HTML, Artifact
 
 from histoxai import storage
 from histoxai.artifacts import CODE_VERSION_ENV, code_version
-from histoxai.errors import InputError
+from histoxai.errors import InputError, did_you_mean
 
 PIPELINE_NAME = "histoxai"
 DESCRIPTION = "Explainable CNNs on H&E histology that predict diffusion-MRI MD, FA and the cell count"
 ALL_SAMPLES = tuple(str(n) for n in range(1, 17))  # the 16 samples of Brabec et al. 2023
 DEFAULT_CONFIG = "thesis"  # shipped in histoxai/configs/
 NO_ACCELERATOR = "none"
+KUBERNETES_ACCELERATOR_EXAMPLE = "nvidia.com/gpu"  # open-source KFP: a Kubernetes resource name has a '/'
 MODELS = ("multitask", "single_task")
 
 # (cpu, memory) per step class; Vertex AI picks the machine from these, Kubernetes schedules by them.
@@ -65,13 +67,52 @@ class CompileOptions:
             raise InputError(f"--accelerator-count {self.accelerator_count}: expected an integer >= 1")
         if not self.accelerator_type.strip():
             raise InputError("--accelerator-type: empty; expected e.g. NVIDIA_L4 (Vertex AI), "
-                             f"nvidia.com/gpu (Kubeflow) or {NO_ACCELERATOR}")
+                             f"{KUBERNETES_ACCELERATOR_EXAMPLE} (Kubeflow) or {NO_ACCELERATOR}")
+        object.__setattr__(self, "accelerator_type", accelerator_name(self.accelerator_type))
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"--retries {self.retries}: expected an integer >= 0")
 
     @property
     def gpu(self) -> bool:
         return self.accelerator_type.lower() != NO_ACCELERATOR
+
+
+def vertex_accelerators() -> tuple[str, ...]:
+    """The accelerator names Vertex AI accepts: the installed google-cloud-aiplatform's AcceleratorType
+    (imported when asked, about 0.5 s: only a name that is neither `none` nor a Kubernetes resource)."""
+    from google.cloud.aiplatform_v1.types import AcceleratorType
+
+    return tuple(m.name for m in AcceleratorType if m.name != "ACCELERATOR_TYPE_UNSPECIFIED")
+
+
+def accelerator_name(given: str) -> str:
+    """`given` as the compiled package names it: `none`, a Kubernetes resource (has a '/'), or a Vertex AI
+    accelerator (upper-cased when only that makes it known); anything else is one InputError."""
+    name = given.strip()
+    if name.lower() == NO_ACCELERATOR:
+        return NO_ACCELERATOR
+    if "/" in name:
+        return name
+    known = vertex_accelerators()
+    if name in known:
+        return name
+    if name.upper() in known:
+        return name.upper()
+    raise InputError(f"--accelerator-type {given}: not an accelerator Vertex AI knows"
+                     f"{_accelerator_hint(name, known)}; expected one of {', '.join(known)}, "
+                     f"a Kubernetes resource such as {KUBERNETES_ACCELERATOR_EXAMPLE}, or {NO_ACCELERATOR}")
+
+
+def _accelerator_hint(name: str, known: tuple[str, ...]) -> str:
+    """The known names that share the model (T4, A100, ...) with `name`, else the closest spelling:
+    plain closeness alone offers NVIDIA_L4 for NVIDIA_T4."""
+    if "." in name:  # a Kubernetes resource without its '/'
+        return f" (did you mean {KUBERNETES_ACCELERATOR_EXAMPLE}?)"
+    models = set(re.split(r"[_\-\s]+", name.upper())) - {"NVIDIA", "TESLA", ""}
+    sharing = [k for k in known if models & set(k.split("_"))]
+    if 1 <= len(sharing) <= 3:
+        return f" (did you mean {' or '.join(sharing)}?)"
+    return did_you_mean(name.upper(), sharing or known)
 
 
 class Outputs(NamedTuple):

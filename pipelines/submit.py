@@ -39,6 +39,41 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+def package_images(package: str) -> dict[str, str]:
+    """Executor name -> container image of a compiled package (local or gs://), from its deploymentSpec."""
+    import yaml
+
+    try:
+        documents = list(yaml.safe_load_all(storage.read_text(package)))
+    except yaml.YAMLError as err:
+        raise InputError(f"{package}: not a YAML pipeline package ({str(err).splitlines()[0]}); "
+                         "expected what `histoxai compile` writes") from err
+    for document in documents:  # a package may add a platform spec after the pipeline spec
+        if isinstance(document, dict) and "deploymentSpec" in document:
+            executors = document["deploymentSpec"].get("executors") or {}
+            return {name: executor["container"]["image"] for name, executor in executors.items()
+                    if "image" in (executor.get("container") or {})}
+    raise InputError(f"{package}: no deploymentSpec; expected a pipeline package that `histoxai compile` "
+                     "writes")
+
+
+def check_vertex_images(package: str, source: str | None = None) -> dict[str, str]:
+    """Refuse a package whose steps run the local dev images (histoxai-cpu:dev, histoxai-gpu:dev):
+    Vertex AI pulls images from a registry and cannot find them. `source` names the package in the
+    message (default: its path). Returns the package's images. `histoxai submit` calls it for Vertex AI
+    (not for --kfp-host: minikube runs the local tags); the retraining trigger could call it too."""
+    from histoxai.images import DEV_HINT, dev_images
+
+    images = package_images(package)
+    dev = dev_images(images.values())
+    if dev:
+        plural = "s" if len(dev) > 1 else ""
+        raise InputError(f"{source or package}: its steps run the local dev image{plural} "
+                         f"{', '.join(dev)}, which Vertex AI cannot pull; {DEV_HINT} "
+                         "(or run it on minikube with --kfp-host)")
+    return images
+
+
 class RunExists(InputError):
     """Vertex AI already has a run with this job id (a retried submission that went through before)."""
 

@@ -142,6 +142,60 @@ def test_compile_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "p.yaml").exists()
 
 
+def _compile_in_a_fresh_process(out: Path, images: dict) -> str:
+    """`histoxai compile` in a process whose environment names `images` (none: the dev defaults); stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HISTOXAI_CPU_IMAGE", "HISTOXAI_GPU_IMAGE")}
+    done = subprocess.run([sys.executable, "-m", "histoxai.cli", "compile", "--out", str(out)],
+                          cwd=REPO, env={**env, **images}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_compile_prints_its_images(tmp_path):
+    out = _compile_in_a_fresh_process(tmp_path / "dev.yaml", {})
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("images: cpu histoxai-cpu:dev, gpu histoxai-gpu:dev (warning: "), line
+    assert "Vertex AI cannot pull" in line and "make build" in line
+    assert "HISTOXAI_CPU_IMAGE" in line and "HISTOXAI_GPU_IMAGE" in line
+    out = _compile_in_a_fresh_process(tmp_path / "registry.yaml", {
+        "HISTOXAI_CPU_IMAGE": "registry.example/histoxai-cpu:t2",
+        "HISTOXAI_GPU_IMAGE": "registry.example/histoxai-gpu:t2"})
+    assert out.strip().splitlines()[-1] == \
+        "images: cpu registry.example/histoxai-cpu:t2, gpu registry.example/histoxai-gpu:t2"
+
+
+def test_compile_checks_accelerator_names(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    for given, hint in [("NVIDIA_T4", " (did you mean NVIDIA_TESLA_T4?)"),
+                        ("nvidia_a100", " (did you mean NVIDIA_TESLA_A100 or NVIDIA_A100_80GB?)"),
+                        ("nvidia.gpu", " (did you mean nvidia.com/gpu?)"), ("GPU", "")]:
+        assert histoxai_main(["compile", "--out", str(out), "--accelerator-type", given]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"histoxai compile: error: --accelerator-type {given}: not an accelerator "
+                              f"Vertex AI knows{hint}; expected one of NVIDIA_TESLA_K80, "), err
+        assert "NVIDIA_L4, " in err and err.endswith(
+            ", a Kubernetes resource such as nvidia.com/gpu, or none")
+        assert not out.exists()
+    for given, compiled in [("NVIDIA_L4", "NVIDIA_L4"), ("nvidia_tesla_t4", "NVIDIA_TESLA_T4"),
+                            ("nvidia.com/gpu", "nvidia.com/gpu"), ("amd.com/gpu", "amd.com/gpu"),
+                            ("none", None)]:
+        assert histoxai_main(["compile", "--out", str(out), "--accelerator-type", given]) == 0, given
+        assert "images: cpu " in capsys.readouterr().out
+        executor = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]["exec-train-model"]
+        assert executor["container"]["resources"].get("accelerator", {}).get("resourceType") == compiled
+
+
+def test_vertex_accelerators_are_the_installed_enum():
+    from google.cloud.aiplatform_v1.types import AcceleratorType
+
+    from histoxai.pipelines.pipeline import vertex_accelerators
+
+    names = vertex_accelerators()
+    assert {"NVIDIA_L4", "NVIDIA_TESLA_T4", "NVIDIA_A100_80GB"} <= set(names)
+    assert set(names) == {m.name for m in AcceleratorType} - {"ACCELERATOR_TYPE_UNSPECIFIED"}
+
+
 def test_parameters_are_checked_against_the_pipeline(tmp_path):
     import argparse
 
@@ -183,6 +237,57 @@ def test_parameters_are_checked_against_the_pipeline(tmp_path):
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             parameters(*argv)
+
+
+def _sample_folders(root: Path, *ids: str) -> None:
+    """Sample folders that hold only an empty MR.mat at the layout's path."""
+    from histoxai.layout import MR_MAT
+
+    for sample in ids:
+        (root / sample / MR_MAT).parent.mkdir(parents=True)
+        (root / sample / MR_MAT).touch()
+
+
+def test_run_local_checks_every_sample_before_it_starts(tmp_path, capsys):
+    samples, runs = tmp_path / "samples", tmp_path / "runs"
+    _sample_folders(samples, "3", "4", "5")
+    (samples / "6").mkdir()  # a folder without MR.mat is no sample
+    for argv, message in [
+        (["--samples", "3,7"], f"--samples: sample 7 not found under {samples} (expected "
+                               f"{samples}/7/coreg_fine/ver1/MR.mat); found samples 3, 4, 5"),
+        (["--samples", "3,6,4,12"], f"--samples: samples 6, 12 not found under {samples} (expected "
+                                    f"{samples}/<id>/coreg_fine/ver1/MR.mat); found samples 3, 4, 5"),
+        ([], f"--samples: samples 1, 2, {', '.join(str(n) for n in range(6, 17))} not found under {samples}"),
+        (["--samples", "3,4,5", "--train-samples", "3,9"],
+         "--train-samples: 9 not among --samples 3, 4, 5; expected a subset of the samples to ingest"),
+        (["--samples", "5"], "--train-samples: 3, 4 not among --samples 5"),  # the default 3, 4
+    ]:
+        code = histoxai_main(["run-local", "--samples-uri", str(samples), "--out", str(runs), *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"histoxai run-local: error: {message}"), err
+        assert not runs.exists()  # no run folder, no log
+    empty = tmp_path / "nothing"
+    code = histoxai_main(["run-local", "--samples-uri", str(empty), "--samples", "3", "--out", str(runs)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"(expected {empty}/3/coreg_fine/ver1/MR.mat); found no sample folder there")
+    assert not runs.exists()
+
+
+def test_run_local_checks_samples_in_a_bucket(gcs_bucket, tmp_path, capsys):
+    from histoxai.layout import MR_MAT
+
+    samples = storage.join(gcs_bucket, "samples")
+    for sample in ("3", "4"):
+        storage.write_bytes(storage.join(samples, sample, MR_MAT), b"")
+    storage.write_bytes(storage.join(samples, "5", "notes.txt"), b"no MR.mat here")
+    code = histoxai_main(["run-local", "--samples-uri", samples, "--samples", "3,4,5",
+                          "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"histoxai run-local: error: --samples: sample 5 not found under {samples} "
+                                 f"(expected {samples}/5/coreg_fine/ver1/MR.mat); found samples 3, 4")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_run_local_refuses_a_gs_pipeline_root(capsys):
@@ -263,10 +368,10 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
 
 def test_local_run_names_the_failing_task(tmp_path, capsys):
     samples = tmp_path / "samples"
-    samples.mkdir()
-    code = histoxai_main(["run-local", "--samples-uri", str(samples), "--samples", "3", "--config", "demo",
-                          "--out", str(tmp_path / "runs")])
+    _sample_folders(samples, "3")  # passes the check before the run; ingest finds MR.mat empty
+    code = histoxai_main(["run-local", "--samples-uri", str(samples), "--samples", "3",
+                          "--train-samples", "3", "--config", "demo", "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert re.fullmatch(rf"histoxai run-local: error: pipeline task ingest failed: InputError: {samples}/3: "
-                        r".*\(full log: .*\.log\)", err), err
+    assert re.fullmatch(rf"histoxai run-local: error: pipeline task ingest failed: InputError: {samples}/3/"
+                        r"coreg_fine/ver1/MR.mat: .*\(full log: .*\.log\)", err), err

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -16,13 +19,36 @@ import pytest
 from histoxai.cli import main as histoxai_main
 from tests.vertex_recorder import service_account_key
 
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_VARIABLES = ("HISTOXAI_CPU_IMAGE", "HISTOXAI_GPU_IMAGE")
+REGISTRY = "europe-west4-docker.pkg.dev/histoxai-test/histoxai"
+REGISTRY_IMAGES = {"HISTOXAI_CPU_IMAGE": f"{REGISTRY}/histoxai-cpu:t1",
+                   "HISTOXAI_GPU_IMAGE": f"{REGISTRY}/histoxai-gpu:t1"}
+
+
+def _histoxai(argv, images: dict, timeout=120) -> subprocess.CompletedProcess:
+    """`histoxai ARGV` in a fresh process whose environment names `images` (none: the dev defaults).
+    A fresh process, because the components bind their images when they are first imported."""
+    env = {k: v for k, v in os.environ.items() if k not in IMAGE_VARIABLES}
+    return subprocess.run([sys.executable, "-m", "histoxai.cli", *argv], cwd=REPO, env={**env, **images},
+                          capture_output=True, text=True, timeout=timeout)
+
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from histoxai.pipelines.pipeline import compile_package
-
+    """The pipeline compiled with images from a registry (what Vertex AI can pull)."""
     out = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    compile_package(str(out))
+    done = _histoxai(["compile", "--out", str(out)], REGISTRY_IMAGES)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_package(tmp_path_factory):
+    """The pipeline compiled without HISTOXAI_*_IMAGE: minikube's local tags histoxai-*:dev."""
+    out = tmp_path_factory.mktemp("compiled-dev") / "pipeline.yaml"
+    done = _histoxai(["compile", "--out", str(out)], {})
+    assert done.returncode == 0, done.stderr
     return out
 
 
@@ -239,3 +265,55 @@ def test_submit_errors_are_one_line(package, tmp_path, capsys):
         assert histoxai_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def _images(spec: dict) -> set[str]:
+    return {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+
+
+def _bucket_exists(uri: str) -> bool:
+    from google.cloud import storage as gcs
+
+    name = uri.removeprefix("gs://").split("/")[0]
+    return gcs.Client(project="histoxai-test").lookup_bucket(name) is not None
+
+
+def test_vertex_refuses_a_package_with_the_dev_images(dev_package, package, vertex, gcs_bucket, capsys):
+    args = _vertex_args(dev_package, gcs_bucket, vertex.url)
+    assert histoxai_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"histoxai submit: error: --package {dev_package}: its steps run the local dev "
+                          "images histoxai-cpu:dev, histoxai-gpu:dev, which Vertex AI cannot pull; run "
+                          "`make build` and set HISTOXAI_CPU_IMAGE and HISTOXAI_GPU_IMAGE"), err
+    assert not vertex.requests  # not even a token
+    assert not _bucket_exists(args[args.index("--pipeline-root") + 1])  # nor the pipeline root made
+
+    # the same run with registry images goes through, and they are what Vertex AI gets
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url)) == 0
+    (create,) = vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    assert _images(create["body"]["pipelineSpec"]) == set(REGISTRY_IMAGES.values())
+
+
+def test_vertex_refuses_the_dev_images_compiled_now(vertex, gcs_bucket):
+    """Without --package, in a process whose environment names no images: refused before any request."""
+    args = _vertex_args("unused", gcs_bucket, vertex.url)
+    args = args[:1] + args[3:]  # no --package: compile now
+    assert "--package" not in args
+    done = _histoxai(args, {})
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("histoxai submit: error: the pipeline compiled now: its steps run the local dev "
+                          "images histoxai-cpu:dev, histoxai-gpu:dev, which Vertex AI cannot pull"), err
+    assert "make build" in err and "HISTOXAI_CPU_IMAGE" in err and "HISTOXAI_GPU_IMAGE" in err
+    assert not vertex.requests
+
+
+def test_kfp_takes_the_dev_images(dev_package, kfp_api, capsys):
+    """minikube runs the local tags: --kfp-host sends a dev package as it is."""
+    assert histoxai_main(["submit", "--kfp-host", kfp_api.url, "--package", str(dev_package),
+                          "--samples-uri", "/data/samples"]) == 0
+    (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
+    assert _images(run["body"]["pipeline_spec"]) == {"histoxai-cpu:dev", "histoxai-gpu:dev"}
+    assert f"{kfp_api.url}/#/runs/details/run-1" in capsys.readouterr().out
