@@ -107,6 +107,7 @@ def _sample_id(sample) -> str:
 def _found_samples(samples_uri: str) -> list[str]:
     """The ids of the sample folders under samples_uri that hold the layout's MR file."""
     from histoxai.layout import MR_MAT
+    from histoxai.manifest import natural_key
 
     if storage.is_gcs(samples_uri):
         prefix, suffix = storage.join(samples_uri, ""), "/" + MR_MAT
@@ -116,7 +117,7 @@ def _found_samples(samples_uri: str) -> list[str]:
     else:
         root = Path(samples_uri)
         found = {p.name for p in root.iterdir() if (p / MR_MAT).is_file()} if root.is_dir() else set()
-    return sorted(found, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    return sorted(found, key=natural_key)
 
 
 def check_samples(samples_uri: str, samples, train_samples) -> None:

@@ -235,7 +235,7 @@ def test_bad_inputs_fail_with_one_clear_line(setup, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "empty.parquet: no patches" in err
-    assert main(args[:4] + [setup["data"][0], setup["data"][0]] + args[5:]) == 2
+    assert main(args[:4] + [setup["data"][0], "--data", setup["data"][0]] + args[5:]) == 2
     assert "sample '1' is in both" in capsys.readouterr().err
     assert main(setup["args"]) == 2  # an existing OUT is kept unless --overwrite
     assert "--overwrite" in capsys.readouterr().err

@@ -117,13 +117,13 @@ def run(args: argparse.Namespace) -> None:
     if args.timeout < 0:
         raise InputError(f"--timeout {args.timeout}: expected seconds >= 0 (0: no limit)")
     space = load_space(args.search_space)
-    artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
     if args.backend == "vizier":
         _run_vizier(args, base, space)
         return
     from histoxai.components.tune.tune import tune
     from histoxai.console import import_tensorflow
 
+    artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
     import_tensorflow()
 
     summary = tune(base, space, args.data, args.out, n_trials=args.tuning_trials or None,
