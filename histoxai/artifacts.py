@@ -21,6 +21,7 @@ from histoxai.errors import InputError
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.parquet"  # one row per patch (histoxai.manifest)
 INGEST_INFO = "ingest.json"  # counts per rule, MR grid, patch size, timing
+INGEST_REJECTED = "rejected.json"  # in place of the above: the sample and why ingestion refused it
 QC_REPORT, QC_THUMBNAIL = "qc.md", "qc_thumbnail.png"
 # split: pooled manifests -> train/val/test/heldout
 SPLIT_TABLE, SPLIT_INFO, SPLIT_REPORT = "split.parquet", "split.json", "split.md"
@@ -43,8 +44,9 @@ REPORT_MARKDOWN, REPORT_HTML, RUN_SUMMARY = "report.md", "report.html", "summary
 # The file that marks a folder as a step's output (the review app finds a run's outputs by these).
 MARKERS = {"explain": MAPS_TABLE, "evaluate": EVALUATION_TABLE, "split": SPLIT_TABLE,
            "ingest": MANIFEST, "models": MODEL_FILE}
-WRITERS = {INGEST_INFO: "histoxai ingest", SPLIT_INFO: "histoxai split", TRAIN_METRICS: "histoxai train",
-           EXPLAIN_INFO: "histoxai explain", EVALUATION_INFO: "histoxai evaluate"}
+WRITERS = {INGEST_INFO: "histoxai ingest", INGEST_REJECTED: "the pipeline's ingest step",
+           SPLIT_INFO: "histoxai split", TRAIN_METRICS: "histoxai train", EXPLAIN_INFO: "histoxai explain",
+           EVALUATION_INFO: "histoxai evaluate"}
 
 
 def split_table(data: str, option: str = "--data") -> str:
@@ -84,6 +86,13 @@ def read_json(folder: str, name: str) -> dict[str, Any]:
 
 def read_ingest_info(folder: str) -> dict[str, Any]:
     return read_json(folder, INGEST_INFO)
+
+
+def read_rejection(folder: str) -> dict[str, Any] | None:
+    """{sample, reason} when the pipeline's ingest step refused this folder's sample, else None."""
+    if not storage.exists(storage.join(folder, INGEST_REJECTED)):
+        return None
+    return read_json(folder, INGEST_REJECTED)
 
 
 def read_split_info(folder: str) -> dict[str, Any]:

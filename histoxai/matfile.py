@@ -15,6 +15,7 @@ import numpy as np
 
 from histoxai.errors import InputError
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # where a v7.3 file's HDF5 part begins, after its 512-byte header
 _V73_HEADER_TEXT = "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: histoxai HDF5 schema 1.00 ."
 _MATLAB_CLASS = {
     np.dtype("float64"): "double", np.dtype("float32"): "single", np.dtype("uint8"): "uint8",
@@ -31,14 +32,21 @@ def _v73_userblock() -> bytes:
 class MatFile:
     """An open .mat file of either version. Use `open_mat`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | str, fileobj=None):
+        """`fileobj`: read a v7.3 file through this seekable file object instead of `path` (then only a
+        label for messages), e.g. histoxai.ranged.RangedFile over gs://."""
         self.path = path
         self._h5 = None
         self._v5: dict | None = None
         try:
             import h5py
 
-            if h5py.is_hdf5(path):
+            if fileobj is not None:
+                fileobj.seek(512)
+                if fileobj.read(8) != HDF5_SIGNATURE:
+                    raise InputError(f"{path}: not a MATLAB v7.3 (HDF5) file; expected one to read by ranges")
+                self._h5 = h5py.File(fileobj, "r")
+            elif h5py.is_hdf5(path):
                 self._h5 = h5py.File(path, "r", rdcc_nbytes=64 * 2**20)
             else:
                 import scipy.io
@@ -46,6 +54,8 @@ class MatFile:
                 self._v5 = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
         except FileNotFoundError as err:
             raise InputError(f"{path}: file not found") from err
+        except InputError:
+            raise
         except Exception as err:  # scipy/h5py raise many types for a damaged file
             raise InputError(f"{path}: not a readable MATLAB v5 or v7.3 file ({err})") from err
 
@@ -127,8 +137,8 @@ class MatFile:
 
 
 @contextmanager
-def open_mat(path: str | os.PathLike) -> Iterator[MatFile]:
-    mat = MatFile(Path(path))
+def open_mat(path: str | os.PathLike, fileobj=None) -> Iterator[MatFile]:
+    mat = MatFile(Path(path) if fileobj is None else path, fileobj)
     try:
         yield mat
     finally:

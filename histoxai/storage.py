@@ -146,27 +146,35 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
         return _blob(uri).download_as_bytes()
 
 
-def read_range(uri: str | os.PathLike, start: int, length: int) -> bytes:
-    """Bytes [start, start+length) of a file; one ranged request on GCS."""
+def read_range(uri: str | os.PathLike, start: int, length: int, *, generation: int | None = None) -> bytes:
+    """Bytes [start, start+length) of a file; one ranged request on GCS (of that generation if given)."""
     uri = str(uri)
     if not is_gcs(uri):
         with open(uri, "rb") as fh:
             fh.seek(start)
             return fh.read(length)
     with _gcs_errors(uri):
-        return _blob(uri).download_as_bytes(start=start, end=start + length - 1)
+        blob = _client().bucket(split_gcs(uri)[0]).blob(split_gcs(uri)[1], generation=generation)
+        return blob.download_as_bytes(start=start, end=start + length - 1)
+
+
+def stat(uri: str | os.PathLike) -> tuple[int | None, int | None]:
+    """(size in bytes, generation) of a file; (None, None) when there is no such file. A local file has
+    no generation (None)."""
+    uri = str(uri)
+    if not is_gcs(uri):
+        path = Path(uri)
+        return (path.stat().st_size if path.is_file() else None), None
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        blob = _client().bucket(bucket).get_blob(key)
+    return (None, None) if blob is None else (blob.size, blob.generation)
 
 
 def size(uri: str | os.PathLike) -> int | None:
     """Size of a file in bytes, None when there is no such file (one metadata request on GCS)."""
-    uri = str(uri)
-    if not is_gcs(uri):
-        path = Path(uri)
-        return path.stat().st_size if path.is_file() else None
-    bucket, key = split_gcs(uri)
-    with _gcs_errors(uri):
-        blob = _client().bucket(bucket).get_blob(key)
-    return None if blob is None else blob.size
+    return stat(uri)[0]
+
 
 
 def read_versioned(uri: str) -> tuple[bytes | None, int]:

@@ -8,6 +8,12 @@ same READY marker) submits nothing and prints the run already started; writing R
 --register-only adds complete samples without a run and without needing READY: upload the initial
 dataset without markers and register it this way, so that only later uploads start runs.
 
+The registry lists every sample as active or quarantined (left out of runs, with the reason): a sample
+that fails the upload check is quarantined by it. --list shows the registry; --quarantine ID --reason
+TEXT leaves a sample out of later runs (e.g. one the run's own ingestion refused); --release ID checks
+the sample again and, when it passes, lets it train again. These take --samples-uri (default
+$HISTOXAI_SAMPLES_BUCKET), the folder the registry describes.
+
 Vertex AI settings default to the variables the trigger itself reads (HISTOXAI_PROJECT,
 HISTOXAI_REGION, HISTOXAI_PIPELINE_ROOT, HISTOXAI_PIPELINE_TEMPLATE, HISTOXAI_SERVICE_ACCOUNT,
 HISTOXAI_RUN_PARAMETERS); `terraform -chdir=infra/terraform output` shows their values.
@@ -17,6 +23,8 @@ Examples:
       --sample gs://my-proj-histoxai-samples/4
   histoxai retrain --sample gs://my-proj-histoxai-samples/17 --pipeline-root gs://my-proj-runs/root \\
       --package gs://my-proj-runs/templates/histoxai.yaml --param train_samples='["3", "4"]'
+  histoxai retrain --list --samples-uri gs://my-proj-histoxai-samples
+  histoxai retrain --quarantine 17 --reason "ingest: HE.mat chunk 12 unreadable"
 """
 
 from __future__ import annotations
@@ -30,8 +38,16 @@ from histoxai.pipelines.cli_submit import add_vertex_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sample", action="append", required=True, metavar="gs://BUCKET/[PREFIX/]ID",
-                        help="the uploaded sample folder (repeatable with --register-only)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sample", action="append", metavar="gs://BUCKET/[PREFIX/]ID",
+                      help="the uploaded sample folder (repeatable with --register-only)")
+    what.add_argument("--list", action="store_true", help="list the registered samples and their states")
+    what.add_argument("--quarantine", metavar="ID", help="leave a registered sample out of later runs")
+    what.add_argument("--release", metavar="ID", help="check a quarantined sample again and let it train")
+    parser.add_argument("--reason", default="", help="why (with --quarantine; recorded in the registry)")
+    parser.add_argument("--samples-uri", default=os.environ.get("HISTOXAI_SAMPLES_BUCKET", ""),
+                        metavar="gs://BUCKET[/PREFIX]", help="the registry's samples folder (with --list, "
+                        "--quarantine, --release; default $HISTOXAI_SAMPLES_BUCKET)")
     parser.add_argument("--register-only", action="store_true",
                         help="add the samples to the registry without submitting a run")
     parser.add_argument("--package", default=os.environ.get("HISTOXAI_PIPELINE_TEMPLATE", ""),
@@ -60,10 +76,41 @@ def _samples_root(samples: list[str]) -> tuple[str, list[str]]:
     return roots.pop(), ids
 
 
+def _manage(args: argparse.Namespace) -> None:
+    """--list, --quarantine, --release over the registry of --samples-uri."""
+    from histoxai.pipelines import registry
+    from histoxai.pipelines.retrain import Settings, check_sample
+
+    root = args.samples_uri.rstrip("/")
+    if not storage.is_gcs(root):
+        raise InputError(f"--samples-uri {args.samples_uri!r}: expected gs://BUCKET[/PREFIX], the samples "
+                         "folder whose registry to read (or set HISTOXAI_SAMPLES_BUCKET)")
+    if args.quarantine:
+        if not args.reason.strip():
+            raise InputError("--reason: empty; say why the sample is quarantined (it is recorded)")
+        registry.set_state(root, args.quarantine, registry.QUARANTINED, args.reason.strip())
+    elif args.release:
+        if registry.samples(root).get(args.release, {}).get("state") == registry.QUARANTINED:
+            check_sample(Settings(samples_uri=root, pipeline_root=""), args.release)
+        registry.set_state(root, args.release, registry.ACTIVE)
+    entries = registry.samples(root)
+    print(f"registry        {registry.registry_uri(root)}")
+    for sample, entry in entries.items():
+        state = entry.get("state", registry.ACTIVE)
+        why = f"  {entry.get('reason', '')}" if state == registry.QUARANTINED else ""
+        print(f"{sample:<15} {state:<12} generation {entry.get('ready_generation') or '-'}{why}")
+    if not entries:
+        print("(no samples registered)")
+
+
 def run(args: argparse.Namespace) -> None:
     from histoxai.pipelines.params import parse_param_pairs
-    from histoxai.pipelines.retrain import READY, Settings, registry_uri, retrain_sample, run_parameters
+    from histoxai.pipelines.registry import registry_uri
+    from histoxai.pipelines.retrain import READY, Settings, retrain_sample, run_parameters
 
+    if not args.sample:
+        _manage(args)
+        return
     root, samples = _samples_root(args.sample)
     if len(samples) > 1 and not args.register_only:
         raise InputError(f"--sample given {len(samples)} times: one run starts per upload; give one "
@@ -80,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
             raise InputError(f"{marker}: no READY marker; upload it after the sample's files (it tells "
                              "that the upload is complete)")
         outcome = retrain_sample(settings, sample, str(generation or ""), submit=not args.register_only)
-        print(f"sample          {sample}: {outcome.status}")
+        print(f"sample          {sample}: {outcome.status}" + (f" ({outcome.note})" if outcome.note else ""))
     print(f"registry        {registry_uri(root)}")
     print(f"samples         {', '.join(outcome.samples)}")
     if outcome.run:

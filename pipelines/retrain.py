@@ -2,12 +2,17 @@
 
 A new sample is uploaded to <samples>/<id>/ in the dataset layout, with a READY marker written last.
 For that marker, and for nothing else, `retrain_sample`:
-1. checks that the sample is complete (`check_upload`: every file present, MR.mat valid, slide and
-   mask MATLAB headers, the nuclei table's columns; the slide itself is not downloaded);
-2. adds it to the registry <samples>/histoxai-registry.json by read-modify-write with the object's
+1. ignores it when the sample id is unusable (characters, length) or when a newer READY of the same
+   sample exists or is registered (events can arrive late and out of order);
+2. checks the sample with ingestion's own checks (`check_upload`: MR maps and their physical ranges,
+   slide type and shape, masks on both grids, the nuclei table; a v7.3 slide is read in place by
+   ranges, not downloaded); a sample that fails is registered as quarantined with the reason, and
+   no run starts;
+3. adds it to the registry <samples>/histoxai-registry.json by read-modify-write with the object's
    generation as precondition, so two concurrent uploads never lose an entry, and in the same write
    claims the run for this marker (keyed by the marker's object generation);
-3. submits one Vertex AI pipeline run over every registered sample and records it in the registry.
+4. submits one Vertex AI pipeline run over every active (not quarantined) registered sample and
+   records it in the registry. `histoxai retrain --list / --quarantine / --release` manage the states.
 The same event delivered again finds its run claimed or recorded and submits nothing. If a delivery
 dies after its claim, a redelivery takes the claim over once it is CLAIM_TIMEOUT old, and Vertex AI
 refuses a second run with the marker's job id. Uploading READY again (a new generation) retrains.
@@ -23,12 +28,10 @@ import datetime as dt
 import hashlib
 import json
 import os
-import random
 import re
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,19 +39,21 @@ import functions_framework
 
 from histoxai import storage
 from histoxai.errors import InputError
+from histoxai.pipelines import registry as sample_registry
+from histoxai.pipelines.registry import ACTIVE, RetryLater, active, newer, now, update_registry
 
 READY = "READY"
-REGISTRY = "histoxai-registry.json"
 CLAIM_TIMEOUT = dt.timedelta(minutes=15)  # well above the function's 300 s timeout
-_WRITE_ATTEMPTS = 30
 
 
 class SampleRejected(InputError):
     """The uploaded sample is incomplete or unreadable; retrying the event cannot help."""
 
 
-class SubmissionInProgress(InputError):
+class SubmissionInProgress(RetryLater):
     """Another delivery of the same upload holds the claim and is submitting its run right now."""
+
+
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class Outcome:
     samples: list[str]
     run: str = ""
     url: str = ""
+    note: str = ""  # why nothing happened (a stale event)
 
 
 def marker_sample(samples_uri: str, bucket: str, name: str) -> str | None:
@@ -113,11 +119,6 @@ def marker_sample(samples_uri: str, bucket: str, name: str) -> str | None:
     return parts[0] if len(parts) == 2 and parts[0] and parts[1] == READY else None
 
 
-def ordered(samples) -> list[str]:
-    """Sample ids in natural order (2 before 10)."""
-    return sorted(samples, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
-
-
 def job_id(samples_uri: str, sample: str, generation: str) -> str:
     """The Vertex AI job id of the run for one READY marker (Vertex AI: [a-z][-a-z0-9]{0,127})."""
     slug = re.sub(r"[^a-z0-9-]+", "-", sample.lower()).strip("-")[:40] or "sample"
@@ -125,80 +126,75 @@ def job_id(samples_uri: str, sample: str, generation: str) -> str:
     return f"histoxai-retrain-{slug}-{generation}-{digest}"
 
 
-# --- the registry ------------------------------------------------------------------------------------
-
-def registry_uri(samples_uri: str) -> str:
-    return storage.join(samples_uri, REGISTRY)
-
-
-def update_registry(samples_uri: str, change: Callable[[dict], Any]) -> Any:
-    """Apply `change` (mutates the registry dict, returns a result) by read-modify-write.
-
-    The write carries the generation that was read as precondition; when another writer came first,
-    the registry is read again and `change` applied again, so `change` must depend only on what it reads.
-    Returns change's result; writes nothing when the registry is unchanged.
-    """
-    uri = registry_uri(samples_uri)
-    for attempt in range(_WRITE_ATTEMPTS):
-        data, generation = storage.read_versioned(uri)
-        try:
-            registry = json.loads(data) if data else {}
-        except ValueError as err:
-            raise InputError(f"{uri}: not valid JSON ({err}); expected the sample registry histoxai writes "
-                             "(repair it, or delete it and register the samples again)") from None
-        before = json.dumps(registry, sort_keys=True)
-        result = change(registry)
-        if json.dumps(registry, sort_keys=True) == before:
-            return result
-        text = json.dumps(registry, indent=1, sort_keys=True)
-        if storage.write_if_generation(uri, text.encode(), generation, content_type="application/json"):
-            return result
-        time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # back off from the other writer
-    raise InputError(f"{uri}: other writers kept changing it during {_WRITE_ATTEMPTS} attempts; try again")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 # --- one upload ---------------------------------------------------------------------------------------
 
-def check_sample(settings: Settings, sample: str) -> dict[str, int]:
-    """Sizes of the sample's files, or SampleRejected naming what is missing or unreadable."""
-    from histoxai.components.ingest.inputs import check_sample_id, check_upload
+def check_sample_id(samples_uri: str, sample: str) -> None:
+    """SampleRejected for an id that cannot name shard files and runs (nothing is registered)."""
+    from histoxai.components.ingest.inputs import check_sample_id as check
 
-    sample_dir = storage.join(settings.samples_uri, sample)
     try:
-        check_sample_id(sample, f"{sample_dir}: folder name")
-        return check_upload(sample_dir)
+        check(sample, f"{storage.join(samples_uri, sample)}: folder name")
+    except InputError as err:
+        raise SampleRejected(f"sample id rejected: {err}") from err
+
+
+def check_sample(settings: Settings, sample: str) -> dict[str, int]:
+    """Sizes of the sample's files, or SampleRejected naming what is missing, unreadable or implausible."""
+    from histoxai.components.ingest.inputs import check_upload
+
+    check_sample_id(settings.samples_uri, sample)
+    try:
+        return check_upload(storage.join(settings.samples_uri, sample))
     except InputError as err:
         raise SampleRejected(f"sample {sample} rejected: {err}") from err
+
+
+def _stale(settings: Settings, sample: str, generation: str) -> str:
+    """Why an event for READY `generation` is out of date ('' when it is not): a newer READY exists."""
+    current = storage.stat(storage.join(settings.samples_uri, sample, READY))[1]
+    if current is not None and newer(str(current), generation):
+        return f"READY was written again (generation {current})"
+    entry = sample_registry.samples(settings.samples_uri).get(sample, {})
+    if newer(entry.get("ready_generation", ""), generation):
+        return f"generation {entry['ready_generation']} is registered"
+    return ""
 
 
 def retrain_sample(settings: Settings, sample: str, generation: str, *, submit: bool = True,
                    event: str = "") -> Outcome:
     """Check, register and (with submit) start one run for the upload whose READY has `generation`."""
-    sizes = check_sample(settings, sample)
     generation = str(generation)
-    key, now = f"{sample}@{generation}", _now()
+    check_sample_id(settings.samples_uri, sample)
+    stale = _stale(settings, sample, generation)
+    if stale:
+        return Outcome(sample, "stale", [], note=stale)
+    try:
+        sizes = check_sample(settings, sample)
+    except SampleRejected as err:
+        sample_registry.quarantine(settings.samples_uri, sample, generation, str(err), by="check")
+        raise
+    key, when = f"{sample}@{generation}", now()
     run_id = job_id(settings.samples_uri, sample, generation)
 
     def register_and_claim(registry: dict) -> tuple[str, dict]:
         samples = registry.setdefault("samples", {})
-        first = samples.get(sample, {}).get("registered", now)
-        samples[sample] = {"ready_generation": generation, "files": sizes, "registered": first}
+        entry = samples.get(sample, {})
+        if newer(entry.get("ready_generation", ""), generation):
+            return "stale", {"samples": []}
+        samples[sample] = {"ready_generation": generation, "files": sizes, "state": ACTIVE,
+                           "registered": entry.get("registered", when)}
         if not submit:
-            return "registered", {"samples": ordered(samples)}
+            return "registered", {"samples": active(registry)}
         runs = registry.setdefault("runs", {})
         run = runs.get(key)
         if run and run["state"] == "submitted":
             return "duplicate", run
         if run and run["state"] == "submitting":
-            age = dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(run["claimed"])
+            age = dt.datetime.fromisoformat(when) - dt.datetime.fromisoformat(run["claimed"])
             if age < CLAIM_TIMEOUT:
                 return "in-progress", run
-        runs[key] = {"state": "submitting", "claimed": now, "event": event, "job_id": run_id,
-                     "samples": ordered(samples)}
+        runs[key] = {"state": "submitting", "claimed": when, "event": event, "job_id": run_id,
+                     "samples": active(registry)}
         return "claimed", runs[key]
 
     status, run = update_registry(settings.samples_uri, register_and_claim)
@@ -283,12 +279,18 @@ def _log(severity: str, message: str, **fields) -> None:
 def on_sample_uploaded(event) -> None:
     """Handle google.cloud.storage.object.v1.finalized for the samples bucket.
 
-    Returns normally (the event is done) for other objects, rejected samples and repeated deliveries;
-    raises (Eventarc delivers the event again later) when the run could not be submitted yet.
+    Returns normally (the event is done) for other objects, rejected or stale samples, repeated
+    deliveries and every permanent error (logged as one structured line: retrying cannot help, and
+    Eventarc would retry for a day); raises (the event comes again later) only when the run cannot be
+    handled yet (RetryLater) or the cause may pass (network, service errors).
     """
     data = event.data or {}
     bucket, name, generation = data.get("bucket", ""), data.get("name", ""), str(data.get("generation", ""))
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except InputError as err:  # the function's own settings: fix the deployment, not the upload
+        _log("ERROR", f"no run started: {err}", permanent=True, marker=f"gs://{bucket}/{name}")
+        return
     sample = marker_sample(settings.samples_uri, bucket, name)
     if sample is None:
         return  # a sample's data file, the registry, anything but a READY marker
@@ -297,15 +299,17 @@ def on_sample_uploaded(event) -> None:
     try:
         outcome = retrain_sample(settings, sample, generation, event=event["id"])
     except SampleRejected as err:
-        _log("WARNING", str(err), **context)
+        _log("WARNING", str(err), permanent=True, **context)
         return
-    except SubmissionInProgress as err:
+    except RetryLater as err:
         _log("INFO", f"{err}; asking for a later delivery", **context)
         raise
     except InputError as err:
-        _log("ERROR", f"sample {sample}: no run started: {err}", **context)
-        raise
-    if outcome.status == "duplicate":
+        _log("ERROR", f"sample {sample}: no run started: {err}", permanent=True, **context)
+        return
+    if outcome.status == "stale":
+        _log("INFO", f"sample {sample}: an out-of-date event ignored: {outcome.note}", **context)
+    elif outcome.status == "duplicate":
         _log("INFO", f"sample {sample}: this upload's run was already submitted: {outcome.run}", **context)
     else:
         _log("INFO", f"sample {sample}: registered; submitted run {outcome.run} over samples "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from histoxai import storage
+from histoxai import layout, storage
 from histoxai.cli import main as histoxai_main
 from histoxai.errors import InputError
 
@@ -306,8 +306,14 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
 
     samples = storage.join(gcs_bucket, "samples")
     render_phantom(samples, [3, 4], pixels_per_voxel=16, n_max=8, crop=(20, 20), seed=1)
+    # sample 5: sample 4 with its slide cut short (as an interrupted upload leaves it): ingestion refuses
+    # it, and the run goes on with the others
+    for uri in storage.list_files(f"{samples}/4"):
+        data = storage.read_bytes(uri)
+        storage.write_bytes(uri.replace(f"{samples}/4/", f"{samples}/5/"),
+                            data[: len(data) * 6 // 10] if uri.endswith(layout.HE_MAT) else data)
     arguments = {
-        "samples_uri": samples, "samples": ["3", "4"], "patch_size": 32, "erosion": 2,
+        "samples_uri": samples, "samples": ["3", "4", "5"], "patch_size": 32, "erosion": 2,
         "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(),
         "config_overrides": ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32"],
         "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 4,
@@ -315,13 +321,16 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     }
     run = run_local(arguments, str(tmp_path / "runs"))
     captured = capsys.readouterr()
-    assert captured.out.count("  done ") == 11 and "for-loop-1-iteration-1/ingest" in captured.out
+    assert captured.out.count("  done ") == 12 and "for-loop-1-iteration-1/ingest" in captured.out
     assert "pipeline: 100%" in captured.err  # the progress bar
 
     summary = run.summary
     assert [(s["sample"], s["source"]) for s in summary["samples"]] == [
         ("3", f"{samples}/3"), ("4", f"{samples}/4")]
     assert all(s["patches"] > 50 for s in summary["samples"])
+    (refused,) = summary["rejected"]
+    assert refused["sample"] == "5" and "truncated file" in refused["reason"], refused
+    assert "Samples left out: ingestion refused them" in run.report_html.read_text()
     rows = [r["data"] for r in summary["r2_table"]]
     assert rows == ["sample 3 *", "sample 4 *", "train set", "validation set", "test set"]
     assert set(summary["r2_table"][0]) == {"data", "MD (multitask)", "FA (multitask)", "CC (single_task)"}
@@ -373,5 +382,8 @@ def test_local_run_names_the_failing_task(tmp_path, capsys):
                           "--train-samples", "3", "--config", "demo", "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert re.fullmatch(rf"histoxai run-local: error: pipeline task ingest failed: InputError: {samples}/3/"
+    # ingest refuses the only (training) sample without failing; split then has nothing to train on
+    assert re.fullmatch(r"histoxai run-local: error: pipeline task split failed: InputError: "
+                        r"train_samples 3: "
+                        rf"every training sample was refused by ingestion \(3: {samples}/3/"
                         r"coreg_fine/ver1/MR.mat: .*\(full log: .*\.log\)", err), err

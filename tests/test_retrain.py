@@ -23,7 +23,7 @@ import requests
 
 from histoxai import layout, storage
 from histoxai.cli import main as histoxai_main
-from histoxai.pipelines import retrain
+from histoxai.pipelines import registry, retrain
 from tests import vertex_recorder
 from tests.samples import make_sample, write_sample
 
@@ -70,7 +70,7 @@ def upload_sample(folder: Path, target: str, *, skip: tuple[str, ...] = (), read
 
 
 def read_registry(samples_uri: str) -> dict:
-    return json.loads(storage.read_text(retrain.registry_uri(samples_uri)))
+    return json.loads(storage.read_text(registry.registry_uri(samples_uri)))
 
 
 def _free_port() -> int:
@@ -136,18 +136,18 @@ def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
     samples_uri = f"{gcs_bucket}/samples"
     calls = []
 
-    def add_seven(registry):
-        calls.append(json.dumps(registry))
+    def add_seven(entries):
+        calls.append(json.dumps(entries))
         if len(calls) == 1:  # another writer gets in between this read and this write
-            storage.write_text(retrain.registry_uri(samples_uri), json.dumps({"samples": {"8": {}}}))
-        registry.setdefault("samples", {})["7"] = {}
+            storage.write_text(registry.registry_uri(samples_uri), json.dumps({"samples": {"8": {}}}))
+        entries.setdefault("samples", {})["7"] = {}
 
-    retrain.update_registry(samples_uri, add_seven)
+    registry.update_registry(samples_uri, add_seven)
     assert len(calls) == 2 and json.loads(calls[1]) == {"samples": {"8": {}}}  # re-read, re-applied
     assert set(read_registry(samples_uri)["samples"]) == {"7", "8"}
 
     def register(sample):
-        retrain.update_registry(samples_uri, lambda r: r.setdefault("samples", {}).__setitem__(sample, {}))
+        registry.update_registry(samples_uri, lambda r: r.setdefault("samples", {}).__setitem__(sample, {}))
 
     threads = [threading.Thread(target=register, args=(f"s{i}",)) for i in range(8)]
     for thread in threads:
@@ -156,7 +156,7 @@ def test_registry_update_survives_a_concurrent_writer(gcs_bucket):
         thread.join()
     assert set(read_registry(samples_uri)["samples"]) == {"7", "8"} | {f"s{i}" for i in range(8)}
 
-    storage.write_text(retrain.registry_uri(samples_uri), "{not json")
+    storage.write_text(registry.registry_uri(samples_uri), "{not json")
     with pytest.raises(retrain.InputError, match="histoxai-registry.json: not valid JSON"):
         register("9")
 
@@ -168,7 +168,7 @@ def test_marker_and_job_id():
                          ("b", "other/17/READY"), ("b", "incoming/a/17/READY")]:
         assert retrain.marker_sample("gs://b/incoming", bucket, name) is None
     assert retrain.marker_sample("gs://b", "b", "17/READY") == "17"
-    assert retrain.ordered(["10", "b", "2", "a"]) == ["2", "10", "a", "b"]
+    assert registry.ordered(["10", "b", "2", "a"]) == ["2", "10", "a", "b"]
     one = retrain.job_id("gs://b/incoming", "Tumour_7", "1700000000000001")
     assert one.startswith("histoxai-retrain-tumour-7-1700000000000001-") and len(one) <= 128
     assert one != retrain.job_id("gs://b/other", "Tumour_7", "1700000000000001")
@@ -178,15 +178,19 @@ def test_marker_and_job_id():
 def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_files):
     (first, second), record = servers
     bucket, samples_uri = cloud["bucket"], cloud["samples_uri"]
-    registry = retrain.registry_uri(samples_uri)
+    registry_file = registry.registry_uri(samples_uri)
 
-    # A data file's event and an incomplete sample's marker: acknowledged, nothing registered or started.
+    # A data file's event and an incomplete sample's marker: acknowledged, no run started; the incomplete
+    # sample is registered as quarantined, with the reason.
     upload_sample(sample_files, f"{samples_uri}/7", ready=False)
     assert first.deliver(bucket, f"incoming/7/{layout.MR_MAT}").status_code == 200
     upload_sample(sample_files, f"{samples_uri}/8", skip=(layout.NUCLEI_TSV,))
     assert first.deliver(bucket, "incoming/8/READY").status_code == 200
-    assert not storage.exists(registry) and not vertex_recorder.recorded(record)
+    assert not vertex_recorder.recorded(record)
     (rejected,) = [line for line in first.lines() if line["severity"] == "WARNING"]
+    assert rejected["permanent"] is True
+    assert registry.samples(samples_uri)["8"]["state"] == "quarantined"
+    assert registry.samples(samples_uri)["8"]["reason"] == rejected["message"]
     assert rejected["message"] == (f"sample 8 rejected: {samples_uri}/8/{layout.NUCLEI_TSV}: file not found; "
                                    f"expected {layout.NUCLEI_TSV} inside the sample folder (the dataset "
                                    "layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
@@ -207,8 +211,8 @@ def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_fi
     assert job["labels"] == {"trigger": "retrain", "sample": "7"}
     assert job["displayName"] == "histoxai-retrain-7"
     assert "train-model" in job["pipelineSpec"]["root"]["dag"]["tasks"]
-    state = json.loads(storage.read_text(registry))
-    assert set(state["samples"]) == {"7"}
+    state = json.loads(storage.read_text(registry_file))
+    assert registry.active(state) == ["7"]
     assert state["samples"]["7"]["files"][layout.HE_MAT] == (sample_files / layout.HE_MAT).stat().st_size
     (claim,) = state["runs"].values()
     assert claim["state"] == "submitted" and claim["event"] == "event-7"
@@ -240,7 +244,7 @@ def test_trigger_registers_and_submits_once_per_upload(cloud, servers, sample_fi
                  for r in runs}
     assert {"7", "9"} <= set(by_sample["9"]) and {"7", "10"} <= set(by_sample["10"])
     assert max(by_sample.values(), key=len) == ["7", "9", "10"]  # the later claim saw both
-    assert set(json.loads(storage.read_text(registry))["samples"]) == {"7", "9", "10"}
+    assert registry.active(json.loads(storage.read_text(registry_file))) == ["7", "9", "10"]
 
     # READY written again (a corrected upload): a new run over every registered sample.
     storage.write_bytes(f"{samples_uri}/7/{retrain.READY}", b"")
@@ -260,26 +264,31 @@ def test_failed_submission_is_retried_and_stale_claims_taken_over(cloud, sample_
     good = retrain.Settings.from_env()
     settings = retrain.Settings(**{**good.__dict__, "samples_uri": samples_uri})
 
+    ready = f"{samples_uri}/21/{retrain.READY}"
+    first = str(storage.stat(ready)[1])
     broken = retrain.Settings(**{**settings.__dict__, "template": f"gs://{cloud['bucket']}/missing.yaml"})
     with pytest.raises(retrain.InputError, match="missing.yaml"):
-        retrain.retrain_sample(broken, "21", "5")
+        retrain.retrain_sample(broken, "21", first)
     (failed,) = read_registry(samples_uri)["runs"].values()
     assert failed["state"] == "failed" and "missing.yaml" in failed["error"]
-    outcome = retrain.retrain_sample(settings, "21", "5")  # the redelivery: claims again, submits
+    outcome = retrain.retrain_sample(settings, "21", first)  # the redelivery: claims again, submits
     assert outcome.status == "submitted" and len(vertex_recorder.recorded(record)) == 1
 
     # A claim held by a live delivery: wait. A claim older than CLAIM_TIMEOUT whose run went through
     # (the delivery died before recording it): taken over, and Vertex AI's refusal of the job id
     # tells that the run exists.
-    key = "21@6"
-    fresh = {"state": "submitting", "claimed": retrain._now(), "samples": ["21"]}
-    retrain.update_registry(samples_uri, lambda r: r["runs"].__setitem__(key, fresh))
+    storage.write_bytes(ready, b"")  # the sample uploaded again: a new READY generation
+    second = str(storage.stat(ready)[1])
+    key = f"21@{second}"
+    fresh = {"state": "submitting", "claimed": registry.now(), "samples": ["21"]}
+    registry.update_registry(samples_uri, lambda r: r["runs"].__setitem__(key, fresh))
     with pytest.raises(retrain.SubmissionInProgress, match="another delivery claimed"):
-        retrain.retrain_sample(settings, "21", "6")
-    retrain.update_registry(samples_uri, lambda r: r["runs"][key].update(claimed="2020-01-01T00:00:00+00:00"))
-    retrain.submit_run(settings, ["21"], "21", retrain.job_id(samples_uri, "21", "6"))
-    outcome = retrain.retrain_sample(settings, "21", "6")
-    assert outcome.status == "submitted" and outcome.run.endswith(retrain.job_id(samples_uri, "21", "6"))
+        retrain.retrain_sample(settings, "21", second)
+    registry.update_registry(samples_uri,
+                             lambda r: r["runs"][key].update(claimed="2020-01-01T00:00:00+00:00"))
+    retrain.submit_run(settings, ["21"], "21", retrain.job_id(samples_uri, "21", second))
+    outcome = retrain.retrain_sample(settings, "21", second)
+    assert outcome.status == "submitted" and outcome.run.endswith(retrain.job_id(samples_uri, "21", second))
     assert len(vertex_recorder.recorded(record)) == 2
     assert read_registry(samples_uri)["runs"][key]["state"] == "submitted"
 

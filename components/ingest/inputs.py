@@ -16,11 +16,15 @@ import numpy as np
 
 from histoxai import layout, storage
 from histoxai.errors import InputError
-from histoxai.matfile import MatFile, open_mat
+from histoxai.matfile import HDF5_SIGNATURE, MatFile, open_mat
 
 REQUIRED_MR_FIELDS = ("MD", "FA", "ROI")
 OPTIONAL_MR_FIELDS = ("FAIP",)  # absent in some real samples: the FAIP column is then NaN
-_SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SAMPLE_ID_MAX = 64  # it names shard files, job ids and Vertex AI display names (at most 128 characters)
+_SAMPLE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{SAMPLE_ID_MAX - 1}}}$")
+# Plausible values on ROI voxels: MD in um^2/ms (= 10^-3 mm^2/s; free water at body temperature diffuses at
+# about 3, so tissue stays below it; values stored in mm^2/s are far below 4 too), FA and FAIP in [0, 1].
+PLAUSIBLE = {"MD": (0.0, 4.0), "FA": (0.0, 1.0), "FAIP": (0.0, 1.0)}
 _LAYOUT_HINT = ("(the dataset layout: coreg_fine/ver1/{MR,HE,HE_mask}.mat, "
                 "cell_density/QuPath/measurements.tsv)")
 
@@ -58,8 +62,10 @@ def sample_name(sample_dir: str) -> str:
 
 def check_sample_id(sample_id: str, what: str = "--sample-id") -> str:
     if not _SAMPLE_ID.match(sample_id or ""):
-        raise InputError(f"{what} {sample_id!r} is not a usable sample id; expected letters, digits, '.', "
-                         "'_' or '-' (it names the shard files)")
+        text = sample_id or ""
+        shown = repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise InputError(f"{what} {shown} is not a usable sample id; expected 1 to {SAMPLE_ID_MAX} "
+                         "letters, digits, '.', '_' or '-' (it names the shard files and the runs)")
     return sample_id
 
 
@@ -87,6 +93,21 @@ def _open(stack: contextlib.ExitStack, uri: str, local) -> MatFile:
         return stack.enter_context(open_mat(local))
 
 
+def _open_slide(stack: contextlib.ExitStack, sample_dir: str, rel: str, ranged: bool) -> tuple[str, MatFile]:
+    """A slide or mask file, opened in place by ranged reads when `ranged` and it is a v7.3 file on
+    gs:// (headers, shapes and small variables cost a few requests), else downloaded as ingestion does."""
+    uri = storage.join(sample_dir, rel)
+    if ranged and storage.is_gcs(uri) and storage.exists(uri):
+        from histoxai.ranged import RangedFile
+
+        handle = stack.enter_context(contextlib.closing(RangedFile(uri)))
+        handle.seek(512)
+        if handle.read(8) == HDF5_SIGNATURE:
+            return uri, stack.enter_context(open_mat(uri, handle))
+    uri, local = _fetch(stack, sample_dir, rel)
+    return uri, _open(stack, uri, local)
+
+
 def _read_mr(mat: MatFile, uri: str) -> tuple[dict[str, np.ndarray], bool]:
     struct = mat.read_struct("MR")
     missing = [f for f in REQUIRED_MR_FIELDS if f not in struct]
@@ -112,8 +133,16 @@ def _read_mr(mat: MatFile, uri: str) -> tuple[dict[str, np.ndarray], bool]:
         if not np.isfinite(maps[name]).any():
             raise InputError(f"{uri}: MR.{name} is NaN (or infinite) at every voxel; "
                              "expected measured values")
-    if not (maps["ROI"] == 1).any():
+    roi = maps["ROI"] == 1
+    if not roi.any():
         raise InputError(f"{uri}: MR.ROI has no voxel equal to 1 (empty ROI); expected the tumour ROI")
+    for name, (low, high) in PLAUSIBLE.items():
+        values = maps[name][roi & np.isfinite(maps[name])]
+        wrong = values[(values < low) | (values > high)]
+        if wrong.size:
+            unit = " um^2/ms (10^-3 mm^2/s)" if name == "MD" else ""
+            raise InputError(f"{uri}: MR.{name} is {wrong[0]:.4g} at {wrong.size} ROI voxel(s); expected "
+                             f"{low:g} to {high:g}{unit}, the physical range (a damaged file?)")
     return maps, faip_present
 
 
@@ -169,8 +198,9 @@ def read_centroids(path, uri: str) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def open_sample(sample_dir: str) -> Iterator[Sample]:
-    """Validate a sample folder (local or gs://) and keep its slide files open for streaming."""
+def open_sample(sample_dir: str, *, ranged: bool = False) -> Iterator[Sample]:
+    """Validate a sample folder (local or gs://) and keep its slide files open for streaming; `ranged`
+    reads gs:// v7.3 slides in place (for checks) instead of downloading them (for streaming)."""
     sample_dir = str(sample_dir).rstrip("/")
     if not storage.is_gcs(sample_dir) and not storage.exists(sample_dir):
         raise InputError(f"{sample_dir}: sample folder not found")
@@ -182,14 +212,12 @@ def open_sample(sample_dir: str) -> Iterator[Sample]:
             maps, faip_present = _read_mr(mr, mr_uri)
         grid = maps["MD"].shape
 
-        he_uri, he_local = _fetch(stack, sample_dir, layout.HE_MAT)
-        he = _open(stack, he_uri, he_local)
-        with _named(he_uri, he_local):
+        he_uri, he = _open_slide(stack, sample_dir, layout.HE_MAT, ranged)
+        with _named(he_uri, he.path):
             he_shape = _check_slide(he, he_uri, grid)
 
-        mask_uri, mask_local = _fetch(stack, sample_dir, layout.HE_MASK_MAT)
-        mask = _open(stack, mask_uri, mask_local)
-        with _named(mask_uri, mask_local):
+        mask_uri, mask = _open_slide(stack, sample_dir, layout.HE_MASK_MAT, ranged)
+        with _named(mask_uri, mask.path):
             dhe = _check_masks(mask, mask_uri, he_shape, grid)
 
         tsv_uri, tsv_local = _fetch(stack, sample_dir, layout.NUCLEI_TSV)
@@ -214,7 +242,6 @@ def read_errors_named(sample: Sample) -> Iterator[None]:
 
 
 _MAT_HEADERS = (b"MATLAB 5.0 MAT-file", b"MATLAB 7.3 MAT-file")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # where a v7.3 file's HDF5 part begins, after 512 header bytes
 
 
 def _check_mat_header(uri: str) -> None:
@@ -222,7 +249,7 @@ def _check_mat_header(uri: str) -> None:
     if not head.startswith(_MAT_HEADERS):
         raise InputError(f"{uri}: not a MATLAB file (its header does not start with 'MATLAB 5.0 MAT-file' "
                          "or 'MATLAB 7.3 MAT-file'); expected the .mat file of the dataset layout")
-    if head.startswith(_MAT_HEADERS[1]) and head[512:520] != _HDF5_SIGNATURE:
+    if head.startswith(_MAT_HEADERS[1]) and head[512:520] != HDF5_SIGNATURE:
         raise InputError(f"{uri}: a MATLAB 7.3 header without its HDF5 part (truncated upload?); "
                          "expected a complete v7.3 file")
 
@@ -240,12 +267,12 @@ def _check_table_header(uri: str) -> None:
 
 
 def check_upload(sample_dir: str) -> dict[str, int]:
-    """Check that an uploaded sample folder is complete, without downloading its slide.
+    """Check an uploaded sample folder with ingestion's own checks, without downloading a v7.3 slide.
 
-    Every file of the layout must exist and be non-empty; MR.mat (small) is read and validated as
-    ingestion does; HE.mat and HE_mask.mat must carry a MATLAB header (and a v7.3 file its HDF5 part);
-    the nuclei table must have the centroid columns. Returns each file's size in bytes.
-    Shapes of the slide and masks are checked by ingestion itself.
+    Every file of the layout must exist and be non-empty and carry its header; then `open_sample`
+    validates it as ingestion does (MR maps and their ranges, slide type and shape, masks on the slide
+    and MR grids, the nuclei table), reading v7.3 slides in place by ranges (HDF5 also refuses a file
+    shorter than it says it is). Returns each file's size in bytes.
     """
     sample_dir = str(sample_dir).rstrip("/")
     sizes = {}
@@ -259,9 +286,6 @@ def check_upload(sample_dir: str) -> dict[str, int]:
     for rel in (layout.MR_MAT, layout.HE_MAT, layout.HE_MASK_MAT):
         _check_mat_header(storage.join(sample_dir, rel))
     _check_table_header(storage.join(sample_dir, layout.NUCLEI_TSV))
-    with contextlib.ExitStack() as stack:
-        mr_uri, mr_local = _fetch(stack, sample_dir, layout.MR_MAT)
-        mr = _open(stack, mr_uri, mr_local)
-        with _named(mr_uri, mr_local):
-            _read_mr(mr, mr_uri)
+    with open_sample(sample_dir, ranged=True):
+        pass
     return sizes

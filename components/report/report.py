@@ -24,13 +24,18 @@ SPLIT_ORDER = ("train", "val", "test")
 
 def data_section(ingest_dirs: Sequence[str], split_dir: str) -> dict:
     """Patches per sample (ingest.json) and per sample and set (split.json)."""
-    samples = []
+    samples, rejected = [], []
     for folder in ingest_dirs:
+        refusal = artifacts.read_rejection(folder)
+        if refusal is not None:  # the ingest step refused this sample; the run went on without it
+            rejected.append({"sample": refusal["sample"], "reason": refusal["reason"]})
+            continue
         info = artifacts.read_ingest_info(folder)
         samples.append({"sample": info["sample"], "voxels": info["voxels"], "patches": info["kept"],
                         "patch_size": info["patch_size"], "source": info["sample_dir"]})
     split = artifacts.read_split_info(split_dir)
-    return {"samples": samples, "split_options": split["options"], "split_counts": split["counts"]}
+    return {"samples": samples, "rejected": rejected, "split_options": split["options"],
+            "split_counts": split["counts"]}
 
 
 def models_section(model_dirs: Mapping[str, str]) -> dict:
@@ -122,6 +127,9 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
          "device": m["device"]} for name, m in summary["models"].items()])
     fractions = "/".join(str(f) for f in options["fractions"])
     sections: list[tuple[str, object]] = [("h1", "histoxai run report")]
+    if summary.get("rejected"):
+        sections += [("h2", "Samples left out: ingestion refused them"),
+                     ("list", [f"sample {r['sample']}: {r['reason']}" for r in summary["rejected"]])]
     if summary["code_version"]:
         sections.append(("p", f"Code version {summary['code_version']}."))
     if summary["parameters"]:
@@ -188,4 +196,6 @@ def terminal_summary(summary: Mapping) -> str:
         lines.append("Flagged by the randomisation check: " + "; ".join(summary["flagged"]))
     patches = ", ".join(f"sample {s['sample']}: {s['patches']}" for s in summary["samples"])
     lines.append(f"\nPatches: {patches}")
+    for refused in summary.get("rejected") or []:
+        lines.append(f"Left out: sample {refused['sample']}, refused by ingestion: {refused['reason']}")
     return "\n".join(lines)

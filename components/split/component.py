@@ -28,17 +28,27 @@ def split(
     from histoxai import artifacts, storage
     from histoxai.artifacts import location
     from histoxai.components.split.split import split_manifests
+    from histoxai.errors import InputError
 
     out = location(data)
     # dsl.Collected and JSON list parameters can turn whole numbers into floats; sample ids are strings
     ids = [str(int(s)) if isinstance(s, float) and s.is_integer() else str(s) for s in train_samples]
-    split_manifests([location(m) for m in manifests], out, train_samples=ids, strategy=strategy,
+    # samples the ingest step refused are left out (the report lists them); the rest still train
+    inputs = [location(m) for m in manifests]
+    refused = {r["sample"]: r["reason"] for r in map(artifacts.read_rejection, inputs) if r is not None}
+    inputs = [m for m in inputs if artifacts.read_rejection(m) is None]
+    if refused and not [s for s in ids if s not in refused]:
+        raise InputError(f"train_samples {', '.join(ids)}: every training sample was refused by ingestion "
+                         f"({'; '.join(f'{s}: {why}' for s, why in refused.items())})")
+    ids = [s for s in ids if s not in refused]
+    split_manifests(inputs, out, train_samples=ids, strategy=strategy,
                     fractions=fractions, seed=int(seed), block_size=int(block_size), guard=int(guard),
                     overwrite=True)
     info = json.loads(storage.read_text(storage.join(out, artifacts.SPLIT_INFO)))
     totals = {name: sum(row[name] for row in info["counts"].values())
               for name in next(iter(info["counts"].values()))}
     data.metadata.update({"strategy": strategy, "train_samples": info["options"]["train_samples"],
+                          "rejected": refused,
                           "samples": sorted(info["counts"]), "patches": totals,
                           "table": artifacts.SPLIT_TABLE})
     storage.write_text(location(table), storage.read_text(storage.join(out, artifacts.SPLIT_REPORT)))
