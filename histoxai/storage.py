@@ -9,13 +9,13 @@ leaves a half-written artifact behind.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from histoxai import gcs
 from histoxai.errors import InputError
 
 GS_PREFIX = "gs://"
@@ -49,58 +49,47 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-@functools.lru_cache(maxsize=1)
-def _client():
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        # The client picks anonymous credentials for the emulator; a project id is still required.
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"))
-    return storage.Client()
-
-
-def reset_client() -> None:
-    """Forget the cached client (after STORAGE_EMULATOR_HOST or credentials change)."""
-    _client.cache_clear()
-
-
-@contextlib.contextmanager
-def _gcs_errors(uri: str) -> Iterator[None]:
-    """Turn the client's exceptions into one clear InputError naming the URI."""
+def _read(uri: str, action: Callable, whole: bool = False):
+    """action(blob) for the blob to read at `uri`: inside an output committed by histoxai.versioned,
+    the object and generation its record names (`whole` reads are checked against its CRC32C too).
+    When that object is gone, the record is looked up once more (a newer version may have replaced
+    it), then the file is refused by name."""
     from google.api_core import exceptions as gexc
-    from google.auth import exceptions as auth_exc
 
-    try:
-        yield
-    except gexc.NotFound as err:
-        raise InputError(f"{uri}: not found (expected an existing bucket and object)") from err
-    except gexc.Forbidden as err:
-        raise InputError(f"{uri}: access denied; check the credentials' permissions on the bucket") from err
-    except auth_exc.DefaultCredentialsError as err:
-        raise InputError(
-            f"{uri}: no Google Cloud credentials; run `gcloud auth application-default login`"
-        ) from err
-    except (gexc.GoogleAPICallError, gexc.RetryError, ConnectionError) as err:
-        raise InputError(f"{uri}: storage unreachable ({type(err).__name__}: {err})") from err
+    from histoxai import versioned
 
-
-def _blob(uri: str):
-    bucket, key = split_gcs(uri)
-    return _client().bucket(bucket).blob(key)
+    for attempt in range(2):
+        physical, entry = versioned.resolve(uri)
+        generation = None if entry is None else int(entry["generation"])
+        bucket, key = split_gcs(physical)
+        with gcs.errors(uri):
+            try:
+                result = action(gcs.blob(physical, generation))
+            except gexc.NotFound:
+                if entry is None:
+                    raise
+                versioned.forget()
+                if attempt:
+                    raise InputError(f"{uri}: its output record names {physical} (generation {generation}), "
+                                     "which is gone or was replaced outside histoxai; write the output "
+                                     "again with --overwrite") from None
+                continue
+        return versioned.check(uri, physical, entry, result) if whole and entry else result
+    raise AssertionError("unreachable")
 
 
 def exists(uri: str | os.PathLike) -> bool:
     uri = str(uri)
     if not is_gcs(uri):
         return Path(uri).exists()
-    with _gcs_errors(uri):
-        if _blob(uri).exists():
-            return True
-        return bool(list_files(uri))
+    if _read(uri, lambda blob: blob.exists(**gcs.bound())):
+        return True
+    return bool(list_files(uri))
 
 
-def list_files(prefix: str | os.PathLike) -> list[str]:
-    """All files under a folder, as full paths/URIs, sorted."""
+def list_files(prefix: str | os.PathLike, *, physical: bool = False) -> list[str]:
+    """All files under a folder, as full paths/URIs, sorted (on gs://, files of committed outputs as
+    readers name them, unless `physical`)."""
     prefix = str(prefix)
     if not is_gcs(prefix):
         root = Path(prefix)
@@ -109,9 +98,14 @@ def list_files(prefix: str | os.PathLike) -> list[str]:
         return sorted(str(p) for p in root.rglob("*") if p.is_file())
     bucket, key = split_gcs(prefix)
     key = key.rstrip("/") + "/" if key else ""
-    with _gcs_errors(prefix):
-        blobs = _client().list_blobs(bucket, prefix=key)
-        return sorted(f"{GS_PREFIX}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+    with gcs.errors(prefix):
+        blobs = gcs.client().list_blobs(bucket, prefix=key, **gcs.bound())
+        found = sorted(f"{GS_PREFIX}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+    if physical:
+        return found
+    from histoxai import versioned
+
+    return versioned.logical(found)
 
 
 def remove(uri: str | os.PathLike) -> None:
@@ -126,11 +120,11 @@ def remove(uri: str | os.PathLike) -> None:
         return
     from google.api_core import exceptions as gexc
 
-    targets = list_files(uri) or [uri]
-    with _gcs_errors(uri):
+    targets = list_files(uri, physical=True) or [uri]
+    with gcs.errors(uri):
         for target in targets:
             try:
-                _blob(target).delete()
+                gcs.blob(target).delete(**gcs.bound())
             except gexc.NotFound:
                 pass
 
@@ -142,8 +136,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
             return Path(uri).read_bytes()
         except FileNotFoundError as err:
             raise InputError(f"{uri}: file not found") from err
-    with _gcs_errors(uri):
-        return _blob(uri).download_as_bytes()
+    return _read(uri, lambda blob: blob.download_as_bytes(**gcs.bound()), whole=True)
 
 
 def read_range(uri: str | os.PathLike, start: int, length: int, *, generation: int | None = None) -> bytes:
@@ -153,9 +146,11 @@ def read_range(uri: str | os.PathLike, start: int, length: int, *, generation: i
         with open(uri, "rb") as fh:
             fh.seek(start)
             return fh.read(length)
-    with _gcs_errors(uri):
-        blob = _client().bucket(split_gcs(uri)[0]).blob(split_gcs(uri)[1], generation=generation)
-        return blob.download_as_bytes(start=start, end=start + length - 1)
+    if generation is not None:  # pinned by the caller (histoxai.ranged): exactly that object
+        with gcs.errors(uri):
+            blob = gcs.blob(uri, generation)
+            return blob.download_as_bytes(start=start, end=start + length - 1, **gcs.bound())
+    return _read(uri, lambda blob: blob.download_as_bytes(start=start, end=start + length - 1, **gcs.bound()))
 
 
 def stat(uri: str | os.PathLike) -> tuple[int | None, int | None]:
@@ -165,9 +160,13 @@ def stat(uri: str | os.PathLike) -> tuple[int | None, int | None]:
     if not is_gcs(uri):
         path = Path(uri)
         return (path.stat().st_size if path.is_file() else None), None
-    bucket, key = split_gcs(uri)
-    with _gcs_errors(uri):
-        blob = _client().bucket(bucket).get_blob(key)
+    from histoxai import versioned
+
+    physical, entry = versioned.resolve(uri)
+    bucket, key = split_gcs(physical)
+    with gcs.errors(uri):
+        generation = entry and int(entry["generation"])
+        blob = gcs.client().bucket(bucket).get_blob(key, generation=generation, **gcs.bound())
     return (None, None) if blob is None else (blob.size, blob.generation)
 
 
@@ -183,14 +182,14 @@ def read_versioned(uri: str) -> tuple[bytes | None, int]:
     from google.api_core import exceptions as gexc
 
     bucket, key = split_gcs(uri)
-    with _gcs_errors(uri):
+    with gcs.errors(uri):
         while True:
-            blob = _client().bucket(bucket).get_blob(key)
+            blob = gcs.client().bucket(bucket).get_blob(key, **gcs.bound())
             if blob is None:
                 return None, 0
             generation = blob.generation
             try:  # the bytes of exactly the generation seen; replaced in between: look again
-                return blob.download_as_bytes(if_generation_match=generation), generation
+                return blob.download_as_bytes(if_generation_match=generation, **gcs.bound()), generation
             except (gexc.PreconditionFailed, gexc.NotFound):
                 continue
 
@@ -201,9 +200,10 @@ def write_if_generation(uri: str, data: bytes, generation: int, *,
     False when another writer came first: re-read and re-apply the change."""
     from google.api_core import exceptions as gexc
 
-    with _gcs_errors(uri):
+    with gcs.errors(uri):
         try:
-            _blob(uri).upload_from_string(data, content_type=content_type, if_generation_match=generation)
+            gcs.blob(uri).upload_from_string(data, content_type=content_type, if_generation_match=generation,
+                                        **gcs.bound())
         except gexc.PreconditionFailed:
             return False
     return True
@@ -232,8 +232,8 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     """Write a whole file atomically: readers see the old content or the new, never a part."""
     uri = str(uri)
     if is_gcs(uri):
-        with _gcs_errors(uri):
-            _blob(uri).upload_from_string(data)  # a GCS upload is atomic per object
+        with gcs.errors(uri):
+            gcs.blob(uri).upload_from_string(data, **gcs.bound())  # a GCS upload is atomic per object
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,10 +252,18 @@ def write_text(uri: str | os.PathLike, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def upload_file_versioned(local_path: str | os.PathLike, uri: str) -> dict:
+    """Upload to a new gs:// object (never overwriting); returns its generation, size and CRC32C."""
+    with gcs.errors(uri):
+        blob = gcs.blob(uri)
+        blob.upload_from_filename(str(local_path), if_generation_match=0, **gcs.bound())
+    return {"generation": blob.generation, "size": blob.size, "crc32c": blob.crc32c}
+
+
 def upload_file(local_path: str | os.PathLike, uri: str) -> None:
     if is_gcs(uri):
-        with _gcs_errors(uri):
-            _blob(uri).upload_from_filename(str(local_path))
+        with gcs.errors(uri):
+            gcs.blob(uri).upload_from_filename(str(local_path), **gcs.bound())
     else:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local_path, uri)
@@ -264,8 +272,12 @@ def upload_file(local_path: str | os.PathLike, uri: str) -> None:
 def download_file(uri: str, local_path: str | os.PathLike) -> None:
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
     if is_gcs(uri):
-        with _gcs_errors(uri):
-            _blob(uri).download_to_filename(str(local_path))
+        from histoxai import versioned
+
+        _read(uri, lambda blob: blob.download_to_filename(str(local_path), **gcs.bound()))
+        physical, entry = versioned.resolve(uri)
+        if entry is not None:
+            versioned.check(uri, physical, entry, Path(local_path))
     else:
         shutil.copyfile(uri, local_path)
 
@@ -285,10 +297,9 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="histoxai-in-") as tmp:
         name = uri.rstrip("/").rsplit("/", 1)[-1] or "root"
         target = Path(tmp) / name
-        with _gcs_errors(uri):
-            blob = _blob(uri)
-            if blob.exists():
-                blob.download_to_filename(str(target))
+        with gcs.errors(uri):
+            if _read(uri, lambda blob: blob.exists(**gcs.bound())):
+                download_file(uri, target)
             else:
                 files = list_files(uri)
                 if not files:
@@ -321,15 +332,17 @@ def staged_output(uri: str | os.PathLike, *, overwrite: bool = False,
     Local: the folder is built beside the destination and renamed into place, so a failure leaves
     nothing. An existing non-empty destination is an error unless overwrite=True (then it is
     replaced only after the new output is complete). gs://: built in a temporary folder, then
-    uploaded with `commit_last` (e.g. the manifest) written last.
+    committed by histoxai.versioned: uploaded as a new version and switched to by one record write.
     """
     uri = str(uri)
     if is_gcs(uri):
+        from histoxai import versioned
+
         if not overwrite and list_files(uri):
             raise InputError(f"{uri}: output already exists; pass --overwrite to replace it")
         with tempfile.TemporaryDirectory(prefix="histoxai-out-") as tmp:
             yield Path(tmp)
-            publish_dir(tmp, uri, commit_last=commit_last)
+            versioned.commit(Path(tmp), uri, overwrite=overwrite, commit_last=commit_last)
         return
 
     dest = Path(uri)

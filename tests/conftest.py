@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from histoxai import storage
+from histoxai import gcs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,14 +55,14 @@ def gcs_emulator(tmp_path_factory):
     old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
     os.environ["STORAGE_EMULATOR_HOST"] = host
     os.environ["GOOGLE_CLOUD_PROJECT"] = "histoxai-test"
-    storage.reset_client()
+    gcs.reset_client()
     yield host
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    storage.reset_client()
+    gcs.reset_client()
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
