@@ -67,7 +67,7 @@ def errors(uri: str) -> Iterator[None]:
         raise InputError(
             f"{uri}: no Google Cloud credentials; run `gcloud auth application-default login`"
         ) from err
-    except (gexc.GoogleAPICallError, gexc.RetryError, ConnectionError) as err:
-        raise InputError(f"{uri}: storage unreachable ({type(err).__name__}: {err})") from err
-    except OSError as err:  # requests' connection and timeout errors
-        raise InputError(f"{uri}: storage unreachable ({type(err).__name__}: {err})") from err
+    except (gexc.GoogleAPICallError, gexc.RetryError, OSError) as err:  # OSError: requests' connection errors
+        cause = getattr(err, "cause", None) or err
+        raise InputError(f"{uri}: storage unreachable (retried for up to {bound()['retry'].deadline:g} s; "
+                         f"{type(cause).__name__}: {str(cause)[:160]})") from err

@@ -65,7 +65,10 @@ def resolve(uri: str) -> tuple[str, dict | None]:
         return uri, None  # already physical
     for depth in range(len(parts) - 1, 0, -1):  # the nearest enclosing output wins
         folder = f"gs://{bucket}/" + "/".join(parts[:depth])
-        record = _record(folder)
+        try:
+            record = _record(folder)
+        except InputError as err:  # name the file the caller asked for, not the record looked up
+            raise InputError(str(err).replace(record_uri(folder), uri)) from None
         if record is None:
             continue
         rel = "/".join(parts[depth:])

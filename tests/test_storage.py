@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -109,3 +111,16 @@ def test_parquet_tables_local_and_gcs_and_their_errors(gcs_bucket, tmp_path):
         storage.read_parquet(f"{gcs_bucket}/bad.parquet", "the split table")
     with pytest.raises(InputError, match="missing.parquet: not found"):
         storage.read_parquet(f"{gcs_bucket}/missing.parquet", "the split table")
+
+
+def test_an_unreachable_endpoint_fails_within_the_deadline(tmp_path):
+    """Without the bound, the client retries each call for 120 s; with it, a wrong endpoint ends in one
+    line naming the file (the subprocess's timeout is the bound this test holds)."""
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "HISTOXAI_GCS_DEADLINE_S": "3"}
+    done = subprocess.run([sys.executable, "-m", "histoxai.cli", "ingest", "gs://nowhere/samples/3",
+                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=90)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "gs://nowhere/samples/3/coreg_fine/ver1/MR.mat: storage unreachable (retried for up to 3 s" in err
+    assert not (tmp_path / "out").exists()
