@@ -4,15 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
+PIP_VERSION := 26.3
 
-.PHONY: install test demo compile lint bench lock clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
+.PHONY: install test demo compile lint bench lock lock-hashes clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
 
-install: $(STAMP)  ## create .venv and install the project with pinned dependencies
+# Every install checks hashes (docs/development.md#pinned-dependencies): first pip, setuptools and wheel,
+# then the locked dependencies (--no-build-isolation: the one source distribution, kfp-server-api, builds
+# with the locked setuptools instead of an unchecked download), then the project itself, which has no
+# hash to check, with --no-deps.
+install: $(STAMP)  ## create .venv and install the project with pinned, hash-checked dependencies
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirements-lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade "pip==26.3"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-build-lock.txt
+	$(BIN)/python -m pip install -q --require-hashes --no-build-isolation -r requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 test: install tools  ## run the whole test suite
@@ -30,13 +36,51 @@ lint: install  ## ruff over the whole tree (CI runs it before the tests)
 bench: install  ## benchmarks; figures go to $(OUT)/bench/results.json and .md
 	$(BIN)/python -m tests.bench.run --out $(OUT)/bench
 
-lock:  ## re-resolve the environment from pyproject.toml and rewrite constraints.txt
+lock:  ## re-resolve the environment from pyproject.toml, rewrite constraints.txt, then the hashed locks
 	rm -rf /tmp/histoxai-lock && $(PYTHON) -m venv /tmp/histoxai-lock
-	/tmp/histoxai-lock/bin/python -m pip install -q --upgrade "pip==26.3"
+	/tmp/histoxai-lock/bin/python -m pip install -q --upgrade "pip==$(PIP_VERSION)"
 	/tmp/histoxai-lock/bin/python -m pip install -q -e ".[dev]"
-	{ echo "# Exact versions of every package in the project's environment (make install uses it)."; \
+	{ echo "# Exact versions of every package in the project's environment. make install installs them from"; \
+	  echo "# requirements-lock.txt, which adds their hashes (make lock-hashes writes it from this file)."; \
 	  echo "# Regenerate after changing pyproject.toml dependencies: make lock"; \
 	  /tmp/histoxai-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt
+	$(MAKE) lock-hashes
+
+# --- Hashed locks: the exact versions of constraints.txt, infra/requirements-tools*.txt and
+# containers/cuda-constraints.txt with the sha256 of every file PyPI has for them, written by uv
+# (itself installed by hash from requirements-uv-lock.txt; `make lock-hashes uv=X` moves it to version X).
+LOCK_VENV := .venv-lock
+LOCK_STAMP := $(LOCK_VENV)/.installed
+LOCK_BUILD := build/lock
+# The machines the locks serve: Linux x86_64 (glibc 2.36: Debian 12, the images' bookworm base), CPython
+# 3.11 from 3.11.7 on (soupsieve, a checkov dependency, needs 3.11.5 or later).
+LOCK_TARGET := --python-version 3.11.7 --python-platform x86_64-manylinux_2_36
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --no-config --generate-hashes $(LOCK_TARGET) \
+  --custom-compile-command "make lock-hashes"
+uv ?= $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements-uv-lock.txt)
+
+$(LOCK_STAMP): requirements-uv-lock.txt
+	@test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV) || python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: -r requirements-uv-lock.txt
+	@touch $@
+
+lock-hashes: $(LOCK_STAMP)  ## rewrite the *-lock.txt files (hashes) for the exact versions pinned now
+	@echo "$(uv)" | grep -Eq '^[0-9][0-9A-Za-z.]*$$' || { echo "make lock-hashes: uv=$(uv) is not a version; expected e.g. uv=0.13.8" >&2; exit 2; }
+	rm -rf $(LOCK_BUILD) && mkdir -p $(LOCK_BUILD)
+	printf 'pip==%s\nsetuptools\nwheel\n' "$(PIP_VERSION)" > $(LOCK_BUILD)/build.in
+	printf 'pip==%s\n' "$(PIP_VERSION)" > $(LOCK_BUILD)/pip.in
+	printf 'uv==%s\n' "$(uv)" > $(LOCK_BUILD)/uv.in
+	$(UV_COMPILE) -o requirements-lock.txt constraints.txt
+	$(UV_COMPILE) -o requirements-build-lock.txt -c constraints.txt $(LOCK_BUILD)/build.in
+	$(LOCK_VENV)/bin/python containers/image_pins.py --variant cpu --out $(LOCK_BUILD)/cpu
+	$(UV_COMPILE) -o containers/requirements-cpu-lock.txt -c $(LOCK_BUILD)/cpu/constraints.txt \
+	  $(LOCK_BUILD)/cpu/requirements.txt
+	$(LOCK_VENV)/bin/python containers/image_pins.py --variant gpu --out $(LOCK_BUILD)/gpu
+	$(UV_COMPILE) -o containers/requirements-gpu-lock.txt -c $(LOCK_BUILD)/gpu/constraints.txt \
+	  -c containers/cuda-constraints.txt $(LOCK_BUILD)/gpu/requirements.txt
+	$(UV_COMPILE) -o infra/requirements-tools-lock.txt infra/requirements-tools.txt $(LOCK_BUILD)/pip.in
+	$(UV_COMPILE) -o infra/requirements-hcl2-lock.txt --no-deps infra/requirements-hcl2.txt
+	$(UV_COMPILE) -o requirements-uv-lock.txt $(LOCK_BUILD)/uv.in
 
 # --- Cloud and cluster: images, infrastructure, KFP on minikube (docs/cloud.md) --------
 TOOLS_VENV := .venv-tools
@@ -49,15 +93,16 @@ TF_OUT = TF_WORKSPACE=$(env) $(TF) output -raw
 
 tools: $(TOOLS_STAMP)  ## hadolint, shellcheck, checkov and python-hcl2 in .venv-tools, for the infrastructure tests
 
-$(TOOLS_STAMP): infra/requirements-tools.txt infra/requirements-hcl2.txt
+$(TOOLS_STAMP): infra/requirements-tools-lock.txt infra/requirements-hcl2-lock.txt
 	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV) || python3 -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade "pip==26.3"
-	$(TOOLS_VENV)/bin/python -m pip install -q -r infra/requirements-tools.txt
+	$(TOOLS_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: -r infra/requirements-tools-lock.txt
 	rm -rf $(TOOLS_VENV)/hcl2
-	$(TOOLS_VENV)/bin/python -m pip install -q --no-deps --target $(TOOLS_VENV)/hcl2 -r infra/requirements-hcl2.txt
+	$(TOOLS_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: --no-deps \
+	  --target $(TOOLS_VENV)/hcl2 -r infra/requirements-hcl2-lock.txt
 	@touch $@
 
-build:  ## build and push the cpu, gpu and app images with Cloud Build (after make deploy; env=dev, tag=<git commit>)
+build:  ## build and push the cpu, gpu and app images with Cloud Build (after make deploy; env=dev, tag=<git commit>, builder_digest=sha256:...)
+	@echo "$(builder_digest)" | grep -Eq '^sha256:[0-9a-f]{64}$$' || { echo "make build: builder_digest=$(builder_digest) is not a digest; pass builder_digest=sha256:<64 hex digits> of gcr.io/cloud-builders/docker (containers/README.md, Builder image)" >&2; exit 2; }
 	@command -v gcloud >/dev/null || { echo "make build: gcloud not found; install the Google Cloud CLI" >&2; exit 2; }
 	@command -v terraform >/dev/null || { echo "make build: terraform not found; install Terraform >= 1.6" >&2; exit 2; }
 	project=$$($(TF_OUT) project_id) && registry=$$($(TF_OUT) docker_registry) && \
@@ -65,7 +110,7 @@ build:  ## build and push the cpu, gpu and app images with Cloud Build (after ma
 	  --config containers/cloudbuild.yaml \
 	  --service-account "projects/$$project/serviceAccounts/$$($(TF_OUT) image_build_service_account)" \
 	  --gcs-source-staging-dir "$$($(TF_OUT) sources_bucket)/cloudbuild" \
-	  --substitutions "_REGISTRY=$$registry,_TAG=$(tag)" . && \
+	  --substitutions "_REGISTRY=$$registry,_TAG=$(tag),_BUILDER_DIGEST=$(builder_digest)" . && \
 	echo "export HISTOXAI_CPU_IMAGE=$$registry/histoxai-cpu:$(tag)" && \
 	echo "export HISTOXAI_GPU_IMAGE=$$registry/histoxai-gpu:$(tag)"
 
@@ -99,7 +144,7 @@ minikube-down:  ## stop the port-forwards and delete the minikube cluster (KEEP_
 	bash infra/minikube/down.sh
 
 clean:
-	rm -rf $(VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) $(OUT) build *.egg-info
 
 # --- Review app ------------------------------------------------------------------------------------------
 APP_USERS ?= $(OUT)/app-users.yaml

@@ -9,12 +9,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from the pins alone: this layer is rebuilt only when the pins change.
-COPY pyproject.toml constraints.txt containers/image_pins.py ./
+# Dependencies first, from the hashed lock alone (every file checked by its sha256): this layer is
+# rebuilt only when the lock changes. pip, setuptools and wheel come first, so the one source
+# distribution builds with them (--no-build-isolation) instead of an unchecked download.
+COPY requirements-build-lock.txt containers/requirements-cpu-lock.txt ./
 RUN python -m venv /opt/venv \
-    && python image_pins.py --variant cpu --out /tmp/pins \
-    && pip install --no-cache-dir pip==26.3 \
-    && pip install --no-cache-dir -c /tmp/pins/constraints.txt -r /tmp/pins/requirements.txt
+    && pip install --no-cache-dir --require-hashes -r requirements-build-lock.txt \
+    && pip install --no-cache-dir --require-hashes --no-build-isolation -r requirements-cpu-lock.txt
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check && histoxai --help > /dev/null
 

@@ -11,15 +11,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# constraints.txt pins tensorflow-cpu; image_pins.py swaps it for tensorflow[and-cuda] of the same version
-# and leaves every other pin as it is. The project then goes in with --no-deps, so tensorflow-cpu never
-# lands beside tensorflow (both own the same `tensorflow` package folder).
-COPY pyproject.toml constraints.txt containers/image_pins.py containers/cuda-constraints.txt ./
+# Dependencies first, from the hashed lock alone: this layer is rebuilt only when the lock changes.
+# requirements-gpu-lock.txt holds the project's runtime dependencies at the versions of constraints.txt,
+# with tensorflow (of tensorflow[and-cuda]) in place of tensorflow-cpu and the CUDA wheels of
+# cuda-constraints.txt, every file checked by its sha256. The project then goes in with --no-deps, so
+# tensorflow-cpu never lands beside tensorflow (both own the same `tensorflow` package folder).
+COPY requirements-build-lock.txt containers/requirements-gpu-lock.txt ./
 RUN python -m venv /opt/venv \
-    && python image_pins.py --variant gpu --out /tmp/pins \
-    && pip install --no-cache-dir pip==26.3 \
-    && pip install --no-cache-dir -c /tmp/pins/constraints.txt -c cuda-constraints.txt \
-        -r /tmp/pins/requirements.txt
+    && pip install --no-cache-dir --require-hashes -r requirements-build-lock.txt \
+    && pip install --no-cache-dir --require-hashes --no-build-isolation -r requirements-gpu-lock.txt
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -c "import tensorflow as tf, histoxai; print('tensorflow', tf.__version__, tf.sysconfig.get_build_info()['cuda_version'])"

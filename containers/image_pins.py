@@ -5,9 +5,11 @@ Writes into --out:
                     project can then be installed with --no-deps --no-build-isolation
   constraints.txt   constraints.txt, exact versions for everything
 For --variant gpu, `tensorflow-cpu` becomes `tensorflow[and-cuda]` in the requirements and the exact
-`tensorflow_cpu==X` pin becomes `tensorflow==X`, every other pin unchanged. An image installs these with
-dependencies (a layer that changes only when the pins change), then the project itself with --no-deps.
-Standard library only: it runs on the bare base image before anything is installed.
+`tensorflow_cpu==X` pin becomes `tensorflow==X`, every other pin unchanged. `make lock-hashes` compiles these
+(for gpu with cuda-constraints.txt too) into containers/requirements-{cpu,gpu}-lock.txt, every file with its
+sha256; an image installs that lock (a layer that changes only when the lock changes), then the project
+itself with --no-deps.
+Standard library only: it runs before anything is installed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Infrastructure checks: hadolint, image pins, Terraform (parse, references, checkov), shellcheck, make.
+"""Infrastructure checks: hashed locks, hadolint, image pins, Terraform (parse, references, IAM, checkov),
+shellcheck, make.
 
-The linters live in .venv-tools (`make tools`, pinned in infra/requirements-tools.txt); the `tools`
+The linters live in .venv-tools (`make tools`, pinned in infra/requirements-tools.txt and installed by hash
+from infra/requirements-tools-lock.txt); the `tools`
 fixture builds it when it is missing or stale, so these tests also run under a bare `pytest`.
 """
 
@@ -75,7 +77,6 @@ def test_dockerfile_pins_its_base_and_runs_unprivileged(dockerfile):
     final_stage = text.split("\nFROM ")[-1]
     user = re.findall(r"^USER (\S+)", final_stage, re.MULTILINE)
     assert user and user[-1].split(":")[0] not in ("root", "0")
-    assert "--no-deps" in text and "-c /tmp/pins/constraints.txt" in text
 
 
 def test_all_images_share_one_base():
@@ -84,11 +85,37 @@ def test_all_images_share_one_base():
     assert len(bases) == 1
 
 
-def test_gpu_image_swaps_tensorflow_and_cpu_images_do_not():
-    assert "--variant gpu" in (CONTAINERS / "gpu.Dockerfile").read_text()
-    for name in ("cpu.Dockerfile", "app.Dockerfile"):
-        assert "--variant cpu" in (CONTAINERS / name).read_text()
+def pip_installs(text: str) -> list[str]:
+    """Every `pip install` command in a Dockerfile's RUN lines or a make recipe, continuation lines joined."""
+    commands = re.split(r"&&|\n|;", text.replace("\\\n", " "))
+    return [" ".join(command.split()) for command in commands
+            if re.search(r"\bpip install\b", command)]
 
+
+def check_hashed_installs(installs: list[str], source: str) -> list[str]:
+    """The lock files `installs` read; fails unless each one checks hashes or is the project's --no-deps."""
+    locks = []
+    for command in installs:
+        if "--require-hashes" in command:
+            named = re.findall(r"(?:^| )-r (\S+)", command)
+            assert named and " -c " not in command, f"{source}: {command}"
+            locks += named
+        else:
+            project = re.search(r" (?:-e )?\.$", command)
+            assert project and "--no-deps" in command, f"{source}: installs without hashes: {command}"
+    return locks
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_dockerfile_installs_hashed_locks_then_the_project_alone(dockerfile):
+    text = dockerfile.read_text()
+    variant = "gpu" if dockerfile.name == "gpu.Dockerfile" else "cpu"
+    locks = check_hashed_installs(pip_installs(text), dockerfile.name)
+    assert locks == ["requirements-build-lock.txt", f"requirements-{variant}-lock.txt"]
+    assert f"COPY requirements-build-lock.txt containers/requirements-{variant}-lock.txt ./" in text
+    assert "--no-build-isolation -r" in text, "the one sdist builds with the locked setuptools"
+    project = pip_installs(text)[-1]
+    assert "--no-deps" in project and project.endswith(" ."), "the project last, without its dependencies"
 
 def test_app_image_starts_the_review_app_on_port():
     text = (CONTAINERS / "app.Dockerfile").read_text()
@@ -149,7 +176,6 @@ def test_image_pins_reject_a_loose_tensorflow_pin(tmp_path):
 def test_cloudbuild_builds_and_pushes_every_image():
     build = yaml.safe_load((CONTAINERS / "cloudbuild.yaml").read_text())
     assert {"_REGISTRY", "_TAG"} <= set(build["substitutions"])
-    assert re.fullmatch(r"gcr\.io/cloud-builders/docker:\d+\.\d+\.\d+", build["substitutions"]["_BUILDER"])
     built = {}
     for step in build["steps"]:
         args = step.get("args", [])
@@ -160,6 +186,167 @@ def test_cloudbuild_builds_and_pushes_every_image():
     for dockerfile, image in built.items():
         variant = Path(dockerfile).name.split(".")[0]
         assert image == f"${{_REGISTRY}}/histoxai-{variant}:${{_TAG}}"
+
+
+def test_cloudbuild_runs_every_step_by_digest():
+    """A tag can be moved to another image; a digest cannot. The digest is a substitution with no default."""
+    build = yaml.safe_load((CONTAINERS / "cloudbuild.yaml").read_text())
+    assert build["steps"]
+    for step in build["steps"]:
+        image, _, digest = step["name"].partition("@")
+        assert image and "$" not in image, step["name"]
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or digest == "${_BUILDER_DIGEST}", step["name"]
+    assert build["substitutions"]["_BUILDER_DIGEST"] == "", "no default digest: make build passes one"
+    assert build["options"]["substitutionOption"] == "MUST_MATCH"
+
+
+def test_make_build_needs_a_builder_digest():
+    for given in ([], ["builder_digest=24.0.9"], ["builder_digest=sha256:abc"]):
+        result = run("make", "build", "env=dev", "tag=abc123", *given)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith("make build: builder_digest=") and "sha256:<64 hex digits>" in lines[0]
+    digest = "sha256:" + "0123456789abcdef" * 4
+    commands = make_dry_run("build", "env=dev", "tag=abc123", f"builder_digest={digest}")
+    assert f"_BUILDER_DIGEST={digest}" in commands
+
+
+# --- locks: exact versions, every file checked by its sha256 --------------------------------------------
+
+LOCK_ENTRY = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)"
+                        r"(?P<hashes>(?:\s+--hash=sha256:[0-9a-f]{64})+)")
+LOCKS = (  # each with what it locks (test_locked_versions_are_the_pinned_versions)
+    "requirements-lock.txt",  # constraints.txt: make install
+    "requirements-build-lock.txt",  # pip, setuptools, wheel: installed first everywhere
+    "requirements-uv-lock.txt",  # uv, which writes the locks (make lock-hashes)
+    "containers/requirements-cpu-lock.txt",  # the cpu and app images' runtime dependencies
+    "containers/requirements-gpu-lock.txt",  # the same with tensorflow and cuda-constraints.txt
+    "infra/requirements-tools-lock.txt",  # infra/requirements-tools.txt plus pip: make tools
+    "infra/requirements-hcl2-lock.txt",  # infra/requirements-hcl2.txt
+)
+
+
+def read_lock(text: str) -> tuple[dict[str, str], list[str]]:
+    """A hashed lock's entries (canonical name -> version) and every entry that is not `name==version`
+    with at least one sha256 (a missing hash, a range, an option, a URL, a duplicate)."""
+    canonical = load_image_pins().canonical
+    entries, problems = {}, []
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LOCK_ENTRY.fullmatch(line)
+        if not match:
+            problems.append(line.split(" --hash")[0].strip()[:100])
+            continue
+        name = canonical(match["name"])
+        if name in entries:
+            problems.append(f"{name} twice")
+        entries[name] = match["version"]
+    return entries, problems
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """canonical name -> version of a file of exact pins (constraints.txt, infra/requirements-tools.txt)."""
+    pins = load_image_pins()
+    found = {}
+    for line in path.read_text().splitlines():
+        name = pins.requirement_name(line)
+        if name:
+            found[name] = pins.EXACT_PIN.fullmatch(line).group(1)
+    return found
+
+
+def differences(locked: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """How a lock's versions differ from the pins it must carry."""
+    return sorted(f"{name}: locked {locked.get(name)}, pinned {expected.get(name)}"
+                  for name in set(locked) | set(expected) if locked.get(name) != expected.get(name))
+
+
+def makefile_variable(name: str) -> str:
+    return re.search(rf"^{name} := (\S+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1)
+
+
+@pytest.mark.parametrize("lock", sorted(LOCKS))
+def test_lock_pins_every_package_with_hashes(lock):
+    entries, problems = read_lock((REPO / lock).read_text())
+    assert entries, f"{lock}: no entries"
+    assert not problems, f"{lock}: entries without an exact version and a sha256: {problems}"
+
+
+def test_locked_versions_are_the_pinned_versions():
+    constraints = read_pins(REPO / "constraints.txt")
+    pip = {"pip": makefile_variable("PIP_VERSION")}
+    locked = {lock: read_lock((REPO / lock).read_text())[0] for lock in LOCKS}
+
+    assert not differences(locked["requirements-lock.txt"], constraints)
+    build = locked["requirements-build-lock.txt"]
+    assert {"pip", "setuptools", "wheel"} <= set(build)
+    assert not differences(build, {**{name: constraints[name] for name in build if name != "pip"}, **pip})
+    tools = read_pins(REPO / "infra" / "requirements-tools.txt")
+    assert not differences(locked["infra/requirements-tools-lock.txt"], {**tools, **pip})
+    assert not differences(locked["infra/requirements-hcl2-lock.txt"],
+                           read_pins(REPO / "infra" / "requirements-hcl2.txt"))
+    assert set(locked["requirements-uv-lock.txt"]) == {"uv"}
+
+    # The images: the runtime dependencies (no dev tools) at constraints.txt's versions; the GPU image
+    # has tensorflow for tensorflow-cpu, same version, and exactly the CUDA wheels of cuda-constraints.txt.
+    pins = load_image_pins()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    cpu = locked["containers/requirements-cpu-lock.txt"]
+    assert not differences(cpu, {name: constraints[name] for name in cpu})
+    direct = pyproject["build-system"]["requires"] + pyproject["project"]["dependencies"]
+    assert {pins.requirement_name(requirement) for requirement in direct} <= set(cpu)
+    dev = {pins.requirement_name(requirement)
+           for requirement in pyproject["project"]["optional-dependencies"]["dev"]}
+    assert not dev & set(cpu), "dev tools stay out of the images"
+    gpu_expected = {name: version for name, version in cpu.items() if name != "tensorflow-cpu"}
+    gpu_expected["tensorflow"] = cpu["tensorflow-cpu"]
+    gpu_expected.update(read_pins(CONTAINERS / "cuda-constraints.txt"))
+    assert not differences(locked["containers/requirements-gpu-lock.txt"], gpu_expected)
+
+
+def test_lock_checks_catch_a_missing_hash_and_a_drifted_version():
+    text = (REPO / "requirements-lock.txt").read_text()
+    constraints = read_pins(REPO / "constraints.txt")
+    version = constraints["numpy"]
+    entry = re.search(rf"^numpy=={re.escape(version)} \\\n(?:    --hash=\S+(?: \\)?\n)+", text, re.MULTILINE)
+    assert entry, "numpy's entry, with its hashes"
+
+    unhashed = text.replace(entry.group(0), f"numpy=={version}\n")
+    entries, problems = read_lock(unhashed)
+    assert problems == [f"numpy=={version}"] and "numpy" not in entries
+
+    drifted = text.replace(f"numpy=={version} ", "numpy==1.0.0 ")
+    assert differences(read_lock(drifted)[0], constraints) == [f"numpy: locked 1.0.0, pinned {version}"]
+    loose = text.replace(f"numpy=={version} ", "numpy>=1 ")
+    assert read_lock(loose)[1] == ["numpy>=1"]
+
+
+def test_make_install_and_tools_install_by_hash():
+    commands = make_dry_run("install", "tools")
+    assert "constraints.txt" not in "\n".join(pip_installs(commands)), "no hash-less constraint installs"
+    locks = check_hashed_installs(pip_installs(commands), "Makefile")
+    assert locks == ["requirements-build-lock.txt", "requirements-lock.txt",
+                     "infra/requirements-tools-lock.txt", "infra/requirements-hcl2-lock.txt"]
+    project = [command for command in pip_installs(commands) if "--require-hashes" not in command]
+    assert project == [".venv/bin/python -m pip install -q --no-deps --no-build-isolation -e ."]
+    makefile = (REPO / "Makefile").read_text()  # the stamps rebuild when a lock changes
+    stamp_rules = dict(re.findall(r"^\$\((\w*STAMP)\): (.*)$", makefile, re.MULTILINE))
+    assert {"requirements-build-lock.txt", "requirements-lock.txt"} <= set(stamp_rules["STAMP"].split())
+    assert {"infra/requirements-tools-lock.txt", "infra/requirements-hcl2-lock.txt"} <= \
+        set(stamp_rules["TOOLS_STAMP"].split())
+
+
+def test_make_lock_rewrites_every_lock():
+    commands = make_dry_run("lock-hashes")
+    written = set(re.findall(r"uv pip compile .*? -o (\S+)", commands))
+    assert written == set(LOCKS)
+    assert "--generate-hashes" in commands and "--no-config" in commands
+    assert "lock-hashes" in make_dry_run("lock")
+    result = run("make", "lock-hashes", "uv=latest")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith("make lock-hashes: uv=latest is not a version")
 
 
 # --- terraform ----------------------------------------------------------------------------------------
@@ -220,7 +407,23 @@ def test_terraform_references_and_inputs_agree(terraform):
     example = {unquote(name) for name in terraform["example.tfvars"] if not name.startswith("__")}
     assert example <= set(variables)
     required = {name for name, body in variables.items() if "default" not in body}
-    assert required and required <= example, "the example tfvars sets every required variable"
+    passed = set(re.findall(r"-var (\w+)=", (REPO / "Makefile").read_text()))  # by make deploy
+    assert required and required <= example | passed, "every required variable is set by the example " \
+                                                      "tfvars or by make deploy"
+
+
+def test_image_tag_is_required_and_never_latest(terraform):
+    """A moving tag would let one configuration run different images: no default, and `latest` refused."""
+    image_tag = declared(terraform, "variable")["image_tag"]
+    assert "default" not in image_tag
+    condition = image_tag["validation"][0]["condition"]
+    assert 'var.image_tag != "latest"' in condition
+    pattern = re.search(r'regex\("(.+?)", var\.image_tag\)', condition).group(1)
+    for tag in ("50c3e680428f", "v1.2.3", "dev"):
+        assert re.fullmatch(pattern, tag), tag
+    for tag in ("", "a b", "-x", "x" * 129):
+        assert not re.fullmatch(pattern, tag), tag
+    assert "-var image_tag=$(tag)" in (REPO / "Makefile").read_text()
 
 
 def test_makefile_reads_only_declared_outputs(terraform):
@@ -248,6 +451,83 @@ def test_retrain_trigger_fires_on_samples_bucket_finalize(terraform):
     given = set(function["service_config"][0]["environment_variables"])
     read = set(re.findall(r'env\.get\("(HISTOXAI_\w+)"', Path(retrain.__file__).read_text()))
     assert given == read - {"HISTOXAI_VERTEX_ENDPOINT"}  # the one setting left to its default
+
+
+def hcl_string(value: str) -> str:
+    """An HCL string as python-hcl2 gives it (quoted, with escapes) as its text."""
+    return re.sub(r'\\(["\\])', r"\1", unquote(value))
+
+
+def condition_grants(expression: str, name: str) -> bool:
+    """Whether an IAM condition of the forms used here (resource.name == "X" or
+    resource.name.startsWith("X")) holds for the object resource `name`."""
+    equals = re.fullmatch(r'resource\.name == "([^"]+)"', expression)
+    if equals:
+        return name == equals.group(1)
+    prefix = re.fullmatch(r'resource\.name\.startsWith\("([^"]+)"\)', expression)
+    if prefix:
+        return name.startswith(prefix.group(1))
+    raise AssertionError(f"condition not understood by this test: {expression}")
+
+
+def test_retrain_account_reads_samples_and_writes_only_the_registry(terraform):
+    """The retraining function can read every upload but not change or delete one: its writing role
+    holds for the sample registry object alone (create + delete: a rewrite replaces the object)."""
+    member = "${google_service_account.retrain.member}"
+    bindings = [(kind, body) for parsed in terraform.values() for item in parsed.get("resource", [])
+                for kind, named in item.items() for body in named.values()
+                if body.get("member") == member or member in body.get("members", [])]
+    kinds = {unquote(kind) for kind, _ in bindings}
+    assert kinds <= {"google_project_iam_member", "google_storage_bucket_iam_member",
+                     "google_service_account_iam_member"}, kinds
+    project_roles = {role for kind, body in bindings if unquote(kind) == "google_project_iam_member"
+                     for role in re.findall(r"roles/[\w.]+", body["role"] + body.get("for_each", ""))}
+    assert not {role for role in project_roles if role.startswith("roles/storage.")}, project_roles
+
+    locals_ = {name: value for parsed in terraform.values() for block in parsed.get("locals", [])
+               for name, value in block.items()}
+    bucket, registry = "my-proj-histoxai-samples", hcl_string(locals_["registry_object"])
+    assert hcl_string(locals_["samples_uri"]) == "gs://${google_storage_bucket.samples.name}"
+    function = resource(terraform, "google_cloudfunctions2_function", "retrain")
+    assert function["service_config"][0]["environment_variables"]["HISTOXAI_SAMPLES_BUCKET"] == \
+        "${local.samples_uri}", "the trigger's samples URI is the bucket root the condition names"
+    pipelines = "\n".join(path.read_text() for path in (REPO / "pipelines").glob("*.py"))
+    assert re.search(rf'^REGISTRY = "{re.escape(registry)}"$', pipelines, re.MULTILINE), \
+        "the Terraform names the registry object the trigger writes"
+
+    def objects(*names):
+        return [f"projects/_/buckets/{bucket}/objects/{name}" for name in names]
+
+    registry_object = objects(registry)[0]
+    uploads = objects("17/READY", "3/coreg_fine/ver1/HE.mat", "3/cell_density/QuPath/measurements.tsv",
+                      f"{registry}.tmp", f"17/{registry}", "other")
+    uploads.append(f"projects/_/buckets/other-bucket/objects/{registry}")
+    on_samples = [body for _, body in bindings
+                  if body.get("bucket") == "${google_storage_bucket.samples.name}"]
+    assert on_samples
+    writes_registry = False
+    for body in on_samples:
+        role = unquote(body["role"])
+        if not body.get("condition"):
+            assert role == "roles/storage.objectViewer", f"{role} on every object of the samples bucket"
+            continue
+        expression = hcl_string(body["condition"][0]["expression"])
+        expression = expression.replace("${google_storage_bucket.samples.name}", bucket)
+        expression = expression.replace("${local.registry_object}", registry)
+        assert not [name for name in uploads if condition_grants(expression, name)], (role, expression)
+        if condition_grants(expression, registry_object):
+            assert role in ("roles/storage.objectUser", "roles/storage.objectAdmin"), role
+            writes_registry = True
+    assert writes_registry, "the registry object must be writable (create and delete)"
+
+
+def test_condition_check_refuses_a_bucket_wide_grant():
+    everything = 'resource.name.startsWith("projects/_/buckets/b/objects/")'
+    assert condition_grants(everything, "projects/_/buckets/b/objects/17/READY")
+    only = 'resource.name == "projects/_/buckets/b/objects/histoxai-registry.json"'
+    assert not condition_grants(only, "projects/_/buckets/b/objects/17/READY")
+    with pytest.raises(AssertionError, match="not understood"):
+        condition_grants("true", "projects/_/buckets/b/objects/17/READY")
 
 
 def test_buckets_are_uniform_private_and_versioned(terraform):
@@ -335,7 +615,7 @@ def test_make_deploy_applies_the_env_tfvars():
 
 
 def test_make_build_submits_cloudbuild_with_a_tag():
-    commands = make_dry_run("build", "env=dev", "tag=abc123")
+    commands = make_dry_run("build", "env=dev", "tag=abc123", "builder_digest=sha256:" + "0" * 64)
     assert "--config containers/cloudbuild.yaml" in commands and "_TAG=abc123" in commands
 
 
@@ -345,7 +625,8 @@ def test_make_minikube_targets_run_their_script(target):
 
 
 def test_tool_environment_and_local_terraform_state_are_ignored():
-    ignored = (".venv-tools/bin/python", "infra/terraform/envs/dev.tfvars",
+    ignored = (".venv-tools/bin/python", ".venv-lock/bin/uv", "build/lock/cpu/requirements.txt",
+               "infra/terraform/envs/dev.tfvars",
                "infra/terraform/terraform.tfstate")
     for path in ignored:
         assert run("git", "check-ignore", "-q", path).returncode == 0, path

@@ -79,11 +79,25 @@ resource "google_project_iam_member" "retrain_project" {
   member   = google_service_account.retrain.member
 }
 
-# Reads uploaded samples and writes the sample registry object (with generation preconditions).
-resource "google_storage_bucket_iam_member" "retrain_samples_rw" {
+# Reads the uploaded samples (and the sample registry); can neither change nor delete an upload.
+resource "google_storage_bucket_iam_member" "retrain_samples_read" {
+  bucket = google_storage_bucket.samples.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.retrain.member
+}
+
+# Writes the sample registry and no other object. The registry is rewritten by read-modify-write with a
+# generation precondition, and replacing an object needs delete as well as create, so the writing role
+# holds for that one object name only.
+resource "google_storage_bucket_iam_member" "retrain_writes_registry" {
   bucket = google_storage_bucket.samples.name
   role   = "roles/storage.objectUser"
   member = google_service_account.retrain.member
+  condition {
+    title       = "sample-registry-only"
+    description = "Only the retraining trigger's sample registry object"
+    expression  = "resource.name == \"projects/_/buckets/${google_storage_bucket.samples.name}/objects/${local.registry_object}\""
+  }
 }
 
 # The Vertex AI SDK checks that the pipeline root's bucket exists before it submits (storage.buckets.get).

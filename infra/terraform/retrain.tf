@@ -51,7 +51,7 @@ resource "google_cloudfunctions2_function" "retrain" {
     environment_variables = {
       HISTOXAI_PROJECT           = var.project_id
       HISTOXAI_REGION            = var.region
-      HISTOXAI_SAMPLES_BUCKET    = "gs://${google_storage_bucket.samples.name}"
+      HISTOXAI_SAMPLES_BUCKET    = local.samples_uri
       HISTOXAI_PIPELINE_ROOT     = "gs://${google_storage_bucket.pipeline_root.name}"
       HISTOXAI_PIPELINE_TEMPLATE = local.pipeline_template
       HISTOXAI_SERVICE_ACCOUNT   = google_service_account.pipeline.email

@@ -5,6 +5,10 @@ locals {
   pipeline_root_bucket = coalesce(var.pipeline_root_bucket, "${var.project_id}-${var.name_prefix}-pipeline-root")
   samples_bucket       = coalesce(var.samples_bucket, "${var.project_id}-${var.name_prefix}-samples")
   sources_bucket       = "${var.project_id}-${var.name_prefix}-sources"
+  # The retraining trigger's samples URI is the samples bucket's root, so its sample registry
+  # (<samples URI>/histoxai-registry.json, REGISTRY in pipelines/) is this object at the top of the bucket.
+  samples_uri     = "gs://${google_storage_bucket.samples.name}"
+  registry_object = "histoxai-registry.json"
 }
 
 resource "google_storage_bucket" "pipeline_root" {

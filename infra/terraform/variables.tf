@@ -58,9 +58,12 @@ variable "docker_keep_versions" {
 }
 
 variable "image_tag" {
-  description = "Tag of the images `make build` pushed (the Makefile passes the git commit); the trigger's runs use it."
+  description = "Tag of the images `make build` pushed: the git commit, which `make deploy` passes. No default, and never `latest`: a moving tag would let the same configuration run different images."
   type        = string
-  default     = "latest"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag: the tag `make build` pushed (e.g. the 12-character git commit); a Docker tag of at most 128 letters, digits, '_', '.' or '-', and not 'latest'."
+  }
 }
 
 variable "pipeline_template" {
