@@ -288,6 +288,12 @@ BAD_INPUTS = {
     "random bytes MAT": (lambda f, a: (f / layout.HE_MASK_MAT).write_bytes(np.random.bytes(5000)), 2,
                          ["HE_mask.mat", "not a readable MATLAB"]),
     "truncated v7.3 MAT": (lambda f, a: _truncate(f / layout.HE_MAT, 6000), 2, ["HE.mat"]),
+    "MD beyond free water": (lambda f, a: _rewrite(f, a, md=np.where(a.roi == 1, 1852.0, a.md)), 2,
+                             ["MR.mat", "MR.MD is 1852", "expected 0 to 4 um^2/ms"]),
+    "FA above 1": (lambda f, a: _rewrite(f, a, fa=np.where(a.roi == 1, 1.5, a.fa)), 2,
+                   ["MR.mat", "MR.FA is 1.5", "expected 0 to 1"]),
+    "negative MD": (lambda f, a: _rewrite(f, a, md=np.where(a.roi == 1, -0.2, a.md)), 2,
+                    ["MR.mat", "MR.MD is -0.2"]),
 }
 
 
@@ -379,3 +385,10 @@ def test_phantom_sample_nuclei_counts_and_rules(tmp_path):
     # the phantom orients its nuclei after the real sample's SA: ours must follow it, if loosely
     real_sa = load_summary().sample(6).cropped(*grid).dsa[r, c]
     assert spearmanr(frame["SA"], real_sa)[0] > 0.3
+
+
+def test_a_sample_id_too_long_for_files_and_runs_is_one_clear_error(sample_v73, tmp_path, capsys):
+    rc = cli.main(["ingest", str(sample_v73), "--out", str(tmp_path / "out"), "--sample-id", "s" * 300])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "(300 characters)" in err and "1 to 64" in err, err
+    assert not (tmp_path / "out").exists()
