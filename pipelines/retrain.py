@@ -242,7 +242,13 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
 
     from histoxai.config import config_from_yaml, parse_overrides
     from histoxai.pipelines.params import check_parameters
-    from histoxai.pipelines.submit import RunExists, default_credentials, submit_vertex, vertex_job
+    from histoxai.pipelines.submit import (
+        RunExists,
+        check_vertex_images,
+        default_credentials,
+        submit_vertex,
+        vertex_job,
+    )
 
     if not settings.pipeline_root:
         raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
@@ -254,6 +260,7 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
         config_from_yaml(str(values.get("config") or ""), overrides, "run parameter config")
     label = re.sub(r"[^a-z0-9_-]+", "-", sample.lower())[:63]
     with _template(settings) as package:
+        check_vertex_images(package, settings.template or "the pipeline compiled from the installed code")
         parameters = check_parameters(values, components.load_component_from_file(package).component_spec)
         job = vertex_job(package, project=project, region=settings.region,
                          pipeline_root=settings.pipeline_root, parameters=parameters,

@@ -61,7 +61,7 @@ def check_vertex_images(package: str, source: str | None = None) -> dict[str, st
     """Refuse a package whose steps run the local dev images (histoxai-cpu:dev, histoxai-gpu:dev):
     Vertex AI pulls images from a registry and cannot find them. `source` names the package in the
     message (default: its path). Returns the package's images. `histoxai submit` calls it for Vertex AI
-    (not for --kfp-host: minikube runs the local tags); the retraining trigger could call it too."""
+    (not for --kfp-host: minikube runs the local tags), and so does the retraining trigger."""
     from histoxai.images import DEV_HINT, dev_images
 
     images = package_images(package)

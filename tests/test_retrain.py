@@ -30,6 +30,7 @@ from tests.samples import make_sample, write_sample
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "histoxai-test"
 RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
+REGISTRY = "europe-west4-docker.pkg.dev/histoxai-test/histoxai"
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,19 @@ def cloud(gcs_emulator, tmp_path_factory):
     service account key, and the environment the trigger's Terraform sets."""
     from google.cloud import storage as gcs
 
-    from histoxai.pipelines.pipeline import compile_package
-
     client = gcs.Client(project=PROJECT)
     samples = client.create_bucket(f"samples-{uuid.uuid4().hex[:10]}").name
     root = f"runs-{uuid.uuid4().hex[:10]}"  # created by aiplatform at the first submission
     work = tmp_path_factory.mktemp("retrain")
     template = f"gs://{samples}-templates/histoxai.yaml"
     client.create_bucket(f"{samples}-templates")
-    compile_package(template)
+    # compiled in a fresh process with registry images, as `make template` does (Vertex AI refuses the
+    # local dev tags, and the components bind their images when first imported)
+    images = {"HISTOXAI_CPU_IMAGE": f"{REGISTRY}/histoxai-cpu:t1",
+              "HISTOXAI_GPU_IMAGE": f"{REGISTRY}/histoxai-gpu:t1"}
+    done = subprocess.run([sys.executable, "-m", "histoxai.cli", "compile", "--out", template],
+                          env={**os.environ, **images}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     env = {"HISTOXAI_SAMPLES_BUCKET": f"gs://{samples}/incoming", "HISTOXAI_PROJECT": PROJECT,
            "HISTOXAI_REGION": "europe-west4", "HISTOXAI_PIPELINE_ROOT": f"gs://{root}/root",
            "HISTOXAI_PIPELINE_TEMPLATE": template, "HISTOXAI_SERVICE_ACCOUNT": RUNNER,

@@ -153,3 +153,18 @@ def test_retrain_list_quarantine_release(by_hand, sample_files, tmp_path, capsys
     assert histoxai_main(["retrain", "--list", "--samples-uri", "not-a-bucket"]) == 2
     assert "--samples-uri 'not-a-bucket': expected gs://" in capsys.readouterr().err
     assert json.loads(storage.read_text(registry.registry_uri(root)))["samples"]["62"]["by"] == "operator"
+
+
+def test_a_template_with_the_dev_images_is_refused(by_hand, sample_files):  # noqa: F811
+    """Vertex AI cannot pull minikube's local tags: the trigger says so instead of submitting a run
+    that fails at its first step."""
+    from histoxai.pipelines.pipeline import compile_package
+
+    settings, record = by_hand
+    template = f"{settings.samples_uri}-templates/dev.yaml"
+    compile_package(template)  # this process names no HISTOXAI_*_IMAGE: the dev defaults
+    dev = retrain.Settings(**{**settings.__dict__, "template": template})
+    upload_sample(sample_files, f"{settings.samples_uri}/71")
+    with pytest.raises(retrain.InputError, match=r"dev.yaml: its steps run the local dev images"):
+        retrain.retrain_sample(dev, "71", _ready(settings, "71"))
+    assert not vertex_recorder.recorded(record)
