@@ -9,18 +9,23 @@ epoch. On gs:// the folder is mirrored from a local working copy (files up, stat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from histoxai import artifacts, storage
 from histoxai.errors import InputError
+from histoxai.outputs import scratch_dir
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
+# What the store itself writes under checkpoints/ (temporary names included)
+OWN_FILES = re.compile(r"tensorboard/.*|\.?(last|best)-[ab]\.npz(\.tmp)?|\.state\.json\..*\.tmp")
 
 
 def _other_slot(name: str | None, stem: str) -> str:
@@ -42,8 +47,8 @@ class CheckpointStore:
         self.remote = storage.is_gcs(out_uri)
         self._tmp = None
         if self.remote:
-            self._tmp = tempfile.TemporaryDirectory(prefix="histoxai-ckpt-")
-            self.dir = Path(self._tmp.name)
+            self._tmp = contextlib.ExitStack()
+            self.dir = self._tmp.enter_context(scratch_dir("ckpt"))
             prefix = self.uri.rstrip("/") + "/"
             for uri in storage.list_files(self.uri):
                 storage.download_file(uri, self.dir / uri[len(prefix):])
@@ -54,7 +59,16 @@ class CheckpointStore:
 
     def close(self) -> None:
         if self._tmp is not None:
-            self._tmp.cleanup()
+            self._tmp.close()
+
+    def discard_if_unused(self) -> None:
+        """After a failure before the first saved epoch: remove the folder (TensorBoard's files only)."""
+        if (self.dir / STATE).exists():
+            return
+        if self.remote:
+            storage.remove(self.uri)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def load_state(self) -> dict | None:
         path = self.dir / STATE
@@ -119,3 +133,48 @@ def _assign(variables, arrays: list[np.ndarray], source: str) -> None:
                          "pass --overwrite to start over")
     for variable, array in zip(variables, arrays, strict=True):
         variable.assign(array)
+
+
+def _entries(out_uri: str) -> dict[str, list[str]]:
+    """Top-level names in OUT -> the paths below each (relative); {} for a missing or empty OUT."""
+    out_uri = str(out_uri)
+    if storage.is_gcs(out_uri):
+        prefix = out_uri.rstrip("/") + "/"
+        files, found = [uri[len(prefix):] for uri in storage.list_files(out_uri)], {}
+    else:
+        root = Path(out_uri)
+        if not root.is_dir():
+            return {}
+        found = {p.name: [] for p in root.iterdir()}
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()]
+    for path in files:
+        top, _, rest = path.partition("/")
+        found.setdefault(top, []).append(rest)
+    return found
+
+
+def prepare_out(out_uri: str, overwrite: bool, result_files) -> bool:
+    """Check that training may write to OUT; returns whether OUT existed (else a failure removes it).
+
+    OUT may be missing or empty, or hold this training's own resume state (checkpoints/state.json,
+    plus results of an interrupted publish). Anything else is refused unless `overwrite` (then the old
+    checkpoints go now, old results only when the new ones are complete). A checkpoints/ folder with
+    no state (a run killed in its first epoch) is removed when it holds only the store's own files.
+    """
+    entries = _entries(out_uri)
+    existed = bool(entries) or (not storage.is_gcs(out_uri) and Path(out_uri).is_dir())
+    if artifacts.TRAIN_METRICS in entries and not overwrite:
+        raise InputError(f"{out_uri}: already holds a finished training (metrics.json); "
+                         "pass --overwrite to train again")
+    state = f"{CHECKPOINTS}/{STATE}"
+    if overwrite or (CHECKPOINTS in entries and STATE not in entries[CHECKPOINTS]
+                     and all(OWN_FILES.fullmatch(p) for p in entries[CHECKPOINTS])):
+        storage.remove(storage.join(out_uri, CHECKPOINTS))
+        entries.pop(CHECKPOINTS, None)
+    allowed = {CHECKPOINTS, *result_files} if STATE in entries.get(CHECKPOINTS, []) else set()
+    foreign = sorted(set(entries) - allowed)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise InputError(f"{out_uri}: output folder is not empty ({shown}) and holds no interrupted training "
+                         f"to resume ({state}); pass --overwrite to replace it, or choose another --out")
+    return existed

@@ -279,8 +279,19 @@ def read_named(source: str, option: str = "--config", kind: str = "config") -> s
     from histoxai import storage
 
     source = str(source)
+    what = "a YAML search space" if kind == "search_space" else "a YAML config"
+    if not storage.is_gcs(source) and Path(source).is_dir():
+        raise InputError(f"{option} {source}: is a folder; expected {what} file, a gs:// URI or one of "
+                         f"{', '.join(shipped_names(kind))}")
     if storage.is_gcs(source) or Path(source).exists():
-        return storage.read_text(source)
+        try:
+            return storage.read_text(source)
+        except UnicodeDecodeError as err:
+            raise InputError(f"{option} {source}: not UTF-8 text (byte {err.start}: {err.reason}); "
+                             f"expected {what} file in UTF-8") from None
+        except OSError as err:
+            raise InputError(f"{option} {source}: cannot be read ({err.strerror}); expected {what} file") \
+                from None
     names = shipped_names(kind)
     if source in names:
         return (resources.files("histoxai") / "configs" / f"{source}.yaml").read_text()

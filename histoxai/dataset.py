@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from histoxai.manifest import SPLITS
 CACHE_MEMORY_FRACTION = 0.25  # cache="auto" keeps decoded patches in memory below this share of free RAM
 LOCAL_SHARD = "shard_path"    # column added by `local_shards`: a local path TensorFlow can open
 READ_BUFFER = 1 << 20         # bytes read ahead per shard
+DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape", re.IGNORECASE)  # TensorFlow failed on a patch
 
 
 def select_split(frame: pd.DataFrame, split: str, source: str = "manifest") -> pd.DataFrame:
@@ -59,8 +60,10 @@ def reading_order(frame: pd.DataFrame) -> pd.DataFrame:
 def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
     """The frame with a `shard_path` column: local shards as they are, gs:// shards downloaded
     to a temporary folder that lives as long as the block."""
+    from histoxai.outputs import scratch_dir
+
     uris = list(dict.fromkeys(frame["shard_uri"]))
-    with tempfile.TemporaryDirectory(prefix="histoxai-shards-") as tmp:
+    with scratch_dir("shards") as tmp:
         paths = {}
         for i, uri in enumerate(uris):
             if storage.is_gcs(uri):
@@ -186,7 +189,7 @@ def predict(model, frame: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame
     positions = _reading_positions(frame)
     ordered = frame.iloc[positions]
     image_size = int(model.input_shape[1])
-    with local_shards(ordered) as local:
+    with local_shards(ordered) as local, read_errors(local):
         ds = patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none")
         outputs = model.predict(ds, verbose=0)
     if not isinstance(outputs, dict):
@@ -201,3 +204,57 @@ def predict(model, frame: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame
         columns[name] = np.empty(len(frame))
         columns[name][positions] = values
     return pd.DataFrame(columns, index=frame.index)
+
+
+def damaged_record(frame: pd.DataFrame, decode: bool = True) -> InputError | None:
+    """One InputError naming the shard, record and patch of the first damaged record the frame's
+    pipeline reads (framing and checksums as TFRecordDataset checks them, then, with `decode`, image
+    decoding), or None when every record is sound."""
+    from histoxai import shards
+
+    path_column = LOCAL_SHARD if LOCAL_SHARD in frame.columns else "shard_uri"
+    groups = list(frame.groupby(path_column, sort=False))
+
+    def error(rows: pd.DataFrame, index: int, offset: int, why: str) -> InputError:
+        patch = rows[rows["index"] == index]
+        where = (f"; sample {patch['sample'].iloc[0]}, row {patch['row'].iloc[0]}, col {patch['col'].iloc[0]}"
+                 if len(patch) else "")
+        return InputError(f"{rows['shard_uri'].iloc[0]}: record {index} (byte offset {offset}{where}) is "
+                          f"damaged: {why}; expected an intact shard as `histoxai ingest` writes it "
+                          "(ingest that sample again)")
+
+    for path, rows in groups:
+        offsets = dict(zip(rows["index"].astype(int), rows["offset"].astype(int), strict=True))
+        found = shards.find_damage(path, int(rows["index"].max()) + 1, offsets)
+        if found is not None:
+            return error(rows, *found)
+    for path, rows in groups if decode else ():  # framing intact: look for a payload that does not decode
+        with open(path, "rb") as fh:
+            for index, offset, encoding, size in zip(rows["index"], rows["offset"], rows["encoding"],
+                                                     rows["patch_size"], strict=True):
+                fh.seek(int(offset))
+                (length,) = np.frombuffer(fh.read(8), "<u8")
+                fh.seek(4, os.SEEK_CUR)
+                why = shards.undecodable(fh.read(int(length)), str(encoding), int(size))
+                if why is not None:
+                    return error(rows, int(index), int(offset), why)
+    return None
+
+
+@contextlib.contextmanager
+def read_errors(frame: pd.DataFrame) -> Iterator[None]:
+    """Around code that reads the frame's patches through tf.data: TensorFlow's error on a damaged or
+    short shard becomes one InputError naming the shard file, the record and its patch (found by
+    re-reading the frame's shards record by record); any other error passes unchanged."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError,
+            tf.errors.OutOfRangeError) as err:
+        # Decoding every patch again is worth it only when TensorFlow failed on an image.
+        decode = isinstance(err, tf.errors.InvalidArgumentError) and bool(DECODE_ERROR.search(str(err)))
+        found = damaged_record(frame, decode=decode)
+        if found is None:
+            raise
+        raise found from err

@@ -36,8 +36,13 @@ def natural_key(sample: str) -> tuple:
 def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
     """A manifest (file, or folder holding manifest.parquet), with shard_uri resolved."""
     uri = str(uri)
+    if not storage.is_gcs(uri) and os.path.isfile(uri) and not uri.endswith(".parquet"):
+        raise InputError(f"{uri}: a file, not a manifest; expected {artifacts.MANIFEST} (or a .parquet "
+                         "manifest) or a folder holding one, as `histoxai ingest` writes")
     if not uri.endswith(".parquet"):
         uri = storage.join(uri, artifacts.MANIFEST)
+    if not storage.is_gcs(uri) and os.path.isdir(uri):
+        raise InputError(f"{uri}: a folder; expected a Parquet manifest file")
     frame = storage.read_parquet(uri, "a patch manifest written by `histoxai ingest`")
     missing = [c for c in KEY + LOCATION if c not in frame.columns]
     if missing:
@@ -48,7 +53,44 @@ def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
             base = os.path.abspath(base)
         frame["shard_uri"] = [storage.join(base, s) for s in frame["shard"]]
     frame["sample"] = frame["sample"].astype(str)
+    frame.attrs["uri"] = uri  # the file read, for messages that name it
     return frame
+
+
+def _column_problem(column: str, values: pd.Series) -> str | None:
+    """What is wrong with one manifest column's values (None: nothing), as 'expected ...'."""
+    from histoxai.shards import ENCODINGS
+
+    types = pd.api.types
+    if column in ("row", "col", "index", "offset", "patch_size"):
+        if not types.is_integer_dtype(values) or types.is_bool_dtype(values):
+            return f"is {values.dtype}; expected integers"
+        low = 1 if column == "patch_size" else 0
+        if (values < low).any():
+            return f"holds {int(values.min())}; expected integers >= {low}"
+    elif column in TARGETS + FEATURES:
+        if not types.is_numeric_dtype(values) or types.is_bool_dtype(values):
+            return f"is {values.dtype}; expected numbers"
+    elif column == "encoding":
+        unknown = sorted(set(values.astype(str)) - set(ENCODINGS))
+        if unknown:
+            return f"holds {unknown}; expected one of {list(ENCODINGS)}"
+    elif not values.map(lambda v: isinstance(v, str) and v != "").all():
+        return f"is {values.dtype} with empty or non-text values; expected text"
+    return None
+
+
+def check_columns(frame: pd.DataFrame, uri: str, columns=COLUMNS) -> None:
+    """Every column ingest writes is there with its type: else one InputError naming the file and column."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        more = f" (and {missing[1:]})" if missing[1:] else ""
+        raise InputError(f"{uri}: manifest lacks column {missing[0]!r}{more}; expected the columns "
+                         f"`histoxai ingest` writes: {', '.join(columns)}")
+    for column in columns:
+        problem = _column_problem(column, frame[column])
+        if problem:
+            raise InputError(f"{uri}: manifest column {column!r} {problem} (as `histoxai ingest` writes)")
 
 
 def write_manifest(frame: pd.DataFrame, uri: str | os.PathLike) -> None:

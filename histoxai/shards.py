@@ -110,3 +110,40 @@ def iter_records(path: str | os.PathLike):
         while head := fh.read(8):
             (length,) = struct.unpack("<Q", head)
             yield parse_record(head + fh.read(length + 8), str(path))
+
+
+def find_damage(path: str | os.PathLike, count: int, offsets: dict[int, int] | None = None
+                ) -> tuple[int, int, str] | None:
+    """The first damaged record among a local shard's first `count` records, read as TFRecordDataset
+    reads them: (record index, byte offset, what is wrong), or None when they are intact (and start at
+    the byte offsets the manifest gives, where `offsets` maps record index -> offset)."""
+    offsets = offsets or {}
+    offset = 0
+    with open(path, "rb") as fh:
+        for index in range(count):
+            if index in offsets and offsets[index] != offset:
+                return index, offset, f"it starts at byte {offset}, the manifest says {offsets[index]}"
+            head = fh.read(12)
+            if len(head) < 12:
+                return index, offset, f"the shard ends at byte {offset}, before its record {count - 1}"
+            if struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
+                return index, offset, "its length field fails its checksum"
+            (length,) = struct.unpack("<Q", head[:8])
+            body = fh.read(length + 4)
+            if len(body) < length + 4:
+                return index, offset, "the shard ends inside this record (truncated)"
+            if struct.unpack("<I", body[length:])[0] != _masked_crc(body[:length]):
+                return index, offset, "its data fails its checksum"
+            offset += 16 + length
+    return None
+
+
+def undecodable(payload: bytes, encoding: str, size: int) -> str | None:
+    """Why a record's payload is not a size x size patch in `encoding`, or None when it is one."""
+    try:
+        image = decode_image(payload, encoding, size)
+    except Exception as err:  # Pillow raises several types for damaged data
+        return f"not a readable {encoding} image ({type(err).__name__})"
+    if image.shape != (size, size, 3):
+        return f"a {image.shape[1]} x {image.shape[0]} image, not {size} x {size}"
+    return None

@@ -3,9 +3,10 @@
 `train(config, data_uri, out_uri)` reads the split manifest, trains the Table 3.1 model for
 config.targets and writes to OUT (local or gs://): model.keras, config.yaml (resolved), history.csv
 (both phases, with a `phase` column), metrics.json (R² per target on train/val/test and n) and
-tensorboard/. The results are built in a temporary folder and published with metrics.json last.
+tensorboard/. The results are built beside OUT and swapped in whole (gs://: uploaded, metrics.json last).
 OUT/checkpoints/ holds the resume state, rewritten after each epoch: a killed run restarted with
-the same OUT continues after its last finished epoch, in the phase it was in.
+the same OUT continues after its last finished epoch, in the phase it was in. Any other non-empty OUT
+is refused without overwrite; a run that fails before its first checkpoint leaves no OUT behind.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from histoxai import artifacts, storage
-from histoxai.checkpoint import CheckpointStore
+from histoxai import artifacts, outputs, storage
+from histoxai.checkpoint import CheckpointStore, prepare_out
 from histoxai.config import TrainConfig, fit_to_patches
 from histoxai.errors import InputError
 
@@ -219,15 +219,6 @@ def _check_resumable(state: dict, config: TrainConfig, data_uri: str, out_uri: s
                          "pass --overwrite to start over, or choose another --out")
 
 
-def _prepare_out(out_uri: str, overwrite: bool) -> None:
-    if storage.exists(storage.join(out_uri, artifacts.TRAIN_METRICS)) and not overwrite:
-        raise InputError(f"{out_uri}: already holds a finished training (metrics.json); "
-                         "pass --overwrite to train again")
-    if overwrite:
-        for name in (*RESULT_FILES, "checkpoints"):
-            storage.remove(storage.join(out_uri, name))
-
-
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
           stop_after_epochs: int | None = None, on_epoch_end: EpochHook | None = None) -> dict:
     """Train (or resume) and publish the results; returns the metrics written to metrics.json.
@@ -245,25 +236,28 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
     if not config.targets:
         raise InputError("no targets: give --targets (e.g. MD,FA or CC) or `targets` in the config")
     out_uri = str(out_uri)
+    outputs.check_writable(out_uri)
+    outputs.clear_stale_scratch()
+    outputs.clear_stale_output(out_uri)
+    existed = prepare_out(out_uri, overwrite, RESULT_FILES)
     runtime = resolve_runtime(config)
     seed_everything(config.seed, runtime.deterministic)
     print(f"device: {runtime.device}; precision {runtime.precision}, XLA {runtime.jit_compile}, "
           f"deterministic {runtime.deterministic}", flush=True)
     splits = load_splits(data_uri, config.targets)
     config = fit_to_patches(config, pd.concat([splits[s] for s in SPLITS_USED])["patch_size"], str(data_uri))
-    _prepare_out(out_uri, overwrite)
     store = CheckpointStore(out_uri)
-    state = None if overwrite else store.load_state()
-    if state is not None and state["epoch"] > 0:
-        _check_resumable(state, config, data_uri, out_uri)
-        where = "finished" if state["phase_done"] else f"epoch {state['phase_epochs']}"
-        print(f"resuming after epoch {state['epoch']} ({state['phase']} phase, {where})", flush=True)
-    else:
-        state = _fresh_state(config, data_uri)
-    strategy = tf.distribute.MirroredStrategy() if runtime.gpus > 1 else tf.distribute.get_strategy()
     try:
+        state = None if overwrite else store.load_state()
+        if state is not None and state["epoch"] > 0:
+            _check_resumable(state, config, data_uri, out_uri)
+            where = "finished" if state["phase_done"] else f"epoch {state['phase_epochs']}"
+            print(f"resuming after epoch {state['epoch']} ({state['phase']} phase, {where})", flush=True)
+        else:
+            state = _fresh_state(config, data_uri)
+        strategy = tf.distribute.MirroredStrategy() if runtime.gpus > 1 else tf.distribute.get_strategy()
         used = dataset.reading_order(pd.concat([splits[s] for s in SPLITS_USED]))
-        with dataset.local_shards(used) as local:
+        with dataset.local_shards(used) as local, dataset.read_errors(local):
             parts = {s: local.loc[local["split"] == s] for s in SPLITS_USED}
             train_ds = dataset.patch_dataset(parts["train"], image_size=config.image_size,
                                              batch_size=config.batch_size, targets=config.targets,
@@ -282,6 +276,11 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
                         stop_after_epochs, on_epoch_end)
             metrics = _evaluate(net, parts, config, runtime, state)
         _publish(net, config, state, metrics, store, out_uri)
+    except BaseException:
+        store.discard_if_unused()  # a failure before the first epoch's checkpoint leaves nothing
+        if not existed and not storage.is_gcs(out_uri) and os.path.isdir(out_uri) and not os.listdir(out_uri):
+            os.rmdir(out_uri)
+        raise
     finally:
         store.close()
     storage.remove(store.uri)  # the run finished: its resume state is no longer needed
@@ -296,6 +295,11 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
 
     train_ds, val_ds, steps = data
     counter = [0]
+    if state["phase"] == PHASES[-1] and state["phase_done"] and state["last"] is not None:
+        # Killed after the last phase (e.g. while publishing): its final weights are all there is to do.
+        with strategy.scope():
+            models.set_phase(net, state["phase"], finetune_batchnorm=config.finetune_batchnorm)
+            store.restore(state, net, optimizer=False)
     for phase in PHASES:
         max_epochs = config.frozen_epochs if phase == "frozen" else config.finetune_epochs
         if PHASES.index(phase) < PHASES.index(state["phase"]) or (
@@ -347,12 +351,14 @@ def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: Checkp
 
     from histoxai.model import inference_model
 
-    with tempfile.TemporaryDirectory(prefix="histoxai-train-") as tmp:
-        stage = Path(tmp)
+    if storage.is_gcs(out_uri):  # results of an interrupted publish, or old ones under --overwrite
+        for name in RESULT_FILES:
+            storage.remove(storage.join(out_uri, name))
+    # Local: built beside OUT and swapped in whole (the checkpoints leave with the old folder).
+    with outputs.staged(out_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS) as stage:
         inference_model(net).save(stage / artifacts.MODEL_FILE)
         (stage / artifacts.MODEL_CONFIG).write_text(config.to_yaml())
         pd.DataFrame(state["history"]).to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
         if store.tensorboard_dir.exists():
             shutil.copytree(store.tensorboard_dir, stage / artifacts.TENSORBOARD_DIR)
         (stage / artifacts.TRAIN_METRICS).write_text(json.dumps(metrics, indent=1))
-        storage.publish_dir(stage, out_uri, commit_last=artifacts.TRAIN_METRICS)

@@ -191,3 +191,30 @@ def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, bl
     assert list(history["phase_epoch"]) == [1, 2, 1, 2, 3]
     assert json.loads(storage.read_text(storage.join(out, "metrics.json")))["epochs"] == {
         "frozen": 2, "finetune": 3}
+
+
+def test_killed_while_publishing_resumes_with_its_trained_weights(tmp_path, blobs32, capsys):
+    """A kill after the last epoch (while the results are written) leaves the checkpoints and a hidden
+    partial folder; the next run clears the folder and publishes the trained weights, not fresh ones."""
+    config_path = tmp_path / "quick.yaml"
+    config_path.write_text(yaml.safe_dump(QUICK))
+    out = tmp_path / "out"
+    args = ["train", "--config", str(config_path), "--data", str(blobs32), "--targets", "CC",
+            "--out", str(out)]
+    code = ("import os, signal\nfrom histoxai import model\n"
+            "model.inference_model = lambda net: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"from histoxai.cli import main\nmain({args!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["checkpoints"]
+    assert any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())
+
+    assert main(args) == 0
+    assert "resuming after epoch 3 (finetune phase, finished)" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = pd.read_csv(out / "history.csv").set_index("epoch")
+    # the published model is the best epoch's: its validation R² is the one that epoch logged
+    assert metrics["r2"]["val"]["CC"] == pytest.approx(history.loc[metrics["best_epoch"], "val_CC_r2"],
+                                                       abs=1e-4)

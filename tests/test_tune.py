@@ -338,3 +338,28 @@ def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs):
     metrics = executor_output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     frame = pd.read_parquet(step / "study" / "trials.parquet")
     assert metrics["best_objective"] == pytest.approx(frame.loc[0, "objective"]) and metrics["trials"] == 1
+
+
+def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(tmp_path, blobs, capsys,
+                                                                                monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "tune"
+    config = _space_file(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
+    args = ["tune", "--config", config, "--search-space", _space_file(tmp_path, {"search": {
+        "learning_rate": [1e-3, 3e-3]}}), "--data", str(blobs), "--out", str(out), "--tuning-trials", "1"]
+    code = ("import os, signal\nfrom histoxai import training\n"
+            "training._publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"from histoxai.cli import main\nmain({args!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)}, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    left = sorted(p.name for p in scratch.iterdir())
+    assert any(name.startswith("histoxai-trial0-") for name in left), left
+
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert main(args) == 0
+    assert "retrying 1 interrupted" in capsys.readouterr().out
+    assert not list(scratch.glob("histoxai-*"))  # TensorFlow's autograph files may stay

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from histoxai import artifacts, storage
+from histoxai import artifacts
 from histoxai.components.explain.methods import SIGNED_METHODS, parse_method, parse_score
 from histoxai.components.explain.params import DEFAULTS
 from histoxai.errors import InputError
+from histoxai.outputs import check_writable, clear_stale_scratch, staged
 from histoxai.saliency import store
 
 ENGINES = ("batched", "tf-keras-vis")
@@ -142,6 +143,8 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
         raise InputError(f"batch size {batch_size}, gradient batch {gradient_batch}, trust patches "
                          f"{trust_patches}, trust steps {trust_steps}, randomised blocks {randomize_blocks}: "
                          "expected batch sizes and steps >= 1, patches and blocks >= 0")
+    check_writable(out_uri)
+    clear_stale_scratch()
     specs = [parse_method(m) for m in methods]
     score_list = list(dict.fromkeys(parse_score(s) for s in scores))
     model = load_trained_model(model_uri)
@@ -171,8 +174,9 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
     rows: list[pd.DataFrame] = []
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    with storage.staged_output(out_uri, overwrite=overwrite, commit_last=artifacts.MAPS_TABLE) as stage:
-        with store.MapWriter(stage) as writer, dataset.local_shards(frame) as local:
+    with staged(out_uri, overwrite=overwrite, commit_last=artifacts.MAPS_TABLE) as stage:
+        with store.MapWriter(stage) as writer, dataset.local_shards(frame) as local, \
+                dataset.read_errors(local):
             batches = dataset.patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none")
             start = 0
             for images in tqdm(batches, total=math.ceil(len(frame) / batch_size), desc="explain",

@@ -39,10 +39,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from histoxai import artifacts, storage
+from histoxai import artifacts, outputs
 from histoxai.components.split.params import DEFAULTS
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
+from histoxai.manifest import KEY, SPLITS, check_columns, natural_key, read_manifest
 
 STRATEGIES = ("random", "blocked")
 EVALUATION_SETS = ("train", "val", "test")
@@ -235,6 +235,7 @@ def _read_all(manifests: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     frames = []
     for uri in tqdm(manifests, desc="reading manifests", unit="manifest", disable=len(manifests) < 4):
         frame = read_manifest(uri)
+        check_columns(frame, frame.attrs.get("uri", str(uri)))
         _check_frame(frame, str(uri))
         frames.append(frame.assign(_source=str(uri)))
     frame = pd.concat(frames, ignore_index=True)
@@ -261,6 +262,7 @@ def split_manifests(manifests: Sequence[str], out: str, *, train_samples: Iterab
                          "(manifest.parquet or a folder holding one)")
     fractions = check_fractions(fractions)
     _check_options(strategy, block_size, guard)
+    outputs.check_writable(out)
     frame, inputs = _read_all(manifests)
     labels = assign_splits(frame, train_samples=train_samples, strategy=strategy, fractions=fractions,
                            seed=seed, block_size=block_size, guard=guard)
@@ -272,7 +274,7 @@ def split_manifests(manifests: Sequence[str], out: str, *, train_samples: Iterab
         options.update(block_size=int(block_size), guard=int(guard))
     info = {"options": options, "inputs": inputs,
             "counts": {s: {k: int(v) for k, v in row.items()} for s, row in counts.iterrows()}}
-    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.SPLIT_TABLE) as stage:
+    with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.SPLIT_TABLE) as stage:
         (stage / artifacts.SPLIT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         (stage / artifacts.SPLIT_REPORT).write_text(_markdown(counts, options))
         frame.assign(split=labels).to_parquet(stage / artifacts.SPLIT_TABLE, index=False)

@@ -20,19 +20,23 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from histoxai import artifacts, storage
 from histoxai.components.tune.params import DEFAULTS
+from histoxai.components.tune.results import TRIALS
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
+from histoxai.outputs import check_writable, clear_stale_scratch, scratch_dir
 from histoxai.training import STOPPED_EXIT_CODE
 
 STUDY_NAME = "histoxai-tune"
+# What a study's OUT holds
+OWN_FILES = (artifacts.STUDY_JOURNAL, f"{TRIALS}.parquet", f"{TRIALS}.csv", artifacts.TUNE_SUMMARY,
+             artifacts.BEST_CONFIG, "vizier_job.json")
 SPEC_ATTR = "histoxai_spec"  # what the study searches; a restart must search the same
 
 
@@ -64,11 +68,27 @@ def _study_file(out_uri: str, overwrite: bool) -> Iterator[tuple[Path, Any]]:
         yield path, lambda: None
         return
     remote = storage.join(out_uri, artifacts.STUDY_JOURNAL)
-    with tempfile.TemporaryDirectory(prefix="histoxai-study-") as tmp:
-        path = Path(tmp) / artifacts.STUDY_JOURNAL
+    with scratch_dir("study") as tmp:
+        path = tmp / artifacts.STUDY_JOURNAL
         if not overwrite and storage.exists(remote):
             storage.download_file(remote, path)
         yield path, lambda: storage.upload_file(path, remote) if path.exists() else None
+
+
+def _check_out(out_uri: str, overwrite: bool) -> None:
+    """OUT must be new, empty or a study's own folder: anything else is kept unless --overwrite."""
+    if storage.is_gcs(out_uri):
+        prefix = out_uri.rstrip("/") + "/"
+        names = {uri[len(prefix):].split("/", 1)[0] for uri in storage.list_files(out_uri)}
+    else:
+        check_writable(out_uri)
+        names = set(os.listdir(out_uri)) if os.path.isdir(out_uri) else set()
+    own = (artifacts.STUDY_JOURNAL, *(f".{name}." for name in OWN_FILES))  # + lock and temporary files
+    foreign = sorted(n for n in names - set(OWN_FILES) if not n.startswith(own))
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise InputError(f"{out_uri}: output folder holds files that are not a study's ({shown}); pass "
+                         "--overwrite to write the study there anyway, or choose another --out")
 
 
 def _repair_journal(path: Path) -> None:
@@ -146,8 +166,8 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
                 raise optuna.TrialPruned(trial.user_attrs["note"])
 
         try:
-            with tempfile.TemporaryDirectory(prefix=f"histoxai-trial{trial.number}-") as work:
-                metrics = train(config, data_uri, work, on_epoch_end=report)
+            with scratch_dir(f"trial{trial.number}") as work:  # a killed run's is removed by the next
+                metrics = train(config, data_uri, str(work), on_epoch_end=report)
         except InputError as err:
             trial.set_user_attr("note", f"failed: {err}")
             raise
@@ -190,6 +210,8 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
     if timeout_s is not None and timeout_s <= 0:
         raise InputError(f"--timeout {timeout_s}: expected a positive number of seconds")
     out_uri, data_uri = str(out_uri), str(data_uri)
+    _check_out(out_uri, overwrite)
+    clear_stale_scratch()
     start = space.start_config(base)
     space.check_against(start)
     targets = check_objective_targets(start, objective_targets)
