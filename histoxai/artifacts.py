@@ -118,8 +118,8 @@ def read_model_config(model_dir: str) -> dict[str, Any]:
     uri = storage.join(model_dir, MODEL_CONFIG)
     try:
         values = yaml.safe_load(storage.read_text(uri)) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{uri}: not valid YAML ({err}); expected a training config") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"{uri}: not valid UTF-8 YAML ({err}); expected a training config") from None
     if not isinstance(values, dict):
         raise InputError(f"{uri}: expected a mapping of hyperparameters (a training config)")
     return values

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from histoxai import artifacts, storage
+from histoxai import artifacts, outputs
 from histoxai.components.evaluate.params import BUNDLED, DEFAULTS, ROI_CHOICES
 from histoxai.errors import InputError
 from histoxai.metrics import METRIC_LABELS, METRICS, markdown_table, pearson_r, regression_metrics
@@ -322,7 +322,7 @@ def write_baselines(result: dict, out: str, *, overwrite: bool = False) -> None:
     """OUT/baseline.parquet (the tidy table), baseline.md and baseline.json (everything), local or gs://."""
     info = {"settings": result["settings"], "definitions": METRIC_LABELS,
             **{k: _records(result[k]) for k in ("per_sample", "across_tumour", "tumour_means", "summary")}}
-    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.BASELINE_TABLE) as stage:
+    with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.BASELINE_TABLE) as stage:
         (stage / artifacts.BASELINE_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         (stage / artifacts.BASELINE_REPORT).write_text(to_markdown(result))
         result["per_sample"].to_parquet(stage / artifacts.BASELINE_TABLE, index=False)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoxai import artifacts, storage
+from histoxai import artifacts, outputs, storage
 from histoxai.components.evaluate.params import DEFAULTS
 from histoxai.errors import InputError
 from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
@@ -321,7 +321,7 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
             from histoxai.dataset import check_targets
 
             check_targets(evaluation.frame, model.targets, f"--data (targets of model {model.name})")
-        with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.EVALUATION_TABLE) as stage:
+        with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.EVALUATION_TABLE) as stage:
             tables, map_files, cached = [], {}, {}
             steps = [(m, s) for m in sources for s in evaluation.samples]
             by_sample = dict(tuple(evaluation.frame.groupby("sample", sort=False)))

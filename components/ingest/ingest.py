@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxai import artifacts, layout, manifest, shards, storage
+from histoxai import artifacts, layout, manifest, outputs, shards
 from histoxai.components.ingest import qc
 from histoxai.components.ingest.inputs import (
     Sample,
@@ -256,7 +256,7 @@ def ingest_sample(sample_dir: str, out: str, *, sample_id: str | None = None,
     sample_id = check_sample_id(sample_id) if sample_id else sample_name(str(sample_dir))
     clock = StageClock()
     started, started_cpu = time.perf_counter(), time.process_time()
-    with storage.staged_output(out, overwrite=overwrite, commit_last=artifacts.MANIFEST) as stage, \
+    with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.MANIFEST) as stage, \
             open_sample(sample_dir) as sample:
         codes = grid_rule_codes(sample.maps, sample.dhe_mask, erosion)
         nan = nan_targets(sample.maps, sample.faip_present)

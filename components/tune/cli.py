@@ -92,7 +92,10 @@ def _run_vizier(args, base, space) -> None:
         max_trial_count=args.tuning_trials, parallel_trial_count=args.parallel_trials,
         objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
         credentials=credentials)
-    storage.write_text(storage.join(args.out, "vizier_job.json"), vizier.job_json(job))
+    target = storage.join(args.out, "vizier_job.json")
+    if storage.exists(target) and not args.overwrite:
+        raise InputError(f"{target}: already exists; pass --overwrite to replace it")
+    storage.write_text(target, vizier.job_json(job))
     print(f"wrote {storage.join(args.out, 'vizier_job.json')}")
     if args.submit:
         job.run(sync=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxai import layout, storage
+from histoxai import layout, outputs, storage
 from histoxai.errors import InputError
 from histoxai.matfile import MatWriterV73, write_v5
 from histoxai.phantom import nuclei as nu
@@ -109,7 +109,7 @@ def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 6
             raise InputError(f"{uri}: output already exists; pass --overwrite to replace it")
     provenance = {"summary": source.label, "summary_sha256": source.sha256}
     for maps, uri in zip(sample_maps, uris, strict=True):
-        with storage.staged_output(uri, overwrite=overwrite, commit_last=layout.TRUTH_TARGETS) as folder:
+        with outputs.staged(uri, overwrite=overwrite, commit_last=layout.TRUTH_TARGETS) as folder:
             write_sample(folder, maps, options, provenance)
     return uris
 
