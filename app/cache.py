@@ -31,31 +31,32 @@ class Run:
 
 
 @st.cache_resource(ttl=TABLE_TTL_S, show_spinner="Reading the run's tables…")
-def load_run(run: str) -> Run:
+def load_run(run: str, root: str) -> Run:
+    """The run's tables, each file checked against root before it is read."""
     index = runs.discover(run)
-    readers = {uri: store.open_maps(uri) for uri in index.explain}
-    names = data.model_names(index.explain, index.label)
-    manifests = data.load_manifests(index)
+    readers = {uri: data.open_maps(uri, root) for uri in index.explain}
+    names = data.model_names(index.explain, index.label, root)
+    manifests = data.load_manifests(index, root)
     return Run(index=index, readers=readers, names=names, table=data.maps_table(readers, names, manifests),
-               trust=data.trust_table(index.explain, names), manifests=manifests)
+               trust=data.trust_table(index.explain, names, root), manifests=manifests)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def tiles(keys: tuple, run: str, root: str) -> list:
     """(patch, raw map or None) per (shard_uri, offset, encoding, patch_size, source, map_id)."""
-    return data.read_tiles(list(keys), load_run(run).readers, root)
+    return data.read_tiles(list(keys), load_run(run, root).readers, root)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def display_range(run: str, root: str, group: tuple) -> tuple[float, float]:
     """Dataset-wide display range of one model x target x method x setting x score (data.GROUP)."""
-    loaded = load_run(run)
+    loaded = load_run(run, root)
     return data.display_range(loaded.readers, data.group_rows(loaded.table, data.Selection(*group)), root)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def nuclei_masks(run: str, root: str, keys: tuple, size: int) -> dict:
-    return data.nuclei_masks(load_run(run).index.phantom, list(keys), size, root)
+    return data.nuclei_masks(load_run(run, root).index.phantom, list(keys), size, root)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -9,7 +9,10 @@ maps; click a voxel for its patch). The run is any folder with pipeline outputs 
 Sign-in: with --auth password (default), user names and bcrypt hashes come from --users FILE (YAML,
 local or gs://) or the variable HISTOXAI_APP_USERS holding that YAML (e.g. a mounted secret); make an
 entry with --hash-password NAME. With --auth iap the app trusts only requests signed by Google's
-Identity-Aware Proxy for the audience in HISTOXAI_IAP_AUDIENCE.
+Identity-Aware Proxy for the audience in HISTOXAI_IAP_AUDIENCE, checked again on every interaction.
+Failed password sign-ins back off and lock per user name and client address (--sign-in-state shares them
+between instances; --trusted-proxies says how far X-Forwarded-For can be believed). Every page is served
+with headers that forbid framing.
 
 The server listens on 127.0.0.1 unless --address says otherwise; on Cloud Run (K_SERVICE set) it
 listens on 0.0.0.0.
@@ -28,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-MAIN_SCRIPT = Path(__file__).with_name("main.py")
+SERVER_SCRIPT = Path(__file__).with_name("asgi.py")  # Streamlit's server around main.py, with our headers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${ENV['users_file']}, else the YAML in ${ENV['users_yaml']})")
     parser.add_argument("--auth", choices=AUTH_MODES, default=os.environ.get(ENV["auth"]) or "password",
                         help="password (default) or iap (behind Identity-Aware Proxy)")
+    parser.add_argument("--sign-in-state", metavar="URI", default=os.environ.get(ENV["sign_in_state"], ""),
+                        help="file (local or gs://) where instances share failed sign-ins (default: "
+                             f"${ENV['sign_in_state']}, else the users file + .sign-in.json; 'none': this "
+                             "process only)")
+    parser.add_argument("--trusted-proxies", metavar="N",
+                        default=os.environ.get(ENV["trusted_proxies"]) or "0",
+                        help="proxies in front of the app that append the client address to X-Forwarded-For "
+                             f"(default: ${ENV['trusted_proxies']}, else 0: the header is ignored)")
     parser.add_argument("--hash-password", metavar="NAME", help="print a users-file line for NAME (the "
                                                                 "password is asked for, or read from stdin) "
                                                                 "and exit")
@@ -64,7 +75,7 @@ def _read_password() -> str:
 def run(args: argparse.Namespace) -> None:
     from histoxai import storage
     from histoxai.app import auth, runs
-    from histoxai.app.settings import ENV, AppSettings
+    from histoxai.app.settings import ENV, AppSettings, whole_number
     from histoxai.errors import InputError
 
     if args.hash_password:
@@ -88,11 +99,13 @@ def run(args: argparse.Namespace) -> None:
         users_file=args.users or os.environ.get(ENV["users_file"], ""),
         users_yaml=os.environ.get(ENV["users_yaml"], ""),
         iap_audience=os.environ.get(ENV["iap_audience"], ""),
-        iap_certs_url=os.environ.get(ENV["iap_certs_url"]) or AppSettings.iap_certs_url)
+        iap_certs_url=os.environ.get(ENV["iap_certs_url"]) or AppSettings.iap_certs_url,
+        sign_in_state=args.sign_in_state,
+        trusted_proxies=whole_number(args.trusted_proxies, "--trusted-proxies"))
     if settings.auth == "password":
         auth.load_users(settings)  # a bad users file fails here, not at the first sign-in
     address = args.address or ("0.0.0.0" if os.environ.get("K_SERVICE") else "127.0.0.1")
-    command = [sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT),
+    command = [sys.executable, "-m", "streamlit", "run", str(SERVER_SCRIPT),
                "--server.port", str(args.port), "--server.address", address,
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"]
@@ -100,4 +113,6 @@ def run(args: argparse.Namespace) -> None:
           flush=True)
     # replace this process: Streamlit gets the signals (Cloud Run's SIGTERM) directly
     inherited = {k: v for k, v in os.environ.items() if k not in ENV.values()}
-    os.execve(sys.executable, command, {**inherited, **settings.to_env()})
+    # X-Forwarded-For is believed only as --trusted-proxies says: uvicorn (Streamlit's server) would otherwise
+    # take a client address from it on every connection from loopback
+    os.execve(sys.executable, command, {**inherited, **settings.to_env(), "FORWARDED_ALLOW_IPS": ""})

@@ -64,7 +64,7 @@ def open_run(settings: AppSettings) -> tuple[str, cache.Run]:
                                  help=f"Relative to {runs.normalize(settings.root)}, or a full path under it")
     try:
         run = runs.resolve_run(settings.root, text)
-        loaded = cache.load_run(run)
+        loaded = cache.load_run(run, settings.root)
     except InputError as err:
         st.error(str(err))
         st.stop()

@@ -4,8 +4,9 @@ one page at a time.
 Maps are read only through the explain step's store (`open_maps`, `MapReader.read`); patch images by one
 ranged read per record (`shards.read_record`) at the location the run's manifests give (falling back to
 the one the maps table recorded), so a run folder that was moved still shows its patches. Every file
-is checked against the app's root before it is read (`runs.ensure_within`). No Streamlit here: the
-caches live in `cache.py`.
+is resolved (symbolic links followed) and checked against the app's root before it is read or even looked
+for (`runs.ensure_within`, the one check for every read); one outside it is an InputError naming it. No
+Streamlit here: the caches live in `cache.py`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ READ_THREADS = 8  # parallel ranged reads: most of a page's time on gs:// is req
 
 # ---- tables ----
 
-def model_names(explain_uris, label) -> dict[str, str]:
+def open_maps(explain_uri: str, root: str) -> store.MapReader:
+    runs.ensure_within(root, storage.join(explain_uri, artifacts.MAPS_TABLE), what="maps table")
+    return store.open_maps(explain_uri)
+
+
+def model_names(explain_uris, label, root: str) -> dict[str, str]:
     """explain folder -> the name of the model it explains (its folder name, from explain.json); folders
     of different models that share a name are told apart by their place in the run."""
     models = {}
     for uri in explain_uris:
+        runs.ensure_within(root, storage.join(uri, artifacts.EXPLAIN_INFO), what="explain summary")
         try:
             summary = artifacts.read_explain_info(uri)
             model = str(summary.get("model", "")).rstrip("/")
@@ -57,12 +64,12 @@ def model_names(explain_uris, label) -> dict[str, str]:
     return names
 
 
-def load_manifests(index: runs.RunIndex) -> pd.DataFrame:
+def load_manifests(index: runs.RunIndex, root: str) -> pd.DataFrame:
     """Every patch of the run's split and ingest manifests (a split's row wins over an ingest's)."""
     frames = []
     for folder in (*index.split, *index.ingest):
         name = artifacts.SPLIT_TABLE if folder in index.split else artifacts.MANIFEST
-        frame = read_manifest(storage.join(folder, name))
+        frame = read_manifest(runs.ensure_within(root, storage.join(folder, name), what="patch manifest"))
         keep = [c for c in (*KEY, *PATCH_LOCATION, "split", *TARGETS) if c in frame.columns]
         frames.append(frame[keep])
     if not frames:
@@ -93,12 +100,12 @@ def maps_table(readers: dict[str, store.MapReader], names: dict[str, str], manif
     return table.reset_index(drop=True)
 
 
-def trust_table(explain_uris, names: dict[str, str]) -> pd.DataFrame:
+def trust_table(explain_uris, names: dict[str, str], root: str) -> pd.DataFrame:
     """The trust measures of every explain folder that has them, with the model's name."""
 
     frames = []
     for uri in explain_uris:
-        path = storage.join(uri, artifacts.TRUST_TABLE)
+        path = runs.ensure_within(root, storage.join(uri, artifacts.TRUST_TABLE), what="trust table")
         if storage.exists(path):
             trust = storage.read_parquet(path, "the explain step's trust table")
             frames.append(trust.assign(model=names[uri]))
@@ -181,9 +188,9 @@ def read_patch(location: tuple, root: str) -> np.ndarray:
     from histoxai.shards import decode_image, read_record
 
     shard_uri, offset, encoding, size = location
-    runs.ensure_within(root, shard_uri, what="patch shard")
+    path = runs.ensure_within(root, shard_uri, what="patch shard")
     try:
-        return decode_image(read_record(shard_uri, int(offset)), encoding, int(size))
+        return decode_image(read_record(path, int(offset)), encoding, int(size))
     except ValueError as err:
         raise InputError(f"{shard_uri}: record at byte {offset} unreadable ({err})") from err
 
@@ -237,6 +244,9 @@ def nuclei_masks(phantom_dirs, keys: list[tuple], size: int, root: str) -> dict[
     for folder in phantom_dirs:
         runs.ensure_within(root, folder, what="phantom folder")
         samples = {k[0] for k in keys if k not in masks}
+        for sample in samples:  # the sample names come from the maps table: each path is checked
+            for name in (layout.TRUTH_TARGETS, layout.TRUTH_LABELS):
+                runs.ensure_within(root, storage.join(folder, sample, name), what="phantom truth")
         have = {s for s in samples if storage.exists(storage.join(folder, s, layout.TRUTH_TARGETS))}
         wanted = pd.DataFrame([k for k in keys if k[0] in have and k not in masks], columns=list(KEY))
         if not wanted.empty:
@@ -245,12 +255,6 @@ def nuclei_masks(phantom_dirs, keys: list[tuple], size: int, root: str) -> dict[
 
 
 # ---- evaluate outputs ----
-
-def evaluate_summary(evaluate_uri: str) -> dict:
-    if not storage.exists(storage.join(evaluate_uri, artifacts.EVALUATION_INFO)):
-        return {}
-    return artifacts.read_evaluation_info(evaluate_uri)
-
 
 def evaluate_maps(evaluate_uri: str) -> pd.DataFrame:
     """(model, sample, target, uri) of each measured/predicted/residual .npz of an evaluate output."""
@@ -265,8 +269,8 @@ def evaluate_maps(evaluate_uri: str) -> pd.DataFrame:
 
 def read_grid_maps(uri: str, root: str) -> dict[str, np.ndarray]:
     """measured, predicted, residual (rows x cols, NaN without a patch) from an evaluate .npz."""
-    runs.ensure_within(root, uri, what="map file")
-    with np.load(io.BytesIO(storage.read_bytes(uri))) as arrays:
+    path = runs.ensure_within(root, uri, what="map file")
+    with np.load(io.BytesIO(storage.read_bytes(path))) as arrays:
         missing = [k for k in ("measured", "predicted", "residual") if k not in arrays.files]
         if missing:
             raise InputError(f"{uri}: lacks arrays {missing}; expected the maps of `histoxai evaluate`")

@@ -31,7 +31,12 @@ def main() -> None:
         auth.sign_in_form(config)  # stops the script
     controls.remember_widgets()
     auth.sign_out_button(config)
-    page.run()
+    try:
+        page.run()
+    except InputError as err:  # e.g. a file outside the root, or one that is not what it should be
+        st.error(" ".join(str(err).split()))
+    except OSError as err:
+        st.error(f"{err.filename or 'a file of the run'}: could not be read ({err.strerror or err})")
 
 
 if __name__ == "__main__":

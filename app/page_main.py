@@ -15,9 +15,9 @@ PAGES = (("page_single_target.py", "Single Target", "a grid of patches with one 
 _IMAGE_LINE = re.compile(r"^!\[.*\]\(.*\)\s*$", re.MULTILINE)
 
 
-def _text(uri: str, root: str) -> str | None:
-    runs.ensure_within(root, uri)
-    return storage.read_text(uri) if storage.exists(uri) else None
+def _text(uri: str, root: str, what: str) -> str | None:
+    path = runs.ensure_within(root, uri, what=what)
+    return storage.read_text(path) if storage.exists(path) else None
 
 
 def outputs_table(index: runs.RunIndex) -> pd.DataFrame:
@@ -67,13 +67,13 @@ def main() -> None:
         for folder in index.models:
             with st.expander(index.label(folder)):
                 for name, language in ((artifacts.MODEL_CONFIG, "yaml"), (artifacts.TRAIN_METRICS, "json")):
-                    text = _text(storage.join(folder, name), config.root)
+                    text = _text(storage.join(folder, name), config.root, what="model file")
                     if text is not None:
                         st.caption(name)
                         st.code(text, language=language)
 
     for folder in index.evaluate:
-        report = _text(storage.join(folder, artifacts.REPORT_MARKDOWN), config.root)
+        report = _text(storage.join(folder, artifacts.REPORT_MARKDOWN), config.root, what="evaluation report")
         if report is not None:
             st.subheader(f"Evaluation report ({index.label(folder)})")
             with st.expander("Table 4.1 and the other metrics", expanded=True):
@@ -81,7 +81,7 @@ def main() -> None:
                 st.page_link("page_sample_maps.py", label="The maps, with a click-through to the patches")
 
     for folder in index.explain:
-        report = _text(storage.join(folder, artifacts.TRUST_REPORT), config.root)
+        report = _text(storage.join(folder, artifacts.TRUST_REPORT), config.root, what="trust report")
         if report is not None:
             st.subheader(f"Trust report ({index.label(folder)})")
             with st.expander("Whether the maps can be trusted", expanded=False):

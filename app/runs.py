@@ -39,9 +39,13 @@ def is_within(root: str, uri: str) -> bool:
 
 
 def ensure_within(root: str, uri: str, what: str = "file") -> str:
-    """uri, normalised, or InputError when it lies outside root."""
+    """uri, normalised (a local path with its symbolic links resolved: read that one), or InputError naming
+    uri when it lies outside root. The app calls it before every read of a file."""
     if not is_within(root, uri):
-        raise InputError(f"{uri}: {what} outside the app's root {normalize(root)}; "
+        linked = not storage.is_gcs(str(uri)) and \
+            normalize(uri) != os.path.abspath(os.path.expanduser(str(uri)))
+        link = " (a symbolic link leads there)" if linked else ""
+        raise InputError(f"{uri}: {what} outside the app's root {normalize(root)}{link}; "
                          "nothing outside it can be read (start the app with a wider --root)")
     return normalize(uri)
 

@@ -7,6 +7,10 @@ HISTOXAI_APP_USERS_FILE YAML file (local or gs://) of user name -> bcrypt hash, 
 HISTOXAI_APP_USERS      the same YAML as text (e.g. a Secret Manager secret exposed as a variable)
 HISTOXAI_IAP_AUDIENCE   with iap: the expected audience of IAP's signed header
 HISTOXAI_IAP_CERTS_URL  with iap: where IAP's public keys are (default: Google's)
+HISTOXAI_APP_SIGN_IN_STATE   the record of failed sign-ins that instances share (local or gs://; default: the
+                        users file's path + .sign-in.json; "none", or no users file: this process only)
+HISTOXAI_APP_TRUSTED_PROXIES how many proxies in front of the app append to X-Forwarded-For (default 0: the
+                        header is ignored and a client is known by its connection's address)
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ AUTH_MODES = ("password", "iap")
 IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
 ENV = {"run": "HISTOXAI_APP_RUN", "root": "HISTOXAI_APP_ROOT", "auth": "HISTOXAI_APP_AUTH",
        "users_file": "HISTOXAI_APP_USERS_FILE", "users_yaml": "HISTOXAI_APP_USERS",
-       "iap_audience": "HISTOXAI_IAP_AUDIENCE", "iap_certs_url": "HISTOXAI_IAP_CERTS_URL"}
+       "iap_audience": "HISTOXAI_IAP_AUDIENCE", "iap_certs_url": "HISTOXAI_IAP_CERTS_URL",
+       "sign_in_state": "HISTOXAI_APP_SIGN_IN_STATE", "trusted_proxies": "HISTOXAI_APP_TRUSTED_PROXIES"}
+NO_SHARED_STATE = "none"
+SIGN_IN_STATE_SUFFIX = ".sign-in.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,8 @@ class AppSettings:
     users_yaml: str = ""
     iap_audience: str = ""
     iap_certs_url: str = IAP_CERTS_URL
+    sign_in_state: str = ""
+    trusted_proxies: int = 0
 
     def __post_init__(self):
         if not self.run:
@@ -44,6 +53,16 @@ class AppSettings:
         if self.auth == "iap" and not self.iap_audience:
             raise InputError(f"{ENV['iap_audience']}: empty; expected IAP's audience, e.g. "
                              "/projects/NUMBER/locations/REGION/services/SERVICE")
+        if not isinstance(self.trusted_proxies, int) or not 0 <= self.trusted_proxies <= 16:
+            raise InputError(f"{ENV['trusted_proxies']}={self.trusted_proxies!r}: expected a whole number "
+                             "from 0 to 16 (proxies in front of the app that append to X-Forwarded-For)")
+
+    @property
+    def sign_in_record(self) -> str:
+        """Where failed sign-ins are shared between instances ('' for this process only)."""
+        if self.sign_in_state == NO_SHARED_STATE:
+            return ""
+        return self.sign_in_state or (self.users_file + SIGN_IN_STATE_SUFFIX if self.users_file else "")
 
     def to_env(self) -> dict[str, str]:
         return {ENV[f.name]: str(getattr(self, f.name)) for f in dataclasses.fields(self)
@@ -56,4 +75,12 @@ def from_env(environ=None) -> AppSettings:
     values["root"] = values["root"] or values["run"]
     values["auth"] = values["auth"] or "password"
     values["iap_certs_url"] = values["iap_certs_url"] or IAP_CERTS_URL
+    values["trusted_proxies"] = whole_number(values["trusted_proxies"] or "0", ENV["trusted_proxies"])
     return AppSettings(**values)
+
+
+def whole_number(text: str, name: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise InputError(f"{name}={text!r}: expected a whole number") from None

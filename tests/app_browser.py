@@ -1,5 +1,5 @@
-"""Headless Chromium for the review app's end-to-end test and benchmark: installs it when missing, starts the
-app on loopback, signs in and waits for the tiles."""
+"""The review app from outside, for its end-to-end tests and benchmark: starts it on loopback, drives it with
+headless Chromium (installed when missing) or with a plain websocket client speaking Streamlit's protocol."""
 
 from __future__ import annotations
 
@@ -38,15 +38,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(run: str, users: str, *, root: str | None = None, timeout: float = 90.0):
-    """`histoxai app` on 127.0.0.1 at a free port; yields its URL and stops it afterwards."""
+def serve_app(run: str, users: str | None, *, root: str | None = None, timeout: float = 90.0,
+              args: tuple[str, ...] = (), env: dict[str, str] | None = None, log_path: str | None = None):
+    """`histoxai app` on 127.0.0.1 at a free port (more options in args, variables in env, its output in
+    log_path when given); yields its URL and stops it afterwards."""
     port = free_port()
-    command = [sys.executable, "-m", "histoxai.cli", "app", "--run", str(run), "--users", str(users),
-               "--port", str(port), "--address", "127.0.0.1"]
+    command = [sys.executable, "-m", "histoxai.cli", "app", "--run", str(run), "--port", str(port),
+               "--address", "127.0.0.1", *args]
+    if users:
+        command += ["--users", str(users)]
     if root:
         command += ["--root", str(root)]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -126,3 +131,81 @@ def wait_tiles(driver, count: int, timeout: float = 60.0) -> float:
     start = time.perf_counter()
     wait_for(driver, lambda d: loaded_tiles(d) >= count, timeout, f"{count} tiles")
     return time.perf_counter() - start
+
+
+class AppSession:
+    """One session of a served app over its websocket, without a browser: runs the script and submits widget
+    values as Streamlit's frontend does (a few sessions per test, many in the sign-in benchmark)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 60.0):
+        import websocket
+
+        self.socket = websocket.create_connection(
+            "ws" + url[len("http"):] + "/_stcore/stream", subprotocols=["streamlit"], timeout=timeout,
+            header=[f"{name}: {value}" for name, value in (headers or {}).items()])
+        self.elements: list = []
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, widgets=()) -> list:
+        """Run the script (with these WidgetState protos) until it finishes; the elements it drew."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        message = BackMsg()
+        message.rerun_script.query_string = ""
+        message.rerun_script.widget_states.widgets.extend(widgets)
+        self.socket.send_binary(message.SerializeToString())
+        elements = []
+        while True:
+            reply = ForwardMsg()
+            reply.ParseFromString(self.socket.recv())
+            kind = reply.WhichOneof("type")
+            if kind == "delta" and reply.delta.WhichOneof("type") == "new_element":
+                elements.append(reply.delta.new_element)
+            elif kind == "script_finished":
+                if reply.script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                    elements = []  # st.rerun(): the next run follows on its own
+                    continue
+                break
+        self.elements = elements
+        return elements
+
+    def widget(self, kind: str, label: str):
+        for element in self.elements:
+            if element.WhichOneof("type") == kind and getattr(element, kind).label == label:
+                return getattr(element, kind)
+        raise LookupError(f"no {kind} labelled {label!r} on the page")
+
+    def sign_in(self, name: str, password: str) -> list:
+        """Submit the sign-in form (run the script first if it has not drawn it yet)."""
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        if not any(e.WhichOneof("type") == "text_input" for e in self.elements):
+            self.run()
+        states = [WidgetState(id=self.widget("text_input", "User name").id, string_value=name),
+                  WidgetState(id=self.widget("text_input", "Password").id, string_value=password),
+                  WidgetState(id=self.widget("button", "Sign in").id, trigger_value=True)]
+        return self.run(states)
+
+    def alerts(self) -> list[str]:
+        """The bodies of st.error / st.warning / st.info boxes of the last run."""
+        return [e.alert.body for e in self.elements if e.WhichOneof("type") == "alert"]
+
+    def texts(self) -> list[str]:
+        """Every text the last run drew (titles, markdown, captions, alerts, widget labels)."""
+        out = []
+        for element in self.elements:
+            kind = element.WhichOneof("type")
+            value = getattr(element, kind)
+            for field in ("body", "label", "text"):
+                if hasattr(value, field) and isinstance(getattr(value, field), str) and getattr(value, field):
+                    out.append(getattr(value, field))
+        return out

@@ -138,6 +138,8 @@ def test_cli_refuses_bad_settings_with_one_line(run, tmp_path, capsys, monkeypat
              (["app", "--run", str(run["root"]), "--root", str(run["run"]), "--users", str(run["users"])],
               "outside the app's root"),
              (["app", "--run", str(run["run"] / "missing"), "--users", str(run["users"])], "not found"),
+             (["app", "--run", str(run["run"]), "--users", str(run["users"]), "--trusted-proxies", "one"],
+              "--trusted-proxies='one': expected a whole number"),
              (["app"], "--run: missing")]
     for argv, message in cases:
         assert main(argv) == 2

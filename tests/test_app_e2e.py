@@ -1,5 +1,6 @@
 """Review app end to end: `histoxai app` on loopback driven by Debian's headless Chromium (Selenium): refused
-before sign-in, signs in, finds the grid with the expected number of tiles, and takes a screenshot.
+before sign-in, signs in, finds the grid with the expected number of tiles, and takes a screenshot; every
+response forbids framing, and Chromium refuses to show the app inside another site's page.
 
 Chromium and its driver are installed with apt-get when missing. HISTOXAI_APP_E2E_RUN drives another run
 (e.g. the demo's) instead of the synthetic one; HISTOXAI_APP_SCREENSHOT names a file to copy the
@@ -8,10 +9,14 @@ screenshot to (docs/app.png, shown in docs/app.md, is made this way from the dem
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import re
 import shutil
+import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -76,3 +81,54 @@ def test_refused_before_sign_in_then_the_grid(served):
     assert shot.stat().st_size > 10_000
     if os.environ.get("HISTOXAI_APP_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["HISTOXAI_APP_SCREENSHOT"])
+
+
+@contextlib.contextmanager
+def _framing_page(url: str):
+    """Another origin (a second port) whose page frames the app; yields that page's URL."""
+    body = f'<html><body><iframe src="{url}/" width="800" height="600"></iframe></body></html>'.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+
+
+def test_every_response_forbids_framing(served):
+    from selenium.webdriver.common.by import By
+
+    url, driver = served["url"], served["driver"]
+    with urllib.request.urlopen(url + "/") as response:
+        page = response.read().decode()
+    script = re.search(r'src="\.?/?(static/js/[^"]+\.js)"', page).group(1)
+    for path in ("/", "/single-target", "/_stcore/health", "/" + script):
+        with urllib.request.urlopen(url + path) as response:
+            assert response.headers["X-Frame-Options"] == "DENY", path
+            assert "frame-ancestors 'none'" in response.headers.get_all("Content-Security-Policy"), path
+
+    def framed(d):  # where the iframe ended up, once it has loaded something
+        d.switch_to.default_content()
+        frames = d.find_elements(By.TAG_NAME, "iframe")
+        if not frames:
+            return None
+        d.switch_to.frame(frames[0])
+        href = d.execute_script("return location.href")
+        d.switch_to.default_content()
+        return None if href in ("", "about:blank") else href
+
+    with _framing_page(url) as outer:
+        driver.get(outer)
+        shown = app_browser.wait_for(driver, framed, 30, "the iframe to load")
+        assert shown.startswith("chrome-error://"), shown  # refused, not the app

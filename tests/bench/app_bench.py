@@ -7,10 +7,15 @@ The run is synthetic (tests/app_data.py): 10,000 test patches of 360 px (JPEG re
 - browser: `histoxai app` on loopback and headless Chromium (installed with apt-get when missing),
   signed in on the Main page (which loads the run's tables), from the click on "Single Target" until
   24 tiles are decoded and shown; a fresh server for each cold repeat, then warm repeats.
+Then password guessing: ATTACK_SESSIONS websocket sessions (tests/app_browser.AppSession, Streamlit's own
+protocol, no browser) guess one user's password (bcrypt cost 12, the default of `--hash-password`) in
+parallel against `histoxai app`: checked guesses per second, and how many failures it takes until the app
+locks the user out (or that it never does within ATTACK_MAX_S).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -19,6 +24,10 @@ from pathlib import Path
 
 REPEATS = 3
 TILES = 24
+ATTACK_SESSIONS = 16
+ATTACK_MAX_S = 240.0  # give up waiting for a lockout after this long
+ATTACK_AFTER_LOCK_S = 10.0  # keep guessing this long after the lockout: nothing more may be checked
+WRONG = "Unknown user name or wrong password."
 
 
 def _server_times(run: str, users: str) -> dict:
@@ -81,6 +90,71 @@ def _browser_times(run: str, users: Path, password: str) -> dict:
             "warm_s": warm, "warm_median_s": statistics.median(warm)}
 
 
+def sign_in_attack(run: str, work: Path, sessions: int = ATTACK_SESSIONS,
+                   max_s: float = ATTACK_MAX_S) -> dict:
+    """`sessions` parallel websocket sessions guess user "victim"'s password as fast as the app answers."""
+    import threading
+
+    from histoxai.app import auth
+    from tests import app_browser
+
+    users = Path(work) / "attack-users.yaml"
+    users.write_text(f"victim: '{auth.hash_password('the real password')}'\n")
+    state = Path(str(users) + ".sign-in.json")
+    state.unlink(missing_ok=True)
+    lock = threading.Lock()
+    checked, refused, other = [], [], []  # answer times (s since the start); other: unexpected alerts
+    locked_at: list[float] = []
+    stop = threading.Event()
+
+    def guess(number: int, url: str, start: float) -> None:
+        with app_browser.AppSession(url, timeout=120) as session:
+            session.run()
+            attempt = 0
+            while not stop.is_set():
+                attempt += 1
+                session.sign_in("victim", f"guess {number}-{attempt}")
+                now, alerts = time.perf_counter() - start, session.alerts()
+                with lock:
+                    if WRONG in alerts:
+                        checked.append(now)
+                    elif any("locked" in a for a in alerts):
+                        refused.append(now)
+                        if not locked_at:
+                            locked_at.append(now)
+                    elif any("Too many failed sign-ins" in a for a in alerts):
+                        refused.append(now)
+                    else:
+                        other.append(alerts)
+
+    log = Path(work) / "attack-server.log"
+    with app_browser.serve_app(run, users, log_path=str(log)) as url:
+        start = time.perf_counter()
+        threads = [threading.Thread(target=guess, args=(i, url, start), daemon=True) for i in range(sessions)]
+        for thread in threads:
+            thread.start()
+        while time.perf_counter() - start < max_s and not (
+                locked_at and time.perf_counter() - start > locked_at[0] + ATTACK_AFTER_LOCK_S):
+            time.sleep(0.2)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        elapsed = time.perf_counter() - start
+    # the server's own log says which failures came before the lockout (the answers race each other)
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")]
+    lockout = events.index("sign_in_lockout") if "sign_in_lockout" in events else len(events)
+    before_lock = events[:lockout].count("sign_in_failure") if locked_at else len(checked)
+    until = locked_at[0] if locked_at else elapsed
+    return {"sessions": sessions, "bcrypt_cost": 12, "attack_s": elapsed,
+            "guesses_checked": len(checked), "guesses_refused": len(refused),
+            "unexpected_answers": len(other),
+            "guesses_per_s": before_lock / until if until else 0.0,
+            "locked_out": bool(locked_at), "seconds_until_lockout": locked_at[0] if locked_at else None,
+            "failures_until_lockout": before_lock if locked_at else None,
+            "guesses_checked_after_lockout": events[lockout:].count("sign_in_failure") if locked_at else None,
+            "answers_per_s": (len(checked) + len(refused)) / elapsed}
+
+
 def bench_app(work: Path) -> dict:
     from histoxai.app import auth
     from tests import app_browser
@@ -105,6 +179,9 @@ def bench_app(work: Path) -> dict:
             results["browser"] = f"skipped: {err}"
         else:
             results["browser"] = _browser_times(made["run"], users, password)
+        small = synthesise_run(work / "attack-run", patches=20, patch_size=32, map_size=8, samples=1,
+                               shard_size=10)
+        results["sign_in_attack"] = sign_in_attack(small["run"], work)
     finally:
         results["load_average_after"] = os.getloadavg()
         shutil.rmtree(work / "run", ignore_errors=True)  # about 1.1 GB
