@@ -29,11 +29,13 @@ INPUT_NAME = "image"
 class BackboneSpec:
     """How to build one backbone: its keras.applications constructor, the input preprocessing this
     model adds in front of it ((scale, offset) on 0-255 pixels; None where the application carries
-    its own), and the name of its last activation (the CAM layer)."""
+    its own), the name of its last activation (the CAM layer), and the layers LayerCAM fuses with it by
+    default ('+'-joined): the outputs of a shallow (stride 8) and a middle (stride 16) stage."""
 
     application: str | None
     preprocess: tuple | None
     cam_layer: str
+    stages: str
 
 
 _TF_MODE = (1 / 127.5, -1.0)  # keras.applications "tf" mode: x / 127.5 - 1
@@ -43,16 +45,19 @@ _TORCH_MODE = ([1 / (255 * s) for s in _TORCH_STD],
                [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)])
 
 BACKBONE_SPECS: dict[str, BackboneSpec] = {
-    "MobileNet": BackboneSpec("MobileNet", _TF_MODE, "conv_pw_13_relu"),
-    "MobileNetV2": BackboneSpec("MobileNetV2", _TF_MODE, "out_relu"),
+    "MobileNet": BackboneSpec("MobileNet", _TF_MODE, "conv_pw_13_relu", "conv_pw_5_relu+conv_pw_11_relu"),
+    "MobileNetV2": BackboneSpec("MobileNetV2", _TF_MODE, "out_relu", "block_5_add+block_12_add"),
     # MobileNetV3 and ConvNeXt leave their last layer auto-named ("activation_17"); we name it.
-    "MobileNetV3Small": BackboneSpec("MobileNetV3Small", None, "top_activation"),
-    "MobileNetV3Large": BackboneSpec("MobileNetV3Large", None, "top_activation"),
-    "ConvNeXtTiny": BackboneSpec("ConvNeXtTiny", None, "top_layernorm"),
-    "ConvNeXtSmall": BackboneSpec("ConvNeXtSmall", None, "top_layernorm"),
-    "DenseNet121": BackboneSpec("DenseNet121", _TORCH_MODE, "relu"),
-    "EfficientNetV2S": BackboneSpec("EfficientNetV2S", None, "top_activation"),
-    "tiny": BackboneSpec(None, (1 / 255, 0.0), "top_activation"),
+    "MobileNetV3Small": BackboneSpec("MobileNetV3Small", None, "top_activation",
+                                     "expanded_conv_2_add+expanded_conv_7_add"),
+    "MobileNetV3Large": BackboneSpec("MobileNetV3Large", None, "top_activation",
+                                     "expanded_conv_5_add+expanded_conv_11_add"),
+    # ConvNeXt's stage outputs are unnamed sums: convnext_*_downsampling_block_0, _1 (stride 8, 16) stand in
+    **{f"ConvNeXt{v}": BackboneSpec(f"ConvNeXt{v}", None, "top_layernorm", "+".join(
+        f"convnext_{v.lower()}_downsampling_block_{i}" for i in (0, 1))) for v in ("Tiny", "Small")},
+    "DenseNet121": BackboneSpec("DenseNet121", _TORCH_MODE, "relu", "pool3_relu+pool4_relu"),
+    "EfficientNetV2S": BackboneSpec("EfficientNetV2S", None, "top_activation", "block3d_add+block5i_add"),
+    "tiny": BackboneSpec(None, (1 / 255, 0.0), "top_activation", "tiny_conv1+tiny_conv2"),
 }
 CAM_LAYERS = {name: spec.cam_layer for name, spec in BACKBONE_SPECS.items()}
 assert set(BACKBONE_SPECS) == set(BACKBONES), "config.BACKBONES and model.BACKBONE_SPECS disagree"

@@ -79,7 +79,8 @@ SCORES = {"increase": lambda y: y, "decrease": lambda y: -y, "toward=290": lambd
 
 @pytest.mark.parametrize("layer", ["tiny_conv3", "top_activation"])
 @pytest.mark.parametrize("score", list(SCORES))
-def test_gradcam_plus_plus_equals_paper_formula_with_exp_score_divided_out(net, engine, images, layer, score):
+def test_gradcam_plus_plus_tfkv_alpha_equals_library_formula_exp_score_divided_out(net, engine, images, layer,
+                                                                                   score):
     y, a, g = _activations_and_grads(net, layer, "CC", images, SCORES[score])
     s = SCORES[score](y)
     e = np.exp(s - s.max())[:, None, None, None] * np.exp(s.max())  # exp(S), finite in float64 here
@@ -90,7 +91,7 @@ def test_gradcam_plus_plus_equals_paper_formula_with_exp_score_divided_out(net, 
     alpha = alpha / np.where(alpha_sum != 0, alpha_sum, 1)  # tf-keras-vis's normalisation, as in the thesis
     weights = (np.maximum(first, 0) * alpha).sum(axis=(1, 2), keepdims=True)
     cam = np.maximum((weights * a).sum(axis=-1), 0) / e[:, :, :, 0]
-    spec = parse_method(f"gradcam++:layer={layer}")
+    spec = parse_method(f"gradcam++:layer={layer},alpha=tfkv")
     ours, gap = engine.maps(images, "CC", spec, parse_score(score), np.zeros(3), KEYS)
     assert gap is None and ours.shape == (3, SIZE, SIZE)
     _close(ours, _zoom(cam))
@@ -173,7 +174,7 @@ def test_outputs_in_the_hundreds_give_finite_gradcam_plus_plus_where_tf_keras_vi
     plain = GradcamPlusPlus(single)(lambda output: output[:, 0], images, penultimate_layer="top_activation",
                                     seek_penultimate_conv_layer=False, normalize_cam=False)
     assert np.isnan(plain).all()  # exp(~300) overflows float32
-    spec = parse_method("gradcam++:layer=top_activation")
+    spec = parse_method("gradcam++:layer=top_activation,alpha=tfkv")
     ours, _ = engine.maps(images, "CC", spec, Score(), np.zeros(3), KEYS)
     assert np.isfinite(ours).all() and not map_statistics(ours)["map_blank"].any()
     fixed, _ = TfKerasVisEngine(net).maps(images, "CC", spec, Score(), np.zeros(3), KEYS)
@@ -182,7 +183,7 @@ def test_outputs_in_the_hundreds_give_finite_gradcam_plus_plus_where_tf_keras_vi
 
 def test_tf_keras_vis_engine_equals_batched_engine_for_deterministic_methods(net, engine, images):
     library = TfKerasVisEngine(net)
-    for text in ("layercam:layers=tiny_conv2+top_activation", "vanilla"):
+    for text in ("gradcam++:alpha=tfkv", "layercam:layers=tiny_conv2+top_activation", "layercam", "vanilla"):
         spec = parse_method(text).with_layers("top_activation")
         expected, _ = engine.maps(images, "MD", spec, Score("decrease"), np.zeros(3), KEYS)
         got, _ = library.maps(images, "MD", spec, Score("decrease"), np.zeros(3), KEYS)
@@ -210,7 +211,8 @@ def test_score_modes(engine, images):
 def test_method_parsing():
     spec = parse_method("smoothgrad:n=30,sigma=0.3")
     assert spec.setting == "sigma=0.3,n=30,seed=0" and spec.key == "smoothgrad:sigma=0.3,n=30,seed=0"
-    assert parse_method("layercam").with_layers("top").get("layers") == ("top",)
+    assert parse_method("layercam").with_layers("top").get("layers") == ("stages",)
+    assert parse_method("layercam:layers=top").get("layers") == ("top",)
     with pytest.raises(InputError, match="Score-CAM"):
         parse_method("scorecam")
     with pytest.raises(InputError, match="sigma='-1'"):

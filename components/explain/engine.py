@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from histoxai.components.explain.methods import (
+    STAGES,
     MethodSpec,
     Score,
     float32_model,
@@ -94,11 +95,41 @@ class SaliencyEngine:
             input_signature=self._signature()[:1]))
         return fn(tf.constant(images, tf.float32)).numpy()
 
-    def _cam_fn(self, method: str, target: str, layers: tuple[str, ...], score: Score, gamma: float):
+    def stage_layers(self) -> tuple[str, ...]:
+        """LayerCAM's default layers ('stages'): the backbone's shallow and middle stage outputs and its
+        CAM layer (`histoxai.model.BACKBONE_SPECS`), found by the model's name, histoxai_BACKBONE."""
+        from histoxai.model import BACKBONE_SPECS, cam_layer_name
+
+        spec = BACKBONE_SPECS.get(self.model.name.removeprefix("histoxai_"))
+        names = {layer.name for layer in self.model.layers}
+        layers = (*spec.stages.split("+"), spec.cam_layer) if spec else ()
+        try:
+            if layers and set(layers) <= names and cam_layer_name(self.model) == spec.cam_layer:
+                return layers
+        except ValueError:
+            pass
+        raise InputError(f"model {self.model.name}: layercam:layers={STAGES} needs a histoxai model "
+                         "(named histoxai_BACKBONE, with that backbone's layers); expected the layers "
+                         "named instead, e.g. layercam:layers=A+B+C")
+
+    def cam_layers(self, spec: MethodSpec) -> tuple[str, ...]:
+        """The layers a CAM method reads, 'stages' expanded."""
+        if spec.method == "gradcam++":
+            return (spec.get("layer"),)
+        layers = tuple(spec.get("layers") or (None,))
+        if STAGES in layers:
+            index = layers.index(STAGES)
+            layers = layers[:index] + self.stage_layers() + layers[index + 1:]
+        return tuple(dict.fromkeys(layers))
+
+    def _cam_fn(self, method: str, target: str, layers: tuple[str, ...], score: Score, gamma: float,
+                alpha: str):
         import tensorflow as tf
 
         view = self._view(target, layers)
-        formula = gradcam_plus_plus if method == "gradcam++" else layercam
+
+        def formula(a, g):
+            return gradcam_plus_plus(a, g, alpha) if method == "gradcam++" else layercam(a, g)
 
         def run(images, references):
             with tf.GradientTape() as tape:
@@ -178,12 +209,13 @@ class SaliencyEngine:
         references = tf.constant(np.asarray(references, np.float32).reshape(-1))
         method = spec.method
         if method in ("gradcam++", "layercam"):
-            layers = (spec.get("layer"),) if method == "gradcam++" else tuple(spec.get("layers"))
+            layers = self.cam_layers(spec)
             if None in layers:
                 raise ValueError("resolve CAM layers first: spec.with_layers(cam_layer_name(model))")
             gamma = float(spec.get("gamma")) if method == "layercam" else 0.0
-            fn = self._compiled(("cam", method, target, layers, score, gamma),
-                                lambda: self._cam_fn(method, target, layers, score, gamma))
+            alpha = spec.get("alpha") if method == "gradcam++" else ""
+            fn = self._compiled(("cam", method, target, layers, score, gamma, alpha),
+                                lambda: self._cam_fn(method, target, layers, score, gamma, alpha))
             return fn(images, references).numpy(), None
         grad_key = ("grad", target, score)
         if method == "vanilla":

@@ -2,8 +2,10 @@
 
 What to explain (score modes), which methods with which settings, and their formulas. Maps are
 computed (by `engine`) batched, as compiled graphs, in float32 (a mixed-precision model is copied to
-float32 first), and returned raw: never min-max stretched. The formulas follow tf-keras-vis 0.8.7
-(`tfkv.py` runs the library itself; the tests hold the two to each other) with its traps removed:
+float32 first), and returned raw: never min-max stretched. Grad-CAM++ comes in two variants,
+`alpha=paper` (the default) and `alpha=tfkv`; LayerCAM fuses a shallow, a middle and the last stage by
+default (`layers=stages`). The other formulas follow tf-keras-vis 0.8.7 (`tfkv.py` runs the library
+itself; the tests hold the two to each other) with its traps removed:
 
 - Grad-CAM++ in tf-keras-vis takes exp() of the score, so any output above ~88 gives NaN maps. exp(S)
   cancels out of the alphas and only scales the weights, so we use exp(0) = 1: the map is the
@@ -26,13 +28,18 @@ from histoxai.errors import InputError
 SCORE_MODES = ("increase", "decrease", "toward")
 # Each method's parameters and their defaults (None: resolved from the model).
 METHOD_PARAMS: dict[str, dict[str, object]] = {
-    "gradcam++": {"layer": None},
-    "layercam": {"layers": None, "gamma": 2.0},
+    "gradcam++": {"layer": None, "alpha": "paper"},
+    "layercam": {"layers": ("stages",), "gamma": 2.0},
     "smoothgrad": {"sigma": 0.2, "n": 30, "seed": 0},
     "vanilla": {},
     "ig": {"steps": 32, "baseline": "white"},
 }
+# Grad-CAM++'s alpha: the paper's (the default: it is the method as published) or tf-keras-vis's, whose
+# normalisation makes it equal LayerCAM at a globally pooled layer (see gradcam_plus_plus).
+GRADCAM_ALPHAS = ("paper", "tfkv")
+STAGES = "stages"  # in layercam's layers: the backbone's shallow and middle stage and its CAM layer
 # The thesis's four (Grad-CAM++, LayerCAM, SmoothGrad at sigma 0.2 and 0.3 with n = 30) and two more.
+# The thesis ran tf-keras-vis's alpha and one LayerCAM layer; the defaults are the paper's and three stages.
 DEFAULT_METHODS = ("gradcam++", "layercam", "smoothgrad:sigma=0.2,n=30", "smoothgrad:sigma=0.3,n=30",
                    "vanilla", "ig")
 SIGNED_METHODS = ("ig",)  # maps with negative values; the others are >= 0
@@ -103,7 +110,7 @@ class MethodSpec:
         return f"{self.method}:{self.setting}" if self.setting else self.method
 
     def with_layers(self, cam_layer: str) -> MethodSpec:
-        """Unset CAM layers become the model's CAM layer."""
+        """Unset CAM layers become the model's CAM layer (the engine expands layercam's 'stages')."""
         params = dict(self.params)
         if params.get("layer", "") is None:
             params["layer"] = cam_layer
@@ -118,6 +125,8 @@ def _parse_value(method: str, key: str, text: str):
 
     if key == "layer":
         return text or fail("a layer name")
+    if key == "alpha":
+        return text if text in GRADCAM_ALPHAS else fail(" or ".join(GRADCAM_ALPHAS))
     if key == "layers":
         names = tuple(n for n in text.split("+") if n)
         return names or fail("layer names joined by '+'")
@@ -207,20 +216,28 @@ def upsample(cams, size: tuple[int, int]):
     return resized[..., 0]
 
 
-def gradcam_plus_plus(activations, grads):
-    """Grad-CAM++ at feature resolution from A and dS/dA (B, h, w, K), tf-keras-vis's formula with
-    exp(S) = 1 (it cancels from the alphas): alpha = g^2 / (2 g^2 + g^3 sum(A)), normalised to sum 1
-    over space, weights = sum(relu(g) * alpha), map = relu(sum_k weights_k A_k)."""
+def gradcam_plus_plus(activations, grads, alpha: str = "paper"):
+    """Grad-CAM++ at feature resolution from A and dS/dA = g (B, h, w, K), with exp(S) = 1 (it cancels
+    from the alphas and only scales the map):
+    alpha = g^2 / (2 g^2 + g^3 sum_ab A) (Chattopadhay et al. 2018, eq. 19; 0 where g = 0),
+    weights_k = sum_ab relu(g) * alpha, map = relu(sum_k weights_k A_k).
+    alpha='tfkv' first divides each channel's alphas by their sum over space, as tf-keras-vis 0.8.7's
+    GradcamPlusPlus does. At a layer the head pools globally, g is constant over space: tf-keras-vis's
+    alphas are then 1/(h w), its weights relu(g_k), and its map LayerCAM's; the paper's weights are
+    h w relu(g_k) / (2 + g_k sum_ab A_k), which weigh channels differently."""
     import tensorflow as tf
 
+    if alpha not in GRADCAM_ALPHAS:
+        raise ValueError(f"unknown Grad-CAM++ alpha {alpha!r}")
     second = grads * grads
     third = second * grads
     total = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
     denominator = 2.0 * second + third * total
     denominator += tf.cast(tf.equal(second, 0.0), tf.float32)
     alphas = second / denominator
-    norm = tf.reduce_sum(alphas, axis=(1, 2), keepdims=True)
-    alphas /= norm + tf.cast(tf.equal(norm, 0.0), tf.float32)
+    if alpha == "tfkv":
+        norm = tf.reduce_sum(alphas, axis=(1, 2), keepdims=True)
+        alphas /= norm + tf.cast(tf.equal(norm, 0.0), tf.float32)
     weights = tf.reduce_sum(tf.nn.relu(grads) * alphas, axis=(1, 2), keepdims=True)
     return tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
 
@@ -233,8 +250,9 @@ def layercam(activations, grads):
 
 
 def fuse_layers(maps, gamma: float):
-    """LayerCAM's multi-layer fusion (Jiang et al. 2021, eq. 9): each layer's map scaled by
-    tanh(gamma * M / max M), then the element-wise maximum. The result is in [0, 1), not raw."""
+    """LayerCAM's multi-layer fusion (Jiang et al. 2021): each layer's map M (upsampled to the input)
+    scaled by tanh(gamma * M / max M), max over the patch, then the element-wise maximum over layers.
+    The result is in [0, tanh(gamma)], not raw; a single layer's map is returned raw, unscaled."""
     import tensorflow as tf
 
     scaled = []

@@ -1,7 +1,8 @@
 """The same maps computed by tf-keras-vis 0.8.7 itself, as in the thesis, with the library's traps fixed.
 
-`--engine tf-keras-vis` runs Grad-CAM++, LayerCAM, SmoothGrad and the vanilla gradient through the
-library's classes (Integrated Gradients, which it lacks, through the batched engine). The fixes:
+`--engine tf-keras-vis` runs Grad-CAM++ (`alpha=tfkv`, the library's own), LayerCAM, SmoothGrad and
+the vanilla gradient through the library's classes (Integrated Gradients and Grad-CAM++ with the
+paper's alpha, which it lacks, through the batched engine). The fixes:
 the model is given as a float32, single-output view (the library cannot index Keras 3's dict
 outputs, and fails on bfloat16); the score is S - stop_gradient(S), value 0 with the gradient of S,
 so Grad-CAM++'s exp() cannot overflow; the CAM layer is named, not sought; maps are kept raw
@@ -49,7 +50,7 @@ class TfKerasVisEngine(SaliencyEngine):
         from tf_keras_vis.saliency import Saliency
 
         method = spec.method
-        if method == "ig":
+        if method == "ig" or (method == "gradcam++" and spec.get("alpha") != "tfkv"):
             return super().maps(images, target, spec, score, references, keys)
         images = np.asarray(images, np.float32)
         model = self._single(target)
@@ -62,7 +63,7 @@ class TfKerasVisEngine(SaliencyEngine):
         if method == "layercam":
             cams = [np.asarray(Layercam(model, clone=False)(
                 function, images, penultimate_layer=layer, seek_penultimate_conv_layer=False,
-                normalize_cam=False), np.float32) for layer in spec.get("layers")]
+                normalize_cam=False), np.float32) for layer in self.cam_layers(spec)]
             if len(cams) == 1:
                 return cams[0], None
             return fuse_layers(cams, float(spec.get("gamma"))).numpy(), None
