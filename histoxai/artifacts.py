@@ -38,6 +38,7 @@ BASELINE_TABLE, BASELINE_REPORT, BASELINE_INFO = "baseline.parquet", "baseline.m
 MAPS_TABLE, EXPLAIN_INFO = "maps.parquet", "explain.json"
 TRUST_TABLE, TRUST_CURVES = "trust.parquet", "trust_curves.parquet"
 TRUST_REPORT, TRUST_HTML = "trust.md", "trust.html"
+TRUST_CASCADE, TRUST_CASCADE_PLOT = "trust_cascade.parquet", "trust_cascade.png"  # randomisation stages
 # evaluate and report: the step's page
 REPORT_MARKDOWN, REPORT_HTML, RUN_SUMMARY = "report.md", "report.html", "summary.json"
 

@@ -19,7 +19,7 @@ from histoxai.cli import main
 from histoxai.components.explain.explain import explain
 from histoxai.components.explain.methods import Score
 from histoxai.errors import InputError
-from histoxai.saliency import store, trust
+from histoxai.saliency import randomization, store, trust
 from tests.test_explain import SIZE, _build, _close
 from tests.train_data import write_blob_manifest
 
@@ -113,23 +113,26 @@ def test_randomisation_pieces(net):
     names = ["stem_conv", "block6n_project_bn", "block6o_expand_conv", "block6o_bn", "top_conv", "top_bn",
              "conv5_block16_1_conv", "head_dense", "CC"]
     fake = SimpleNamespace(layers=[layer(n) for n in names], output_names=["CC"])
-    assert [[x.name for x in b] for b in trust.backbone_blocks(fake)] == [
+    assert [[x.name for x in b] for b in randomization.backbone_blocks(fake)] == [
         ["conv5_block16_1_conv"], ["top_bn", "top_conv"], ["block6o_bn", "block6o_expand_conv"],
         ["block6n_project_bn"], ["stem_conv"]]
-    stages = trust.randomization_stages(net, 2)
-    assert [s for s, _ in stages] == ["head", "head + 1 block (tiny_conv3)", "head + 2 blocks (tiny_conv2)"]
+    stages = randomization.randomization_stages(fake, 2)  # at most 2 measured stages between head and input
+    assert [s for s, _ in stages] == ["head", "head + 2 blocks (top_bn)",
+                                      "head + 4 blocks (block6n_project_bn)",
+                                      "head + 5 blocks (stem_conv) (to the input)"]
+    assert len(stages[-1][1]) == len(names)  # every weighted layer is random at the last stage
     import keras
 
     copy = keras.models.clone_model(net)
     copy.set_weights(net.get_weights())
-    trust.randomize_layers([copy.get_layer("tiny_conv3")], seed=0)
+    randomization.randomize_layers([copy.get_layer("tiny_conv3")], seed=0)
     changed = copy.get_layer("tiny_conv3").get_weights()[0]
     assert not np.allclose(changed, net.get_layer("tiny_conv3").get_weights()[0])
     untouched = copy.get_layer("tiny_conv2").get_weights()[0]
     assert np.array_equal(untouched, net.get_layer("tiny_conv2").get_weights()[0])
     same = np.arange(16.0).reshape(4, 4)
-    assert trust.spearman(same, same) == pytest.approx(1.0)
-    assert np.isnan(trust.spearman(same, np.ones((4, 4))))
+    assert randomization.spearman(same, same) == pytest.approx(1.0)
+    assert np.isnan(randomization.spearman(same, np.ones((4, 4))))
 
 
 # ---- the step ----
@@ -142,7 +145,21 @@ def run_inputs(tmp_path_factory, net):
     frame.loc[frame["split"] == "test", "CC"] = 0.0  # y = 0: rΔ is undefined there
     frame.to_parquet(manifest, index=False)
     net.save(folder / "model.keras")
-    return {"model": str(folder / "model.keras"), "data": str(manifest)}
+    block = 16  # a phantom truth for both samples: one square nucleus in each voxel's block
+    for (sample, mode) in [(s, m) for s in ("1", "2") for m in ("real", "derived")]:
+        truth = folder / f"phantom-{mode}" / sample / "phantom_truth"
+        truth.mkdir(parents=True)
+        shape = {"image_shape": [2 * block, 16 * block], "grid": [2, 16], "mode": mode}
+        (truth / "targets.json").write_text(json.dumps(shape))
+        labels = np.zeros((2 * block, 16 * block), np.uint32)
+        for row in range(2):
+            for col in range(16):
+                top, left = row * block, col * block
+                labels[top + 4:top + 10, left + 5:left + 12] = 1 + row * 16 + col
+        with h5py.File(truth / "nuclei_labels.h5", "w") as h5:
+            h5["labels"] = labels
+    return {"model": str(folder / "model.keras"), "data": str(manifest),
+            "phantom": str(folder / "phantom-real"), "derived": str(folder / "phantom-derived")}
 
 
 ARGS = ["--methods", "gradcam++,smoothgrad:n=4,ig:steps=8", "--scores", "increase,toward=truth",
@@ -153,7 +170,7 @@ ARGS = ["--methods", "gradcam++,smoothgrad:n=4,ig:steps=8", "--scores", "increas
 def test_cli_writes_maps_table_and_trust_report(run_inputs, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["explain", "--model", run_inputs["model"], "--data", run_inputs["data"], "--out", str(out),
-                 *ARGS]) == 0
+                 "--phantom-dir", run_inputs["phantom"], *ARGS]) == 0
     assert "maps for 6 patches" in capsys.readouterr().out
     maps = store.open_maps(str(out))
     table = maps.table
@@ -171,13 +188,51 @@ def test_cli_writes_maps_table_and_trust_report(run_inputs, tmp_path, capsys):
     summary = json.loads((out / "explain.json").read_text())
     assert (summary["maps"], summary["nan_maps"], summary["cam_layer"]) == (len(table), 0, "top_activation")
     measures = pd.read_parquet(out / artifacts.TRUST_TABLE)
-    assert {"deletion_auc", "random_insertion_auc", "rho: head", "randomization_flag"} <= set(
-        measures.columns)
-    assert measures["rho: head"].notna().sum() == 2 * 3  # first score only
-    assert "Saliency trust report" in (out / "trust.md").read_text()
-    assert "<table" in (out / "trust.html").read_text()
+    assert len(measures) == 2 * 3 * 2  # targets x methods x scores
+    for control in ("random", "darkness", "edges", "randomized"):
+        assert measures[[f"{control}_deletion_auc", f"{control}_insertion_auc"]].notna().all().all()
+    cc = measures["target"] == "CC"  # the nuclei masks score CC maps, beside every control
+    for control in ("random", "darkness", "edges", "randomized"):
+        for measure in ("mask_mass", "mask_rank_accuracy"):
+            assert measures.loc[cc, f"{control}_{measure}"].notna().all()
+            assert measures.loc[~cc, f"{control}_{measure}"].isna().all()
+    np.testing.assert_allclose(measures.loc[cc, "random_mask_mass"], 42 / 256)  # the nucleus's area share
+    assert set(measures["randomization"]) <= {"passes", "fails", "undefined"}
+    assert measures["randomization_flag"].eq(measures["randomization"] != "passes").all()
+    assert all(v == "beats every control" or v.startswith(("does not beat: ", "randomisation check "))
+               for v in measures["verdict"])
+    cascade = pd.read_parquet(out / artifacts.TRUST_CASCADE)
+    # --randomize-blocks 1: head, one block, then every block down to the input (the tiny model has 3)
+    assert sorted(set(cascade["stage_number"])) == [0, 1, 2]
+    assert cascade["stage"].iloc[-1].endswith("(to the input)")
+    assert len(cascade[cascade["stage_number"] == 2]) == 2 * 3 * 2  # every score at the last stage
+    assert (out / artifacts.TRUST_CASCADE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "trust.md").read_text()
+    assert "Saliency trust report" in text and "| mask mass |" in text and "Legend" in text
+    page = (out / "trust.html").read_text()
+    assert "<table" in page and "data:image/png;base64," in page
+    from histoxai.components.report.report import trust_table
+
+    report, _ = trust_table({"tiny": [str(out)]})  # the run report's trust section reads the same table
+    assert list(report.columns) == [
+        "model", "target", "method", "score", "verdict", "randomisation", "mask mass", "rank accuracy",
+        "deletion AUC", "insertion AUC", "NaN share", "blank share"]
+    assert report["verdict"].tolist() == measures["verdict"].tolist()
+    cell = report.loc[report["target"] == "CC", "mask mass"].iloc[0]
+    assert "(random 0.164 · darkness " in cell and " · edges " in cell and " · randomised model " in cell
+    assert report.loc[report["target"] == "MD", "mask mass"].isna().all()
     curves = pd.read_parquet(out / artifacts.TRUST_CURVES)
-    assert set(curves["order"]) == {"map", "random"} and curves["fraction"].max() == 1
+    assert set(curves["order"]) == {"map", "random", "darkness", "edges", "randomized"}
+    assert curves["fraction"].max() == 1
+
+
+def test_derived_phantom_targets_get_mask_measures_for_md(run_inputs, tmp_path):
+    explain(run_inputs["model"], run_inputs["data"], str(tmp_path / "run"), methods=["vanilla"],
+            targets=["MD"], max_patches=4, trust_patches=2, trust_steps=1, phantom_dir=run_inputs["derived"])
+    measures = pd.read_parquet(tmp_path / "run" / artifacts.TRUST_TABLE)
+    columns = ["mask_mass", "darkness_mask_mass", "edges_mask_mass", "randomized_mask_mass"]
+    assert measures[columns].notna().all(axis=None)
+    assert store.open_maps(str(tmp_path / "run")).table["mask_mass"].notna().all()
 
 
 def test_gcs_output_reads_back_like_local(run_inputs, tmp_path, gcs_bucket):
@@ -193,7 +248,8 @@ def test_gcs_output_reads_back_like_local(run_inputs, tmp_path, gcs_bucket):
 
 
 def test_tf_keras_vis_engine_through_the_step(run_inputs, tmp_path):
-    options = {"methods": ["gradcam++", "vanilla"], "targets": ["CC"], "max_patches": 4, "trust_patches": 0}
+    options = {"methods": ["gradcam++:alpha=tfkv", "vanilla"], "targets": ["CC"], "max_patches": 4,
+               "trust_patches": 0}
     explain(run_inputs["model"], run_inputs["data"], str(tmp_path / "a"), **options)
     summary = explain(run_inputs["model"], run_inputs["data"], str(tmp_path / "b"), engine="tf-keras-vis",
                       **options)

@@ -1,19 +1,21 @@
-"""Runs the trust measures of `trust` on an explain run and writes trust.md, trust.html and their tables.
+"""Runs the trust measures (`trust`, `controls`, `randomization`) on an explain run; writes the trust files.
 
 Called by `explain` before it publishes its output: quality over all maps, phantom mask measures over
-all CC maps (added to the maps table as mask_mass, mask_rank_accuracy, mask_area), deletion/insertion
-and model randomisation on a seeded subset of patches.
+all CC maps (added to the maps table as mask_mass, mask_rank_accuracy, mask_area), and on a seeded
+subset of patches the randomisation cascade, then for every target x method x setting x score the mask
+measures and deletion/insertion AUCs of the method's maps beside those of the controls (a random
+map, darkness, edges, the method on the fully randomised model), and a verdict.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 
 from histoxai import artifacts
-from histoxai.saliency import store, trust
+from histoxai.saliency import controls, randomization, store, trust, trust_report
+from histoxai.saliency.cascade_plot import cascade_png
 
 GROUP = ["target", "method", "setting", "score"]
 
@@ -44,39 +46,40 @@ def _images(frame) -> np.ndarray:
 
 
 def _phantom(table, reader, phantom_dir: str):
-    """Mask measures for every CC map; returns the per-map columns (NaN elsewhere)."""
+    """Mask measures for every map of a target the nuclei masks score (per-map columns, NaN elsewhere),
+    the masks by patch, and those targets."""
     from tqdm import tqdm
 
     out = np.full((len(table), 3), np.nan)
-    rows = table[table["target"] == "CC"]
+    scored = trust.mask_targets(phantom_dir, sorted(set(table["sample"])))
+    rows = table[table["target"].isin(scored)]
     if rows.empty:
-        return out
+        return out, {}, scored
     masks = trust.phantom_masks(phantom_dir, rows[["sample", "row", "col"]].drop_duplicates(),
                                 int(rows["map_height"].iloc[0]))
     for position, (map_id, key) in enumerate(tqdm(
             zip(table["map_id"], zip(table["sample"], table["row"], table["col"], strict=True), strict=True),
             total=len(table), desc="trust: nuclei masks", unit="map", leave=False)):
-        if table["target"].iat[position] == "CC" and key in masks:
-            out[position] = trust.mask_measures(reader.read(map_id), masks[key])
-    return out
+        target = table["target"].iat[position]
+        if target in scored and key in masks:
+            out[position] = trust.mask_measures(trust.relevance_for(target, reader.read(map_id)), masks[key])
+    return out, masks, scored
 
 
 def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, targets, *, phantom_dir,
            patches: int, steps: int, randomize_blocks: int, seed: int, summary: dict):
     """Writes the trust report files into stage; returns the maps table with the mask columns."""
-    import keras
     import pandas as pd
     from tqdm import tqdm
 
     table = reader.table.reset_index(drop=True)
     measures = trust.quality(table)
+    masks: dict = {}
+    scored: tuple = ()
     if phantom_dir:
-        columns = _phantom(table, reader, phantom_dir)
+        columns, masks, scored = _phantom(table, reader, phantom_dir)
         table = table.assign(mask_mass=columns[:, 0], mask_rank_accuracy=columns[:, 1],
                              mask_area=columns[:, 2])
-        masked = table.dropna(subset=["mask_area"]).groupby(GROUP, sort=False)[
-            ["mask_mass", "mask_rank_accuracy", "mask_area"]].mean().reset_index()
-        measures = measures.merge(masked, on=GROUP, how="left")
 
     positions = _subset(frame, patches, seed)
     subset = frame.iloc[positions]
@@ -86,110 +89,123 @@ def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, tar
     size = int(table["map_height"].iloc[0])
     by_patch = table.set_index(["target", "method", "setting", "score", "sample", "row", "col"])["map_id"]
     patch_keys = list(zip(subset["sample"], subset["row"], subset["col"], strict=True))
+    references = {t: subset[t].to_numpy(np.float32) for t in targets}
+    work = [(t, spec, score) for t in targets for spec in specs for score in scores]
+    trained = {(t, spec.key, score.label): reader.read_many(
+        [by_patch[(t, spec.method, spec.setting, score.label, *k)] for k in patch_keys])
+        for t, spec, score in work}
+
+    # the randomisation cascade; its last stage gives the randomised-model control
+    stages = randomization.randomization_stages(saliency.model, randomize_blocks)
+    engines: list = []
+    progress = tqdm(total=len(stages), desc="trust: randomisation", unit="stage", leave=False)
+
+    def compute(copy, last: bool) -> dict:
+        if not engines:
+            engines.append(saliency.__class__(copy, gradient_batch=saliency.gradient_batch))
+        out = {}
+        for target, spec, score in work:
+            if last or score is scores[0]:
+                maps, _ = engines[0].maps(images, target, spec, score, references[target], keys[positions])
+                out[(target, spec.key, score.label)] = store.resize_maps(maps, size)
+        progress.update()
+        return out
+
+    records, randomized = randomization.cascade(saliency.model, stages, compute, trained, seed)
+    progress.close()
+
+    inputs = controls.input_maps(images)
+    sized = {name: store.resize_maps(maps, size) for name, maps in inputs.items()}  # as the maps are stored
+    patch_masks = [masks.get((s, int(r), int(c))) for s, r, c in patch_keys]
     rng = np.random.default_rng(seed + 2)
     random_order = np.stack([rng.permutation(images.shape[1] * images.shape[2]) for _ in images])
-    rows, curves, trained = [], [], {}
-    work = [(t, spec, score) for t in targets for spec in specs for score in scores]
-    for target, spec, score in tqdm(work, desc="trust: deletion/insertion", unit="method", leave=False):
-        ids = [by_patch[(target, spec.method, spec.setting, score.label, *k)] for k in patch_keys]
-        stored = reader.read_many(ids)
-        trained[(target, spec.key, score.label)] = stored
-        maps = store.resize_maps(stored, saliency.size[0], method="bilinear")
-        references = subset[target].to_numpy(np.float32)
-        found = {}
-        for name, order in (("map", trust._ranks(maps)), ("random", random_order)):
-            found[name] = trust.perturbation_curves(saliency, images, blurred, order, target, score,
-                                                    references, steps, _spread(table, target, score))
+    spec_of = {spec.key: spec for spec in specs}
+    rows, curves, cached = [], [], {}
+
+    def curve(name, target, score, order):
+        return trust.perturbation_curves(saliency, images, blurred, order, target, score, references[target],
+                                         steps, _spread(table, target, score))
+
+    for target, spec, score in tqdm(work, desc="trust: controls, deletion/insertion", unit="method",
+                                    leave=False):
+        key = (target, spec.key, score.label)
         row = {"target": target, "method": spec.method, "setting": spec.setting, "score": score.label}
+        found = {"map": curve("map", target, score, trust._ranks(
+                     store.resize_maps(trained[key], saliency.size[0], method="bilinear"), seed)),
+                 "randomized": curve("randomized", target, score, trust._ranks(
+                     store.resize_maps(randomized[key], saliency.size[0], method="bilinear"), seed))}
+        for name, order in (("random", random_order), *((n, None) for n in inputs)):
+            if (target, score.label, name) not in cached:
+                cached[(target, score.label, name)] = curve(
+                    name, target, score, order if order is not None else trust._ranks(inputs[name], seed))
+            found[name] = cached[(target, score.label, name)]
         for name, kinds in found.items():
+            prefix = "" if name == "map" else f"{name}_"
             for kind, values in kinds.items():
-                prefix = "" if name == "map" else "random_"
                 row[f"{prefix}{kind}_auc"] = float(np.nanmean(trust.auc(values)))
                 mean = np.nanmean(values, axis=0)
                 curves += [{**{k: row[k] for k in GROUP}, "order": name, "curve": kind, "fraction": f,
                             "value": v} for f, v in zip(np.linspace(0, 1, steps + 1), mean, strict=True)]
+        if target in scored and any(m is not None for m in patch_masks):
+            row.update(controls.mask_row(trust.relevance_for(target, trained[key]), {
+                "randomized": trust.relevance_for(target, randomized[key]), **sized}, patch_masks))
+        last = next(r for r in reversed(records) if r["key"] == key)
+        row.update(randomization_signed_rho=last["signed_rho"], randomization_abs_rho=last["abs_rho"],
+                   randomization_ssim=last["ssim"], randomization_undefined=last["undefined"],
+                   randomization=randomization.state(last))
+        row["randomization_flag"] = row["randomization"] != "passes"
+        row[f"rho: {stages[-1][0]}"] = last["abs_rho"]
+        row["verdict"] = controls.verdict(row)
         rows.append(row)
     measures = measures.merge(pd.DataFrame(rows), on=GROUP, how="left")
+    cascade = pd.DataFrame([
+        {"target": r["key"][0], "method": spec_of[r["key"][1]].method,
+         "setting": spec_of[r["key"][1]].setting, "score": r["key"][2],
+         **{k: v for k, v in r.items() if k != "key"}} for r in records])
 
-    # model randomisation, first score only (it is a property of the method and model, not of the score)
-    stages = trust.randomization_stages(saliency.model, randomize_blocks)
-    copy = keras.models.clone_model(saliency.model)
-    copy.set_weights(saliency.model.get_weights())
-    randomised = saliency.__class__(copy, gradient_batch=saliency.gradient_batch)  # sees weight changes
-    references = {t: subset[t].to_numpy(np.float32) for t in targets}
-    correlations, done = [], 0
-    for stage_name, layers in tqdm(stages, desc="trust: randomisation", unit="stage", leave=False):
-        trust.randomize_layers([copy.get_layer(layer.name) for layer in layers[done:]], seed + done)
-        done = len(layers)
-        for target in targets:
-            for spec in specs:
-                maps, _ = randomised.maps(images, target, spec, scores[0], references[target],
-                                          keys[positions])
-                before = trained[(target, spec.key, scores[0].label)]
-                after = store.resize_maps(maps, size)
-                rho = [trust.spearman(a, b) for a, b in zip(before, after, strict=True)]
-                correlations.append({"target": target, "method": spec.method, "setting": spec.setting,
-                                     "score": scores[0].label, "stage": stage_name,
-                                     "rho": float(np.nanmean(rho)) if np.isfinite(rho).any() else np.nan})
-    if correlations:
-        wide = pd.DataFrame(correlations).pivot_table(index=GROUP, columns="stage", values="rho", sort=False,
-                                                      dropna=False)
-        wide.columns = [f"rho: {c}" for c in wide.columns]
-        measures = measures.merge(wide.reset_index(), on=GROUP, how="left")
-        last = f"rho: {stages[-1][0]}"
-        measures["randomization_flag"] = measures[last] >= trust.RANDOMIZATION_FLAG
     store.write_table(measures, stage / artifacts.TRUST_TABLE)
     store.write_table(pd.DataFrame(curves), stage / artifacts.TRUST_CURVES)
-    notes = _notes(measures, summary, phantom_dir, len(subset), steps)
-    (stage / artifacts.TRUST_REPORT).write_text(markdown(measures, notes))
-    (stage / artifacts.TRUST_HTML).write_text(html_page(measures, notes))
-    summary["trust"] = {"patches": len(subset), "stages": [s for s, _ in stages],
-                        "flagged": sorted({f"{r.target} {r.method}:{r.setting}" for r in measures.itertuples()
-                                           if getattr(r, "randomization_flag", False) is True})}
+    store.write_table(cascade, stage / artifacts.TRUST_CASCADE)
+    first = cascade[cascade["score"] == scores[0].label]
+    png = cascade_png(first.assign(method=[_label(m, s) for m, s in zip(first["method"], first["setting"],
+                                                                         strict=True)]))
+    (stage / artifacts.TRUST_CASCADE_PLOT).write_bytes(png)
+    notes = _notes(summary, phantom_dir, len(subset), steps, stages, [t for t in scored if t in targets])
+    (stage / artifacts.TRUST_REPORT).write_text(trust_report.markdown(measures, notes))
+    (stage / artifacts.TRUST_HTML).write_text(trust_report.html_page(measures, notes, png))
+    summary["trust"] = {
+        "patches": len(subset), "stages": [s for s, _ in stages],
+        "flagged": sorted({f"{r['target']} {_label(r['method'], r['setting'])} ({r['randomization']})"
+                           for r in rows if r["randomization_flag"]}),
+        "verdicts": {f"{r['target']} {_label(r['method'], r['setting'])} ({r['score']})": r["verdict"]
+                     for r in rows}}
     return table
 
 
-def _notes(measures, summary: dict, phantom_dir, patches: int, steps: int) -> list[str]:
+def _label(method: str, setting: str) -> str:
+    return f"{method}:{setting}" if setting else method
+
+
+def _notes(summary: dict, phantom_dir, patches: int, steps: int, stages, masked: list) -> list[str]:
     notes = [f"Maps: {summary['maps']} for {summary['patches']} patches; methods "
              f"{', '.join(summary['methods'])}; scores {', '.join(summary['scores'])}; "
              f"engine {summary['engine']}.",
              f"Maps with non-finite values: {summary['nan_maps']}; blank maps (no contrast): "
              f"{summary['blank_maps']}.",
-             f"Deletion/insertion ({steps} steps) and randomisation on {patches} patches; "
-             f"randomisation flag: rank correlation >= {trust.RANDOMIZATION_FLAG} after the last stage."]
+             f"Controls, deletion/insertion ({steps} steps) and the randomisation cascade on the same "
+             f"{patches} patches; the cascade re-initialises the head and then every backbone block down to "
+             f"the input, measured after {len(stages)} stages (the plot: {artifacts.TRUST_CASCADE_PLOT}).",
+             "Randomisation check: fails when |signed rho| or |map| rho is >= "
+             f"{randomization.RANDOMIZATION_FLAG} after the last stage; undefined (never a pass) when a "
+             "map is constant or NaN."]
     if summary["nan_maps"]:
         notes.insert(2, "WARNING: some maps contain NaN or infinite values: " +
                      ", ".join(f"{k} ({v})" for k, v in summary["nan_maps_by_method"].items()))
-    if phantom_dir and "CC" in summary["targets"]:
-        notes.append(f"Nuclei masks from {phantom_dir} (CC maps): mask_mass and mask_rank_accuracy against "
-                     "mask_area, their value for a random map.")
+    if phantom_dir and masked:
+        notes.append(f"Nuclei masks from {phantom_dir} ({', '.join(masked)} maps; CC by positive relevance, "
+                     "derived MD/FA by |map|): mask measures on the same patches, beside the random map (the "
+                     "mask's area share), darkness, edges and the randomised model.")
     elif phantom_dir:
-        notes.append(f"{phantom_dir}: not used; the nuclei masks score CC maps, and this run has no CC.")
+        notes.append(f"{phantom_dir}: not used; the nuclei masks score CC maps (and MD/FA of a phantom with "
+                     "derived targets), and this run has none.")
     return notes
-
-
-def _display(measures):
-    return measures.rename(columns={"nan_maps": "NaN share", "blank_maps": "blank share"})
-
-
-def markdown(measures, notes: list[str]) -> str:
-    from histoxai.metrics import markdown_table
-
-    return "# Saliency trust report\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + \
-        markdown_table(_display(measures)) + "\n" + _LEGEND + "\n"
-
-
-def html_page(measures, notes: list[str]) -> str:
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    table = _display(measures).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a")
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Saliency trust report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}</style></head><body>"
-            f"<h1>Saliency trust report</h1><ul>{items}</ul>{table}<p>{html.escape(_LEGEND)}</p>"
-            "</body></html>\n")
-
-
-_LEGEND = ("Lower deletion AUC and higher insertion AUC than the random order mean the map ranks pixels "
-           "that move the prediction; mask_mass and mask_rank_accuracy above mask_area mean relevance "
-           "falls on nuclei more than chance; rho near 1 after randomisation means the maps ignore the "
-           "learned weights.")

@@ -74,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-steps", type=int, default=DEFAULTS.trust_steps,
                         help="deletion/insertion steps (default %(default)s)")
     parser.add_argument("--randomize-blocks", type=int, default=DEFAULTS.randomize_blocks,
-                        help="backbone blocks randomised after the head (default %(default)s)")
+                        help="at most N measured stages of the randomisation cascade between the head "
+                             "and the input; every block is randomised either way (0: measure after "
+                             "every block; default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
                         help="patch choice and randomisation seed (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")

@@ -33,7 +33,8 @@ def explain_model(
     value (comma-separated lists; '' = default; max_patches 0 = all;
     shard_range 'A:B' to fan out over shards). maps: the output folder (maps.parquet, maps/, trust
     files, explain.json), readable with histoxai.saliency.store.open_maps; metrics: map and
-    NaN counts, and per target x method the trust measures.
+    NaN counts, and per target x method x score the trust measures beside their controls and
+    earns_trust (1: the verdict is "beats every control", 0: not).
     """
     import re
 
@@ -43,6 +44,7 @@ def explain_model(
     from histoxai.artifacts import location
     from histoxai.components.explain.explain import explain, parse_shard_range
     from histoxai.components.explain.params import DEFAULTS
+    from histoxai.saliency import controls
 
     def listed(text: str) -> list:
         return [item.strip() for item in text.split(",") if item.strip()]
@@ -60,13 +62,17 @@ def explain_model(
     if trust_patches:
         trust = storage.read_parquet(storage.join(out, artifacts.TRUST_TABLE),
                                      "the explain step's trust table")
-        measures = [c for c in ("nan_maps", "blank_maps", "mask_mass", "mask_rank_accuracy", "deletion_auc",
-                                "insertion_auc") if c in trust.columns]
-        for row in trust.itertuples(index=False):
-            for measure in measures:
-                value = getattr(row, measure)
+        # each measure beside its controls, the randomisation check, and 1/0: earns trust (the verdict)
+        scored = [*controls.MEASURES, *(f"{c}_{m}" for c in controls.CONTROLS for m in controls.MEASURES)]
+        measures = [c for c in ("nan_maps", "blank_maps", *scored, "randomization_signed_rho",
+                                "randomization_abs_rho", "randomization_ssim") if c in trust.columns]
+        for _, row in trust.iterrows():
+            values = {m: row[m] for m in measures}
+            if "verdict" in row:
+                values["earns_trust"] = float(row["verdict"] == controls.TRUSTED)
+            for measure, value in values.items():
                 if pd.notna(value):
-                    name = f"{measure}_{row.target}_{row.method}_{row.setting}_{row.score}"
+                    name = f"{measure}_{row['target']}_{row['method']}_{row['setting']}_{row['score']}"
                     metrics.log_metric(re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_"), float(value))
         for page, name in ((trust_html, artifacts.TRUST_HTML), (trust_markdown, artifacts.TRUST_REPORT)):
             storage.write_bytes(location(page), storage.read_bytes(storage.join(out, name)))

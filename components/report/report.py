@@ -17,6 +17,7 @@ import pandas as pd
 from histoxai import artifacts, storage
 from histoxai.evaluation import read_table41
 from histoxai.metrics import format_value, markdown_table
+from histoxai.saliency import controls, trust_report
 from histoxai.sections import render_html, render_markdown
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -67,18 +68,38 @@ def evaluation_table(evaluation_dir: str) -> pd.DataFrame:
     return read_table41(evaluation_dir, "r2")
 
 
-TRUST_COLUMNS = {  # trust.parquet column -> heading in the report
-    "target": "target", "method": "method", "setting": "setting", "nan_maps": "NaN share",
-    "blank_maps": "blank share", "mask_mass": "mask mass", "mask_area": "mask area (random mass)",
-    "deletion_auc": "deletion AUC", "random_deletion_auc": "deletion AUC, random order",
-    "insertion_auc": "insertion AUC", "random_insertion_auc": "insertion AUC, random order",
-    "randomization_flag": "randomisation flag",
-}
+def _with_controls(row, measure: str) -> str | None:
+    """'value (random r · darkness d · edges e · randomised model m)' for one measure, None if unmeasured."""
+    value = row.get(measure)
+    references = [(label, row.get(f"{control}_{measure}")) for control, label in controls.CONTROLS.items()]
+    if pd.isna(value) and all(pd.isna(v) for _, v in references):
+        return None
+    shown = " · ".join(f"{label} {format_value(v)}" for label, v in references if not pd.isna(v))
+    return f"{format_value(value)} ({shown})"
+
+
+def _trust_rows(frame: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Report rows of one explain step's trust table: verdict, randomisation, each measure beside its
+    controls, NaN and blank shares."""
+    rows = []
+    for _, row in frame.iterrows():
+        out = {"model": model, "target": row["target"],
+               "method": f"{row['method']}:{row['setting']}" if row["setting"] else row["method"],
+               "score": row.get("score"), "verdict": row.get("verdict"),
+               "randomisation": row.get("randomization")}
+        for measure, label in trust_report.MEASURE_NAMES.items():
+            cell = _with_controls(row, measure)
+            if cell is not None:
+                out[label] = cell
+        out.update({"NaN share": row.get("nan_maps"), "blank share": row.get("blank_maps")})
+        rows.append(out)
+    return pd.DataFrame(rows)
 
 
 def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, list[str]]:
-    """The explain steps' trust measures per model, target and method (one row per output part when
-    the maps were fanned out over shard ranges), and the methods flagged by the randomisation check."""
+    """The explain steps' trust verdicts and measures (each beside its controls) per model, target, method
+    and score (one row per output part when the maps were fanned out over shard ranges), and the methods
+    that did not pass the randomisation check."""
     frames, flagged = [], []
     for model, folders in maps_dirs.items():
         for part, folder in enumerate(folders):
@@ -88,10 +109,13 @@ def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, l
                 continue  # trust measures were turned off for this run
             frame = storage.read_parquet(storage.join(folder, artifacts.TRUST_TABLE),
                                          "the explain step's trust table")
-            frame = frame[[c for c in TRUST_COLUMNS if c in frame.columns]].rename(columns=TRUST_COLUMNS)
-            frame.insert(0, "model", model if len(folders) == 1 else f"{model} (part {part + 1})")
-            frames.append(frame)
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), flagged
+            frames.append(_trust_rows(frame, model if len(folders) == 1 else f"{model} (part {part + 1})"))
+    if not frames:
+        return pd.DataFrame(), flagged
+    table = pd.concat(frames, ignore_index=True)
+    order = ["model", "target", "method", "score", "verdict", "randomisation",
+             *trust_report.MEASURE_NAMES.values(), "NaN share", "blank share"]
+    return table[[c for c in order if c in table.columns]], flagged
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -142,12 +166,11 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
     sections += [("h2", "R² as training measured it (train / validation / test set)"), ("table", training)]
     if not trust.empty:
         sections += [("h2", "Can the saliency maps be trusted?"), ("table", trust),
-                     ("p", "Mask mass: share of positive relevance inside the true nuclei (phantom, CC); "
-                           "a trustworthy map beats the mask area. Deletion AUC lower and insertion AUC "
-                           "higher than with a random pixel order mean a faithful map. Randomisation flag: "
-                           "the maps barely change when the model's weights are re-initialised.")]
+                     ("p", "Each measure is shown beside its controls in brackets."),
+                     ("list", list(trust_report.LEGEND))]
         if summary["flagged"]:
-            sections.append(("list", [f"flagged: {item}" for item in summary["flagged"]]))
+            sections.append(("list", [f"randomisation check not passed: {item}"
+                                      for item in summary["flagged"]]))
     sections += [
         ("h2", "Models"), ("table", models),
         ("h2", "Data"),
@@ -163,22 +186,9 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
 
 
 def _compact_trust(trust: pd.DataFrame) -> pd.DataFrame:
-    """The trust table narrowed for a terminal: each measure beside its random reference in one cell."""
-    def pair(value, reference) -> str:
-        return "n/a" if pd.isna(value) else f"{format_value(value)} ({format_value(reference)})"
-
-    out = pd.DataFrame({"model": trust["model"], "target": trust["target"],
-                        "method": [f"{m}:{s}" if s else m for m, s in zip(trust["method"], trust["setting"],
-                                                                           strict=True)]})
-    for label, value, reference in (("mask mass", "mask mass", "mask area (random mass)"),
-                                    ("deletion AUC", "deletion AUC", "deletion AUC, random order"),
-                                    ("insertion AUC", "insertion AUC", "insertion AUC, random order")):
-        if value in trust.columns:
-            out[label] = [pair(v, r) for v, r in zip(trust[value], trust[reference], strict=True)]
-    for column in ("NaN share", "blank share", "randomisation flag"):
-        if column in trust.columns:
-            out[column] = trust[column]
-    return out
+    """The trust table narrowed for a terminal: model, target, method, score, verdict, randomisation."""
+    columns = ["model", "target", "method", "score", "verdict", "randomisation"]
+    return trust[[c for c in columns if c in trust.columns]]
 
 
 def terminal_summary(summary: Mapping) -> str:
@@ -190,10 +200,10 @@ def terminal_summary(summary: Mapping) -> str:
         lines = ["R² (train / validation / test set), from training:",
                  markdown_table(pd.DataFrame(summary["training_r2_table"])).rstrip()]
     if summary.get("trust_table"):
-        lines += ["\nSaliency trust, from the explain step (in brackets: a random map or order):",
+        lines += ["\nSaliency trust verdicts, from the explain step (the report shows the measures):",
                   markdown_table(_compact_trust(pd.DataFrame(summary["trust_table"]))).rstrip()]
     if summary.get("flagged"):
-        lines.append("Flagged by the randomisation check: " + "; ".join(summary["flagged"]))
+        lines.append("Randomisation check not passed: " + "; ".join(summary["flagged"]))
     patches = ", ".join(f"sample {s['sample']}: {s['patches']}" for s in summary["samples"])
     lines.append(f"\nPatches: {patches}")
     for refused in summary.get("rejected") or []:
