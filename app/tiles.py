@@ -78,7 +78,10 @@ def trust_lines(trust: pd.DataFrame, group: tuple) -> list[str]:
     if not mask.any():
         return []
     row = trust[mask].iloc[0]
-    lines = [f"NaN maps {_fmt(row.get('nan_maps'))} · blank maps {_fmt(row.get('blank_maps'))}"]
+    lines = []
+    if isinstance(row.get("verdict"), str):  # beside every control: random, darkness, edges, random weights
+        lines.append(f"verdict: {row['verdict']}")
+    lines.append(f"NaN maps {_fmt(row.get('nan_maps'))} · blank maps {_fmt(row.get('blank_maps'))}")
     if "deletion_auc" in row and pd.notna(row["deletion_auc"]):
         lines.append(f"deletion AUC {_fmt(row['deletion_auc'])} "
                      f"(random {_fmt(row.get('random_deletion_auc'))})"
@@ -86,8 +89,10 @@ def trust_lines(trust: pd.DataFrame, group: tuple) -> list[str]:
                      f"(random {_fmt(row.get('random_insertion_auc'))})")
     rho = [c for c in row.index if str(c).startswith("rho: ")]
     if rho:
-        flag = " ⚠ flagged: maps barely change with random weights" if bool(row.get("randomization_flag")) \
-            else ""
+        state = row.get("randomization")  # passes, fails (maps barely change with random weights), undefined
+        if not isinstance(state, str):  # a run written before the state column
+            state = "fails" if bool(row.get("randomization_flag")) else "passes"
+        flag = "" if state == "passes" else f" ⚠ check {state}"
         lines.append(f"randomisation ρ ({rho[-1][5:]}) {_fmt(row[rho[-1]])}{flag}")
     if "mask_mass" in row and pd.notna(row["mask_mass"]):
         lines.append(f"relevance in nuclei {_fmt(row['mask_mass'])} · rank accuracy "

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from histoxai import config as configs
 from histoxai import storage
-from histoxai.app import auth, data, render, runs
+from histoxai.app import auth, data, render, runs, tiles
 from histoxai.app.settings import ENV
 from histoxai.cli import main
 from histoxai.colour import COLOUR_MAPS
@@ -393,3 +393,13 @@ def test_a_run_on_gcs(run, gcs_bucket, app_env):
     assert len(shown) > 1
     at.sidebar.text_input[0].input("../other").run()
     assert any("outside the app's root" in e.value for e in at.error)
+
+
+def test_trust_lines_lead_with_the_verdict_and_never_pass_an_undefined_check():
+    trust = pd.DataFrame([{"model": "m", "target": "CC", "method": "vanilla", "setting": "",
+                           "score": "increase", "nan_maps": 0.0, "blank_maps": 1.0,
+                           "verdict": "does not beat: darkness, edges",
+                           "randomization": "undefined", "rho: head + 2 blocks": float("nan")}])
+    lines = tiles.trust_lines(trust, ("m", "CC", "vanilla", "", "increase"))
+    assert lines[0] == "verdict: does not beat: darkness, edges"
+    assert lines[-1].endswith("⚠ check undefined")
