@@ -38,8 +38,10 @@ def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRA
     }
 
 
-def run_demo(out: str, *, seed: int = 0):
-    """Phantom, then the pipeline; returns the local run (histoxai.pipelines.local_run.LocalRun)."""
+def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
+    """Phantom, then the pipeline; returns the local run (histoxai.pipelines.local_run.LocalRun).
+    targets "derived": MD and FA become the phantom's documented functions of the rendered nuclei, so
+    the trust measures score MD and FA maps against the nuclei too."""
     from histoxai.phantom import render_phantom
     from histoxai.pipelines.local_run import run_local
 
@@ -48,7 +50,7 @@ def run_demo(out: str, *, seed: int = 0):
     started = time.perf_counter()
     phantom = str(Path(out) / "phantom")
     render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL, seed=seed,
-                   overwrite=True)
+                   targets=targets, overwrite=True)
     print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")
     return run_local(demo_parameters(phantom), str(Path(out) / "runs"))
 
@@ -57,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histoxai.pipelines.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="local output folder (default outputs/demo)")
+    parser.add_argument("--targets", choices=("real", "derived"), default="real",
+                        help="the phantom's MD/FA: the real measured maps (default) or functions of the "
+                             "rendered nuclei, whose evidence the trust measures can locate")
     args = parser.parse_args(argv)
     from histoxai.components.report.report import terminal_summary
 
     started = time.perf_counter()
     try:
-        run = run_demo(str(Path(args.out).resolve()))
+        run = run_demo(str(Path(args.out).resolve()), targets=args.targets)
     except InputError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
