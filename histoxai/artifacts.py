@@ -31,6 +31,7 @@ TRAIN_HISTORY, TRAIN_METRICS, TENSORBOARD_DIR = "history.csv", "metrics.json", "
 MODEL_FILES = (MODEL_FILE, MODEL_CONFIG, TRAIN_METRICS)  # what a finished training leaves for others
 # tune: the study
 BEST_CONFIG, TUNE_SUMMARY, STUDY_JOURNAL = "best_config.yaml", "summary.md", "study.journal"
+VIZIER_JOB = "vizier_job.json"  # tune --backend vizier: the Vertex AI job request
 # evaluate: Table 4.1, maps, baselines
 EVALUATION_TABLE, EVALUATION_INFO = "evaluation.parquet", "evaluation.json"
 BASELINE_TABLE, BASELINE_REPORT, BASELINE_INFO = "baseline.parquet", "baseline.md", "baseline.json"
@@ -106,10 +107,6 @@ def read_train_metrics(model_dir: str) -> dict[str, Any]:
 
 def read_explain_info(folder: str) -> dict[str, Any]:
     return read_json(folder, EXPLAIN_INFO)
-
-
-def read_evaluation_info(folder: str) -> dict[str, Any]:
-    return read_json(folder, EVALUATION_INFO)
 
 
 def read_model_config(model_dir: str) -> dict[str, Any]:

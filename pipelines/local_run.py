@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from histoxai import storage
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -192,7 +192,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     report_artifact = Path(task.outputs["report"].uri)
     run_dir = report_artifact.parents[1]
     # KFP names the artifact file after the output; a copy with .html opens in a browser
-    report_html = run_dir / "report.html"
+    report_html = run_dir / artifacts.REPORT_HTML
     shutil.copyfile(report_artifact, report_html)
     summary = json.loads(Path(task.outputs["summary"].uri).read_text())
     return LocalRun(run_dir=run_dir, report_html=report_html, summary=summary, log=log,

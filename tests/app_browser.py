@@ -209,3 +209,47 @@ class AppSession:
                 if hasattr(value, field) and isinstance(getattr(value, field), str) and getattr(value, field):
                     out.append(getattr(value, field))
         return out
+
+
+@contextlib.contextmanager
+def serve_bytes(body: bytes, content_type: str):
+    """A loopback HTTP server answering every GET with `body` (another origin for the app's tests: an
+    IAP public-key endpoint, a page that frames the app); yields its base URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def iap_keys(key_id: str = "k1"):
+    """A fresh ES256 key as IAP signs with: yields (signer, URL of the public-key document IAP
+    publishes), served on loopback."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from google.auth import crypt
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with serve_bytes(json.dumps({key_id: public}).encode(), "application/json") as base:
+        yield crypt.ES256Signer.from_string(pem, key_id=key_id), f"{base}/public_key"

@@ -22,6 +22,7 @@ from histoxai.cli import main
 from histoxai.colour import COLOUR_MAPS
 from histoxai.errors import InputError
 from histoxai.training import train
+from tests import app_browser
 from tests.train_data import write_blob_manifest
 
 MAIN = str(Path(auth.__file__).with_name("main.py"))
@@ -324,50 +325,22 @@ def test_overlay_normalisation_and_colour_maps():
 # ---- IAP ----
 
 def test_iap_mode_refuses_requests_without_a_valid_signed_header(run, app_env, tmp_path):
-    import http.server
-    import threading
     import time as clock
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from google.auth import crypt, jwt
+    from google.auth import jwt
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    body = json.dumps({"k1": public}).encode()
-
-    class Certs(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    certs = f"http://127.0.0.1:{server.server_port}/public_key"
-    signer = crypt.ES256Signer.from_string(pem, key_id="k1")
     now = int(clock.time())
+    with app_browser.iap_keys() as (signer, certs):
+        def token(**claims):
+            base = {"iss": "https://cloud.google.com/iap", "aud": "/projects/1/apps/x",
+                    "email": "r@example.org", "iat": now, "exp": now + 600}
+            return jwt.encode(signer, {**base, **claims}).decode()
 
-    def token(**claims):
-        base = {"iss": "https://cloud.google.com/iap", "aud": "/projects/1/apps/x", "email": "r@example.org",
-                "iat": now, "exp": now + 600}
-        return jwt.encode(signer, {**base, **claims}).decode()
-
-    try:
         assert auth.verify_iap(token(), "/projects/1/apps/x", certs) == "r@example.org"
         for bad, message in ((token(aud="/projects/2/apps/y"), "rejected"), (token(exp=now - 60), "rejected"),
                              (token(iss="https://evil"), "not issued by IAP")):
             with pytest.raises(InputError, match=message):
                 auth.verify_iap(bad, "/projects/1/apps/x", certs)
-    finally:
-        server.shutdown()
     app_env.setenv(ENV["auth"], "iap")
     app_env.setenv(ENV["iap_audience"], "/projects/1/apps/x")
     at = AppTest.from_file(MAIN, default_timeout=60).run()

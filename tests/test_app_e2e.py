@@ -9,12 +9,9 @@ screenshot to (docs/app.png, shown in docs/app.md, is made this way from the dem
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import os
 import re
 import shutil
-import threading
 import time
 import urllib.request
 
@@ -83,27 +80,10 @@ def test_refused_before_sign_in_then_the_grid(served):
         shutil.copyfile(shot, os.environ["HISTOXAI_APP_SCREENSHOT"])
 
 
-@contextlib.contextmanager
 def _framing_page(url: str):
     """Another origin (a second port) whose page frames the app; yields that page's URL."""
     body = f'<html><body><iframe src="{url}/" width="800" height="600"></iframe></body></html>'.encode()
-
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
+    return app_browser.serve_bytes(body, "text/html")
 
 
 def test_every_response_forbids_framing(served):

@@ -301,6 +301,17 @@ LINKED = [("explain/maps.parquet", None), ("explain/explain.json", None), ("expl
           ("evaluate/maps/mdfa/1/MD.npz", "page_sample_maps.py")]
 
 
+def _signed_in(run, monkeypatch) -> AppTest:
+    """The app on `run`, with alice signed in (no other setting from the environment)."""
+    for variable in ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(ENV["run"], str(run))
+    monkeypatch.setenv(ENV["users_yaml"], f"alice: '{auth.hash_password(PASSWORD, rounds=4)}'")
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state[auth.SESSION_USER] = "alice"
+    return at
+
+
 @pytest.mark.parametrize(("linked", "page"), LINKED, ids=[name for name, _ in LINKED])
 def test_a_link_out_of_the_root_is_refused_on_the_page_with_one_line(template, tmp_path, monkeypatch, linked,
                                                                     page):
@@ -310,12 +321,7 @@ def test_a_link_out_of_the_root_is_refused_on_the_page_with_one_line(template, t
     target.parent.mkdir(parents=True)
     shutil.move(run / linked, target)
     (run / linked).symlink_to(target)
-    for variable in ENV.values():
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv(ENV["run"], str(run))
-    monkeypatch.setenv(ENV["users_yaml"], f"alice: '{auth.hash_password(PASSWORD, rounds=4)}'")
-    at = AppTest.from_file(MAIN, default_timeout=60)
-    at.session_state[auth.SESSION_USER] = "alice"
+    at = _signed_in(run, monkeypatch)
     at.run()
     if page:
         at.switch_page(page).run()
@@ -334,12 +340,7 @@ def test_a_link_that_stays_inside_the_root_is_followed(template, tmp_path, monke
     (run / "kept").mkdir()
     shutil.move(run / "explain" / "maps.parquet", run / "kept" / "table")  # not a marker's name
     (run / "explain" / "maps.parquet").symlink_to(run / "kept" / "table")
-    for variable in ENV.values():
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv(ENV["run"], str(run))
-    monkeypatch.setenv(ENV["users_yaml"], f"alice: '{auth.hash_password(PASSWORD, rounds=4)}'")
-    at = AppTest.from_file(MAIN, default_timeout=60)
-    at.session_state[auth.SESSION_USER] = "alice"
+    at = _signed_in(run, monkeypatch)
     at.run().switch_page("page_single_target.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(at.main.image) == 20
@@ -348,36 +349,11 @@ def test_a_link_that_stays_inside_the_root_is_followed(template, tmp_path, monke
 # ---- IAP: the token is checked on every run ----
 
 def test_an_iap_session_is_signed_out_when_its_token_expires(users, tmp_path):
-    import http.server
+    from google.auth import jwt
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from google.auth import crypt, jwt
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    body = json.dumps({"k1": public}).encode()
-
-    class Certs(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    signer = crypt.ES256Signer.from_string(pem, key_id="k1")
     audience = "/projects/1/locations/r/services/app"
-    env = {ENV["iap_audience"]: audience,
-           ENV["iap_certs_url"]: f"http://127.0.0.1:{server.server_port}/public_key"}
-    try:
+    with app_browser.iap_keys() as (signer, certs):
+        env = {ENV["iap_audience"]: audience, ENV["iap_certs_url"]: certs}
         with app_browser.serve_app(users["run"], None, args=("--auth", "iap"), env=env) as url:
             now = int(time.time())
             claims = {"iss": "https://cloud.google.com/iap", "aud": audience, "email": "r@example.org",
@@ -393,5 +369,4 @@ def test_an_iap_session_is_signed_out_when_its_token_expires(users, tmp_path):
                 assert "expired" in session.alerts()[0]
                 session.run()
                 assert "Reload run" not in session.texts()
-    finally:
-        server.shutdown()
+

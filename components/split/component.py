@@ -34,9 +34,9 @@ def split(
     # dsl.Collected and JSON list parameters can turn whole numbers into floats; sample ids are strings
     ids = [str(int(s)) if isinstance(s, float) and s.is_integer() else str(s) for s in train_samples]
     # samples the ingest step refused are left out (the report lists them); the rest still train
-    inputs = [location(m) for m in manifests]
-    refused = {r["sample"]: r["reason"] for r in map(artifacts.read_rejection, inputs) if r is not None}
-    inputs = [m for m in inputs if artifacts.read_rejection(m) is None]
+    rejections = {uri: artifacts.read_rejection(uri) for uri in (location(m) for m in manifests)}
+    refused = {r["sample"]: r["reason"] for r in rejections.values() if r is not None}
+    inputs = [uri for uri, rejection in rejections.items() if rejection is None]
     if refused and not [s for s in ids if s not in refused]:
         raise InputError(f"train_samples {', '.join(ids)}: every training sample was refused by ingestion "
                          f"({'; '.join(f'{s}: {why}' for s, why in refused.items())})")

@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_vizier(args, base, space) -> None:
-    from histoxai import storage
+    from histoxai import artifacts, storage
     from histoxai.components.tune import vizier
 
     if not args.project:
@@ -92,11 +92,11 @@ def _run_vizier(args, base, space) -> None:
         max_trial_count=args.tuning_trials, parallel_trial_count=args.parallel_trials,
         objective_targets=args.objective_targets.split(",") if args.objective_targets else None,
         credentials=credentials)
-    target = storage.join(args.out, "vizier_job.json")
+    target = storage.join(args.out, artifacts.VIZIER_JOB)
     if storage.exists(target) and not args.overwrite:
         raise InputError(f"{target}: already exists; pass --overwrite to replace it")
     storage.write_text(target, vizier.job_json(job))
-    print(f"wrote {storage.join(args.out, 'vizier_job.json')}")
+    print(f"wrote {target}")
     if args.submit:
         job.run(sync=False)
         print(f"submitted Vertex AI hyperparameter tuning job {job.resource_name}")

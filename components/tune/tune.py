@@ -36,7 +36,7 @@ from histoxai.training import STOPPED_EXIT_CODE
 STUDY_NAME = "histoxai-tune"
 # What a study's OUT holds
 OWN_FILES = (artifacts.STUDY_JOURNAL, f"{TRIALS}.parquet", f"{TRIALS}.csv", artifacts.TUNE_SUMMARY,
-             artifacts.BEST_CONFIG, "vizier_job.json")
+             artifacts.BEST_CONFIG, artifacts.VIZIER_JOB)
 SPEC_ATTR = "histoxai_spec"  # what the study searches; a restart must search the same
 
 
