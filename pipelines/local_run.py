@@ -122,9 +122,13 @@ def _found_samples(samples_uri: str) -> list[str]:
 
 def check_samples(samples_uri: str, samples, train_samples) -> None:
     """Every sample in `samples` has its folder <samples_uri>/<id> with the layout's MR file, and every
-    training sample is among them; else one InputError that names all the missing ones."""
+    training sample is among them; else one InputError that names all the missing ones. Ids are
+    checked first, as ingestion checks them, so no id reaches a path outside samples_uri."""
+    from histoxai.components.ingest.inputs import check_sample_id
     from histoxai.layout import MR_MAT
 
+    for sample in samples:
+        check_sample_id(_sample_id(sample), "--samples: sample id")
     missing = [str(s) for s in samples if not storage.exists(storage.join(samples_uri, str(s), MR_MAT))]
     if missing:
         found = _found_samples(samples_uri)

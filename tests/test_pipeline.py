@@ -259,6 +259,7 @@ def test_run_local_checks_every_sample_before_it_starts(tmp_path, capsys):
         (["--samples", "3,4,5", "--train-samples", "3,9"],
          "--train-samples: 9 not among --samples 3, 4, 5; expected a subset of the samples to ingest"),
         (["--samples", "5"], "--train-samples: 3, 4 not among --samples 5"),  # the default 3, 4
+        (["--samples", "3,../../etc"], "--samples: sample id '../../etc' is not a usable sample id"),
     ]:
         code = histoxai_main(["run-local", "--samples-uri", str(samples), "--out", str(runs), *argv])
         err = capsys.readouterr().err.strip()
