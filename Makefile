@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 PIP_VERSION := 26.3
 
-.PHONY: install test demo compile lint bench lock lock-hashes clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
+.PHONY: install test demo compile lint bench lock lock-hashes lock-uv-version clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
 
 # Every install checks hashes (docs/development.md#pinned-dependencies): first pip, setuptools and wheel,
 # then the locked dependencies (--no-build-isolation: the one source distribution, kfp-server-api, builds
@@ -64,8 +64,10 @@ $(LOCK_STAMP): requirements-uv-lock.txt
 	$(LOCK_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: -r requirements-uv-lock.txt
 	@touch $@
 
-lock-hashes: $(LOCK_STAMP)  ## rewrite the *-lock.txt files (hashes) for the exact versions pinned now
+lock-uv-version:  # checked before anything is installed for the lock
 	@echo "$(uv)" | grep -Eq '^[0-9][0-9A-Za-z.]*$$' || { echo "make lock-hashes: uv=$(uv) is not a version; expected e.g. uv=0.13.8" >&2; exit 2; }
+
+lock-hashes: lock-uv-version $(LOCK_STAMP)  ## rewrite the *-lock.txt files (hashes) for the exact versions pinned now
 	rm -rf $(LOCK_BUILD) && mkdir -p $(LOCK_BUILD)
 	printf 'pip==%s\nsetuptools\nwheel\n' "$(PIP_VERSION)" > $(LOCK_BUILD)/build.in
 	printf 'pip==%s\n' "$(PIP_VERSION)" > $(LOCK_BUILD)/pip.in
