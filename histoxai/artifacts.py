@@ -40,6 +40,10 @@ MAPS_TABLE, EXPLAIN_INFO = "maps.parquet", "explain.json"
 TRUST_TABLE, TRUST_CURVES = "trust.parquet", "trust_curves.parquet"
 TRUST_REPORT, TRUST_HTML = "trust.md", "trust.html"
 TRUST_CASCADE, TRUST_CASCADE_PLOT = "trust_cascade.parquet", "trust_cascade.png"  # randomisation stages
+# the champion (histoxai.model_registry) beside a run's model, and how the two compared in evaluate
+CHAMPION_INFO = "champion.json"  # registry, name, version of a fetched champion; version null: none
+COMPARISON, COMPARISON_MARKDOWN = "comparison.json", "comparison.md"
+REGISTRATION = "registration.json"  # register: the version, verdict, scores and registry
 # evaluate and report: the step's page
 REPORT_MARKDOWN, REPORT_HTML, RUN_SUMMARY = "report.md", "report.html", "summary.json"
 
@@ -48,7 +52,8 @@ MARKERS = {"explain": MAPS_TABLE, "evaluate": EVALUATION_TABLE, "split": SPLIT_T
            "ingest": MANIFEST, "models": MODEL_FILE}
 WRITERS = {INGEST_INFO: "histoxai ingest", INGEST_REJECTED: "the pipeline's ingest step",
            SPLIT_INFO: "histoxai split", TRAIN_METRICS: "histoxai train", EXPLAIN_INFO: "histoxai explain",
-           EVALUATION_INFO: "histoxai evaluate"}
+           EVALUATION_INFO: "histoxai evaluate", CHAMPION_INFO: "histoxai models fetch",
+           REGISTRATION: "histoxai register"}
 
 
 def split_table(data: str, option: str = "--data") -> str:

@@ -19,11 +19,13 @@ SUBCOMMANDS = {
     "baseline": "histoxai.components.evaluate.cli_baseline",
     "evaluate": "histoxai.components.evaluate.cli",
     "explain": "histoxai.components.explain.cli",
+    "register": "histoxai.components.register.cli",
     "app": "histoxai.app.cli",
     "compile": "histoxai.pipelines.cli_compile",
     "run-local": "histoxai.pipelines.cli_run_local",
     "submit": "histoxai.pipelines.cli_submit",
     "retrain": "histoxai.pipelines.cli_retrain",
+    "models": "histoxai.pipelines.cli_models",
 }
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<known>.*)\)")
 

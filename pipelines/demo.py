@@ -5,7 +5,9 @@ into OUT/phantom, then runs every pipeline step with kfp.local's subprocess runn
 cluster runs: ingest per sample in parallel branches, split, a small tuning study, the multi-task
 MD+FA and the single-task CC model, evaluation on every sample, saliency maps with trust measures,
 report) into OUT/runs, with settings sized for a 2-core CPU: the tiny CNN at 64 px (the `demo` config),
-two tuning trials over the `search_space_demo` space, maps for 48 test patches per model.
+two tuning trials over the `search_space_demo` space, maps for 48 test patches per model. Both models
+are registered in the folder registry OUT/registry, which the next demo keeps: its models are scored
+beside this one's champions on the same patches and promoted only if they beat them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ TRAIN_SAMPLES = ("3", "4")  # the thesis's training samples; 5 is scored as an u
 PIXELS_PER_VOXEL = 64
 
 
-def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRAIN_SAMPLES) -> dict:
+def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRAIN_SAMPLES,
+                    model_registry: str = "") -> dict:
     """The pipeline parameters of the demo run."""
     from histoxai.pipelines.params import config_text, search_space
 
@@ -34,7 +37,7 @@ def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRA
         "tuning_search_space": search_space("search_space_demo"),
         "explain_methods": ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=16", "vanilla", "ig"],
         "explain_max_patches": 48, "explain_trust_patches": 16, "explain_phantom_dir": samples_uri,
-        "evaluate_baseline_repeats": 20,
+        "evaluate_baseline_repeats": 20, "model_registry": model_registry,
     }
 
 
@@ -52,7 +55,24 @@ def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
     render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL, seed=seed,
                    targets=targets, overwrite=True)
     print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")
-    return run_local(demo_parameters(phantom), str(Path(out) / "runs"))
+    registry = str(Path(out) / "registry")  # kept between demos: the next one competes with this one's models
+    return run_local(demo_parameters(phantom, model_registry=registry), str(Path(out) / "runs"))
+
+
+def registry_state(registry: str) -> str:
+    """The registry after a demo: per model its versions, the champion, and the newest verdict."""
+    from histoxai.model_registry import open_registry
+
+    lines = [f"Model registry {registry}:"]
+    target = open_registry(registry)
+    for name in target.names():
+        versions = target.versions(name)
+        champion = next((v.version for v in versions if v.champion), None)
+        newest = versions[-1]
+        lines.append(f"  {name}: versions {', '.join(str(v.version) for v in versions)}; champion "
+                     f"{champion}; version {newest.version} {newest.record.get('verdict')}: "
+                     f"{newest.record.get('reason')}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(terminal_summary(run.summary))
+    print()
+    print(registry_state(str(Path(args.out).resolve() / "registry")))
     print(f"\nThe report (open it in a browser): {run.report_html}")
     print(f"Every step's outputs:              {run.run_dir}")
     print(f"Full log:                          {run.log}")

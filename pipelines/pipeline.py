@@ -1,10 +1,13 @@
-"""The histoxai pipeline (KFP v2): ingest per sample, split, [tune], train x2, evaluate, explain, report.
+"""The histoxai pipeline (KFP v2): ingest per sample, split, [tune], train x2, evaluate, [register], explain,
+report.
 
 DAG: the config is checked first (resolve config); ingest fans out over the samples (ParallelFor);
 split pools the training samples; with `tuning` on, an Optuna study (the tune step) picks the config,
 else the given one is used (dsl.If / dsl.Else joined by dsl.OneOf); the multi-task (MD, FA) and the
-single-task (CC) models train in parallel; evaluate scores both on every sample; explain runs per
-model, fanned out over shard ranges; the report sums up the run.
+single-task (CC) models train in parallel; evaluate scores both on every sample, beside the registry's
+champions (fetched by the champion steps; none when `model_registry` is ""); with a registry, the
+register steps add each model as a new version and promote it only when it beats its champion
+(components/register); explain runs per model, fanned out over shard ranges; the report sums up the run.
 
 `build_pipeline(options)` returns the @dsl.pipeline function. What a run may change is a pipeline
 parameter; what KFP fixes when it compiles is a CompileOptions field: CPU and memory requests, the
@@ -128,6 +131,8 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     from histoxai.components.explain.params import DEFAULTS as EXPLAIN
     from histoxai.components.ingest.component import ingest
     from histoxai.components.ingest.params import DEFAULTS as INGEST
+    from histoxai.components.register.component import champion_model, register_model
+    from histoxai.components.register.params import DEFAULTS as REGISTER
     from histoxai.components.report.component import report
     from histoxai.components.split.component import split
     from histoxai.components.split.params import DEFAULTS as SPLIT
@@ -175,6 +180,7 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         config_overrides: list = [],  # noqa: B006
         multitask_targets: str = TRAIN.multitask_targets,
         single_task_targets: str = TRAIN.single_task_targets,
+        tensorboard: str = TRAIN.tensorboard,
         tuning: bool = False,
         tuning_trials: int = TUNE.tuning_trials,
         tuning_timeout_s: float = TUNE.timeout_s,
@@ -191,6 +197,12 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         explain_shard_ranges: list = [EXPLAIN.shard_range],  # noqa: B006 ("0:4", "4:8": one task each)
         explain_phantom_dir: str = EXPLAIN.phantom_dir,
         explain_trust_patches: int = EXPLAIN.trust_patches,
+        model_registry: str = REGISTER.model_registry,
+        multitask_model_name: str = REGISTER.multitask_model_name,
+        single_task_model_name: str = REGISTER.single_task_model_name,
+        promotion_metric: str = REGISTER.promotion_metric,
+        promotion_margin: float = REGISTER.promotion_margin,
+        promotion_tolerance: float = REGISTER.promotion_tolerance,
     ) -> Outputs:
         checked = configure(resolve_config(config=config, overrides=config_overrides), "light",
                             "check config")
@@ -221,14 +233,31 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
 
         models = {}
         for name, targets in zip(MODELS, (multitask_targets, single_task_targets), strict=True):
-            models[name] = gpu_step(train_model(data=data, config=chosen, targets=targets),
-                                    f"train {name.replace('_', '-')}").outputs["model"]
+            trained = train_model(data=data, config=chosen, targets=targets, tensorboard=tensorboard,
+                                  run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+            models[name] = gpu_step(trained, f"train {name.replace('_', '-')}").outputs["model"]
+        model_names = {"multitask": multitask_model_name, "single_task": single_task_model_name}
+        # the champions are fetched before the trainings end and scored in the same evaluate step
+        champions = {
+            name: configure(champion_model(model_registry=model_registry, model_name=model_names[name]),
+                            "light", f"champion {name.replace('_', '-')}").outputs["champion"]
+            for name in MODELS}
         evaluation = configure(
             evaluate_models(split=data, multitask_model=models["multitask"],
                             single_task_model=models["single_task"],
+                            multitask_champion=champions["multitask"],
+                            single_task_champion=champions["single_task"],
                             baseline_summary=evaluate_baseline_summary,
                             baseline_repeats=evaluate_baseline_repeats, seed=split_seed),
             "evaluate", "evaluate").outputs["evaluation"]
+        with dsl.If(model_registry != "", name="registry-on"):
+            for name in MODELS:
+                registration = register_model(
+                    model=models[name], split=data, evaluation=evaluation, evaluated_as=name,
+                    model_registry=model_registry, model_name=model_names[name],
+                    promotion_metric=promotion_metric, promotion_margin=promotion_margin,
+                    promotion_tolerance=promotion_tolerance, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                configure(registration, "evaluate", f"register {name.replace('_', '-')}")
         maps = {}
         for name in MODELS:
             with dsl.ParallelFor(explain_shard_ranges) as shard_range:
@@ -274,7 +303,8 @@ def task_count(arguments: dict, pipeline_func) -> int:
     def value(name):
         return arguments.get(name, pipeline_func.component_spec.inputs[name].default)
 
-    # check config, ingest per sample, split, [tune +] chosen config, two trainings, evaluate,
-    # explain per model and shard range, report
-    return (len(value("samples")) + 2 + (2 if value("tuning") else 1) + 2 + 1
+    # check config, ingest per sample, split, [tune +] chosen config, two trainings, two champions,
+    # evaluate, [two registrations], explain per model and shard range, report
+    return (len(value("samples")) + 2 + (2 if value("tuning") else 1) + 2 + 2 + 1
+            + (len(MODELS) if value("model_registry") else 0)
             + len(MODELS) * len(value("explain_shard_ranges")) + 1)

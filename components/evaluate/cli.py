@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the baselines' splits (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                         help="patches per prediction batch (default: %(default)s)")
+    parser.add_argument("--champion", action="append", default=[], metavar="NAME=DIR",
+                        help="the registered champion to score beside model NAME on the same patches: a "
+                             "folder that `histoxai models fetch` wrote; writes comparison.json; repeatable")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (its predictions are reused where still valid)")
 
@@ -70,12 +73,21 @@ def run(args: argparse.Namespace) -> None:
     models = [parse_model_spec(spec)[1] for spec in args.model]
     for model in models:
         artifacts.model_file(model)
+    champions = {}
+    for item in args.champion:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise InputError(f"--champion {item}: expected NAME=DIR (the model's name, the fetched champion)")
+        champions[name] = folder
     import_tensorflow()
     result = evaluate(args.model, args.data, args.out, baseline_summary=args.baseline_summary,
                       baseline_repeats=args.baseline_repeats, seed=args.seed, batch_size=args.batch_size,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, champions=champions)
     reused = sum(result["cached"].values())
     print(f"\nR² = 1 - SSE/SST (* = training sample); predictions reused for {reused} of "
           f"{len(result['cached'])} model x sample pairs\n")
     print(markdown_table(table41(result["table"], "r2")))
+    for name, comparison in result["comparisons"].items():
+        print(f"{name}: champion version {comparison['champion']['version']} scored on the "
+              f"{comparison['basis']} ({comparison['n']} patches neither model trained on)")
     print(f"wrote {args.out} (report.md, report.html, evaluation.parquet, predictions/, maps/)")

@@ -18,11 +18,15 @@ def evaluate_models(
     baseline_repeats: int,
     seed: int,
     single_task_model: Input[Model] = None,
+    multitask_champion: Input[Model] = None,
+    single_task_champion: Input[Model] = None,
 ):
     """Score the models (training output folders) on every sample and split of `split`.
 
     evaluation: the whole output folder (evaluation.parquet, report.*, predictions/<model>/<sample>.parquet,
-    maps/); metrics: standard R² per model, target and split or sample; baseline_summary: 'bundled'
+    maps/, comparison.json); metrics: standard R² per model, target and split or sample; the champions
+    (folders the champion step fetched, champion.json naming no version when there is none) are scored
+    beside the new models on the same patches (model names <model>_champion); baseline_summary: 'bundled'
     (the study's summary.mat shipped with histoxai), '' (no baselines) or a path / gs:// URI.
     Defaults: components/evaluate/params.py (the pipeline passes every value).
     """
@@ -33,11 +37,13 @@ def evaluate_models(
     models = [f"multitask={location(multitask_model)}"]
     if single_task_model is not None:
         models.append(f"single_task={location(single_task_model)}")
+    given = (("multitask", multitask_champion), ("single_task", single_task_champion))
+    champions = {name: location(folder) for name, folder in given if folder is not None}
     out = location(evaluation)
     # overwrite: a retried task may find an earlier attempt's output (its valid predictions are reused)
     result = evaluate(models, [location(split)], out, baseline_summary=baseline_summary,
                       baseline_repeats=baseline_repeats,
-                      seed=seed, overwrite=True, progress=False)
+                      seed=seed, overwrite=True, progress=False, champions=champions)
     for name, value in headline_metrics(result["table"]).items():
         metrics.log_metric(name, value)
     for page, name in ((report_html, artifacts.REPORT_HTML), (report_markdown, artifacts.REPORT_MARKDOWN)):

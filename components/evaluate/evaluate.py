@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 
 from histoxai import artifacts, outputs, storage
+from histoxai.components.evaluate.data import read_data
 from histoxai.components.evaluate.params import DEFAULTS
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
+from histoxai.manifest import natural_key
 from histoxai.metrics import METRICS, metrics_by_group
 
 PREDICTIONS_DIR, MAPS_DIR, BASELINE_DIR = "predictions", "maps", "baseline"
 POOLED_SPLITS = ("train", "val", "test")
-TRAINING_SPLITS = (*POOLED_SPLITS, "gap")  # a sample with any of these took part in training
 CACHE_KEY = b"histoxai.predictions"
 FINGERPRINT_COLUMNS = ("row", "col", "shard", "index", "offset", "encoding", "patch_size")
 TABLE_COLUMNS = ("model", "target", "kind", "group", "training", "n", *METRICS, "note")
@@ -118,86 +118,6 @@ def open_model(spec: str, stack: contextlib.ExitStack) -> ModelSource:
     local = stack.enter_context(storage.local_copy(storage.join(uri, artifacts.MODEL_FILE)))
     return ModelSource(name=name, uri=uri, targets=tuple(config.targets), sha256=_sha256(local),
                        config=config.to_dict(), train_metrics=train_metrics, local_model=local)
-
-
-@dataclass
-class EvalData:
-    """Every patch to score (manifest columns + split), which samples trained, and each sample's MR grid."""
-
-    frame: pd.DataFrame
-    samples: list[str]
-    training_samples: list[str]
-    grids: dict[str, tuple[int, int]]
-    grid_notes: dict[str, str]
-    inputs: list[str]
-
-
-def _input_file(uri: str) -> str:
-    if uri.endswith(".parquet"):
-        return uri
-    for name in (artifacts.SPLIT_TABLE, artifacts.MANIFEST):
-        if storage.exists(storage.join(uri, name)):
-            return storage.join(uri, name)
-    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {artifacts.MANIFEST} found; expected a "
-                     "split folder (`histoxai split`) or an ingest output folder (`histoxai ingest`)")
-
-
-def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]:
-    """The MR grid from ingest.json beside the sample's manifest; else the patches' bounding box."""
-    first = rows.iloc[0]
-    base = str(first["shard_uri"])[: -len(str(first["shard"]))].rstrip("/")
-    extent = (int(rows["row"].max()) + 1, int(rows["col"].max()) + 1)
-    info_uri = storage.join(base, artifacts.INGEST_INFO)
-    if not storage.exists(info_uri):
-        return extent, (f"sample {sample}: no {artifacts.INGEST_INFO} beside its manifest; maps span the "
-                        f"patches' extent {extent[0]} x {extent[1]} from voxel 0, 0")
-    try:
-        grid = tuple(int(v) for v in json.loads(storage.read_text(info_uri))["grid"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{info_uri}: no readable 'grid' [rows, cols] ({err})") from err
-    if len(grid) != 2 or grid[0] < extent[0] or grid[1] < extent[1]:
-        raise InputError(f"{info_uri}: grid {list(grid)} does not hold sample {sample}'s patches (they "
-                         f"reach row {extent[0] - 1}, col {extent[1] - 1}); expected the manifest's own "
-                         f"{artifacts.INGEST_INFO}")
-    return grid, ""
-
-
-def read_data(uris: Sequence[str]) -> EvalData:
-    """Patches of one or more inputs; a sample may come from one input only. Rows without a split
-    (plain ingest manifests) are 'heldout'."""
-    if not uris:
-        raise InputError("--data: none given; expected a split folder or ingest manifests")
-    frames, owner = [], {}
-    for uri in (str(u) for u in uris):
-        path = _input_file(uri)
-        frame = read_manifest(path)
-        if frame.empty:
-            raise InputError(f"{path}: no patches (an empty manifest); expected at least one patch")
-        if "split" not in frame.columns:
-            frame["split"] = "heldout"
-        unknown = sorted(set(frame["split"].astype(str)) - set(SPLITS))
-        if unknown:
-            raise InputError(f"{path}: column 'split' holds {unknown}; expected values among {list(SPLITS)}")
-        for sample in frame["sample"].unique():
-            if sample in owner:
-                raise InputError(f"sample {sample!r} is in both {owner[sample]} and {path}; "
-                                 "give each sample once (the split already holds every sample it split)")
-            owner[sample] = path
-        frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    if frame.duplicated(list(KEY)).any():
-        first = frame[frame.duplicated(list(KEY), keep=False)].iloc[0]
-        raise InputError(f"{owner[first['sample']]}: voxel row {first['row']}, col {first['col']} of sample "
-                         f"{first['sample']} is listed more than once; expected one patch per voxel")
-    samples = sorted(frame["sample"].unique(), key=natural_key)
-    training = sorted(frame.loc[frame["split"].isin(TRAINING_SPLITS), "sample"].unique(), key=natural_key)
-    grids, notes = {}, {}
-    for sample, rows in frame.groupby("sample", sort=False):
-        grids[sample], note = _sample_grid(rows, sample)
-        if note:
-            notes[sample] = note
-    return EvalData(frame=frame, samples=samples, training_samples=training, grids=grids, grid_notes=notes,
-                    inputs=[str(u) for u in uris])
 
 
 def patch_fingerprint(rows: pd.DataFrame) -> str:
@@ -284,18 +204,20 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
              baseline_summary: str = DEFAULTS.baseline_summary,
              baseline_repeats: int = DEFAULTS.baseline_repeats, seed: int = DEFAULTS.seed,
-             batch_size: int = DEFAULTS.batch_size, overwrite: bool = False, progress: bool = True) -> dict:
+             batch_size: int = DEFAULTS.batch_size, overwrite: bool = False, progress: bool = True,
+             champions: dict[str, str] | None = None) -> dict:
     """Score every model on every sample and split; write OUT (see the module docstring).
 
     models: training output folders, each 'DIR' or 'NAME=DIR'. data: split folders / split.parquet /
     ingest manifests. baseline_summary: the study's summary.mat for the baseline rows ("bundled": the
-    copy shipped with histoxai; "": no baselines).
-    Returns {"table", "models", "data", "baseline", "maps", "cached"}.
+    copy shipped with histoxai; "": no baselines). champions: model name -> champion folder (`histoxai
+    models fetch`), scored beside it as <name>_champion and compared in comparison.json.
+    Returns {"table", "models", "data", "baseline", "maps", "cached", "comparisons"}.
     """
     from tqdm import tqdm
 
+    from histoxai.components.evaluate import champion, report
     from histoxai.components.evaluate import maps as map_images
-    from histoxai.components.evaluate import report
 
     if not models:
         raise InputError("--model: none given; expected one or more training output folders")
@@ -313,6 +235,8 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
         baseline = compute_baselines(summary, repeats=baseline_repeats, seed=seed, progress=progress)
     with contextlib.ExitStack() as stack:
         sources = [open_model(spec, stack) for spec in models]
+        pairs = champion.champions(champions, [m.name for m in sources])
+        sources += [open_model(f"{pair.name}={pair.uri}", stack) for pair in pairs]
         names = [m.name for m in sources]
         if len(set(names)) != len(names):
             raise InputError(f"--model: two models named {sorted({n for n in names if names.count(n) > 1})}; "
@@ -322,7 +246,7 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
 
             check_targets(evaluation.frame, model.targets, f"--data (targets of model {model.name})")
         with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.EVALUATION_TABLE) as stage:
-            tables, map_files, cached = [], {}, {}
+            tables, map_files, cached, predictions = [], {}, {}, {}
             steps = [(m, s) for m in sources for s in evaluation.samples]
             by_sample = dict(tuple(evaluation.frame.groupby("sample", sort=False)))
             for model in sources:
@@ -341,10 +265,14 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
                         map_images.write_maps(arrays, stage / relative_map,
                                               title=f"model {model.name} - sample {sample} - {target}")
                         map_files[(model.name, sample, target)] = f"{relative_map}.png"
-                tables.append(score(model, pd.concat(parts, ignore_index=True), evaluation.training_samples))
+                predictions[model.name] = pd.concat(parts, ignore_index=True)
+                tables.append(score(model, predictions[model.name], evaluation.training_samples))
             table = pd.concat(tables, ignore_index=True)
+            comparisons = champion.write_comparisons(stage, pairs, predictions,
+                                                     {m.name: m.targets for m in sources},
+                                                     evaluation.training_samples)
             result = {"table": table, "models": sources, "data": evaluation, "baseline": baseline,
-                      "maps": map_files, "cached": cached}
+                      "maps": map_files, "cached": cached, "comparisons": comparisons}
             if baseline is not None:
                 from histoxai.components.evaluate.baseline import write_baselines
 

@@ -9,6 +9,11 @@ again after a crash or preemption and training continues after the last finished
 Precision and XLA follow the device unless the config sets them: mixed_float16 + XLA on a GPU,
 float32 without XLA on a CPU. Several GPUs train together (MirroredStrategy).
 
+--tensorboard projects/P/locations/L/tensorboards/ID also writes each epoch's scalars to that Vertex AI
+TensorBoard instance once training ends: experiment = OUT's folder name, run = the model's kind and
+targets (e.g. multitask-md-fa); steps the run already holds are not written again.
+Open OUT's local logs with `tensorboard --logdir OUT/tensorboard`.
+
 Examples:
   histoxai train --config demo --data out/split/split.parquet --targets CC --out out/cc
   histoxai train --config thesis --data gs://b/split/split.parquet --targets MD,FA \\
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 
+from histoxai.components.train.params import DEFAULTS
 from histoxai.errors import InputError
 
 
@@ -37,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="exit abruptly (code 75) after N epochs of this invocation, as a preempted "
                              "job would; rehearses resuming")
+    parser.add_argument("--tensorboard", default=DEFAULTS.tensorboard, metavar="RESOURCE",
+                        help="also write each epoch's scalars to this Vertex AI TensorBoard instance, "
+                             "projects/P/locations/L/tensorboards/ID (experiment: OUT's folder name; "
+                             "endpoint: the region's, or $HISTOXAI_VERTEX_ENDPOINT)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -52,6 +62,11 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"--stop-after-epochs {args.stop_after_epochs}: expected a positive integer")
     config = load_config(args.config, overrides)
     artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
+    if args.tensorboard:  # so does a wrong TensorBoard name, before any training
+        from histoxai.vertex_tensorboard import parse_tensorboard
+
+        parse_tensorboard(args.tensorboard, "--tensorboard")
+        experiment = _experiment(args.out)
     import_tensorflow()
     metrics = train(config, args.data, args.out, overwrite=args.overwrite,
                     stop_after_epochs=args.stop_after_epochs)
@@ -59,3 +74,26 @@ def run(args: argparse.Namespace) -> None:
         shown = ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a" for t, v in values.items())
         print(f"R² {split} (n={metrics['n'][split]}): {shown}")
     print(f"wrote {args.out}")
+    if args.tensorboard:
+        _upload(args, config, experiment)
+
+
+def _experiment(out: str) -> str:
+    """The TensorBoard experiment of a CLI run: OUT's folder name as a valid id."""
+    from histoxai.vertex_tensorboard import resource_id
+
+    return resource_id(str(out).rstrip("/").rsplit("/", 1)[-1], "--out")
+
+
+def _upload(args: argparse.Namespace, config, experiment: str) -> None:
+    import io
+
+    import pandas as pd
+
+    from histoxai import artifacts, storage
+    from histoxai.vertex_tensorboard import run_id, upload_history
+
+    history = pd.read_csv(io.StringIO(storage.read_text(storage.join(args.out, artifacts.TRAIN_HISTORY))))
+    sent = upload_history(history, tensorboard=args.tensorboard, experiment=experiment,
+                          run=run_id(config.targets))
+    print(f"TensorBoard: {sent['written']} scalars written, {sent['skipped']} already there; {sent['url']}")

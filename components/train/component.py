@@ -44,6 +44,8 @@ def train_model(
     data: Input[Dataset],
     config: str,
     targets: str,
+    tensorboard: str,
+    run_name: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -52,6 +54,9 @@ def train_model(
     model: the training output folder (model.keras, config.yaml, history.csv, metrics.json,
     tensorboard/), with lineage metadata; metrics: R² per split and target (r2_<split>_<target>) and
     the patch counts (n_<split>). A retried task resumes from the checkpoints in its own output.
+    tensorboard: a Vertex AI TensorBoard instance (projects/P/locations/L/tensorboards/ID) or "":
+    after training, each epoch's scalars go to its experiment `run_name` (the pipeline job's name),
+    run <kind>-<targets> (e.g. multitask-md-fa); a retry uploads again without duplicating a step.
     """
     import hashlib
     import json
@@ -62,6 +67,11 @@ def train_model(
     from histoxai.training import train
 
     resolved = config_from_yaml(config, {"targets": targets}, "resolved config")
+    if tensorboard:  # a wrong name fails the task before hours of training, not after
+        from histoxai.vertex_tensorboard import parse_tensorboard, resource_id
+
+        parse_tensorboard(tensorboard)
+        resource_id(run_name, "run_name")
     out, data_uri = location(model), location(data)
     finished = storage.join(out, artifacts.TRAIN_METRICS)
     if storage.exists(finished):  # a retry of a task whose training had already finished
@@ -86,3 +96,16 @@ def train_model(
         "code_version": code_version(), "device": result["device"], "epochs": result["epochs"],
         "files": "model.keras, config.yaml, history.csv, metrics.json, tensorboard/",
     })
+    if tensorboard:
+        import io
+
+        import pandas as pd
+
+        from histoxai import vertex_tensorboard
+
+        history = pd.read_csv(io.StringIO(storage.read_text(storage.join(out, artifacts.TRAIN_HISTORY))))
+        sent = vertex_tensorboard.upload_history(history, tensorboard=tensorboard, experiment=run_name,
+                                                 run=vertex_tensorboard.run_id(resolved.targets))
+        model.metadata["tensorboard_experiment"] = sent["experiment"]
+        print(f"TensorBoard: {sent['written']} scalars written, {sent['skipped']} already there; "
+              f"{sent['url']}", flush=True)
