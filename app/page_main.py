@@ -1,4 +1,5 @@
-"""Main page: the run's outputs, models and their configs, the Table 4.1 report, the trust report, links."""
+"""Main page: the run's outputs, models and their configs, learning curves, measured vs predicted, the
+Table 4.1 report, the trust report, links."""
 
 import re
 
@@ -6,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from histoxai import artifacts, storage
-from histoxai.app import cache, controls, runs, settings
+from histoxai.app import cache, controls, figures, runs, settings
 
 PAGES = (("page_single_target.py", "Single Target", "a grid of patches with one method's overlay"),
          ("page_multiple_targets.py", "Multiple Targets", "one patch, the maps of every target"),
@@ -71,6 +72,8 @@ def main() -> None:
                     if text is not None:
                         st.caption(name)
                         st.code(text, language=language)
+
+    figures.show(index, config.root)
 
     for folder in index.evaluate:
         report = _text(storage.join(folder, artifacts.REPORT_MARKDOWN), config.root, what="evaluation report")

@@ -16,7 +16,8 @@ $HISTOXAI_SAMPLES_BUCKET), the folder the registry describes.
 
 Vertex AI settings default to the variables the trigger itself reads (HISTOXAI_PROJECT,
 HISTOXAI_REGION, HISTOXAI_PIPELINE_ROOT, HISTOXAI_PIPELINE_TEMPLATE, HISTOXAI_SERVICE_ACCOUNT,
-HISTOXAI_RUN_PARAMETERS); `terraform -chdir=infra/terraform output` shows their values.
+HISTOXAI_RUN_PARAMETERS, HISTOXAI_EXPERIMENT, HISTOXAI_MODEL_REGISTRY, HISTOXAI_TENSORBOARD);
+`terraform -chdir=infra/terraform output` shows their values.
 
 Examples:
   histoxai retrain --register-only --sample gs://my-proj-histoxai-samples/3 \\
@@ -54,6 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compiled pipeline YAML, local or gs:// (default $HISTOXAI_PIPELINE_TEMPLATE; "
                              "none: compile the installed code)")
     add_vertex_arguments(parser.add_argument_group("Vertex AI"))
+    deployment = parser.add_argument_group("what the deployment adds to every run")
+    deployment.add_argument("--experiment", default=os.environ.get("HISTOXAI_EXPERIMENT") or None,
+                            help="Vertex AI experiment the run joins, created when missing (default "
+                                 "$HISTOXAI_EXPERIMENT, else none)")
+    deployment.add_argument("--model-registry", default=os.environ.get("HISTOXAI_MODEL_REGISTRY", ""),
+                            metavar="LOCATION", help="run parameter model_registry unless --param or "
+                            "$HISTOXAI_RUN_PARAMETERS sets it (default $HISTOXAI_MODEL_REGISTRY)")
+    deployment.add_argument("--tensorboard", default=os.environ.get("HISTOXAI_TENSORBOARD", ""),
+                            metavar="RESOURCE", help="run parameter tensorboard unless --param or "
+                            "$HISTOXAI_RUN_PARAMETERS sets it (default $HISTOXAI_TENSORBOARD)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="another run parameter (value in YAML), over $HISTOXAI_RUN_PARAMETERS; "
                              "samples_uri and samples come from the registry")
@@ -119,7 +130,8 @@ def run(args: argparse.Namespace) -> None:
                   **parse_param_pairs(args.param)}
     settings = Settings(samples_uri=root, pipeline_root=args.pipeline_root or "", project=args.project,
                         region=args.region, template=args.package, service_account=args.service_account,
-                        parameters=parameters, api_endpoint=args.api_endpoint)
+                        parameters=parameters, api_endpoint=args.api_endpoint, experiment=args.experiment,
+                        model_registry=args.model_registry, tensorboard=args.tensorboard)
     for sample in samples:
         marker = storage.join(root, sample, READY)
         data, generation = storage.read_versioned(marker)

@@ -2,8 +2,8 @@
 
 Vertex AI (the default): the run goes to --project (default $HISTOXAI_PROJECT or $GOOGLE_CLOUD_PROJECT)
 in --region, writes its artifacts under --pipeline-root gs://..., runs as --service-account and
-carries --label KEY=VALUE labels. Credentials are Application Default Credentials
-(`gcloud auth application-default login`, or a service account on Google Cloud).
+carries --label KEY=VALUE labels; --experiment NAME adds it to that Vertex AI experiment. Credentials
+are Application Default Credentials (`gcloud auth application-default login`, or a service account).
 Kubeflow Pipelines: --kfp-host URL (e.g. http://localhost:8888 after `make minikube-up`).
 --schedule CRON creates a Vertex AI pipeline schedule or a KFP recurring run instead of one run;
 --wait blocks until a single run ends. --no-cache turns step caching off for this run.
@@ -34,6 +34,8 @@ from histoxai.errors import InputError
 from histoxai.pipelines.cli_compile import COMPILE_OPTIONS, add_compile_arguments, compile_options
 from histoxai.pipelines.params import add_parameter_arguments
 
+KFP_EXPERIMENT = "histoxai"  # KFP files every run under an experiment
+
 
 def add_vertex_arguments(group) -> None:
     """Where a Vertex AI run goes and as whom it runs (also `histoxai retrain`'s options)."""
@@ -58,13 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run on this 5-field cron schedule (e.g. '0 3 * * 1') instead of once")
     parser.add_argument("--wait", action="store_true", help="wait for a single run to end")
     parser.add_argument("--no-cache", action="store_true", help="turn step caching off for this run")
+    parser.add_argument("--experiment", default=os.environ.get("HISTOXAI_EXPERIMENT"),
+                        help="Vertex AI: the Vertex AI experiment the run joins, created when missing (its "
+                             "parameters and metrics listed beside the other runs'); default "
+                             "$HISTOXAI_EXPERIMENT, else none; not with --schedule, which Vertex AI "
+                             "schedules cannot carry. KFP: the experiment the run or recurring run goes "
+                             f"into (default $HISTOXAI_EXPERIMENT, else {KFP_EXPERIMENT})")
     vertex = parser.add_argument_group("Vertex AI")
     add_vertex_arguments(vertex)
     vertex.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="label on the run (repeatable)")
     kfp_group = parser.add_argument_group("Kubeflow Pipelines")
     kfp_group.add_argument("--kfp-host", help="KFP API endpoint; submits there instead of Vertex AI")
-    kfp_group.add_argument("--experiment", default="histoxai", help="KFP experiment (default histoxai)")
     kfp_group.add_argument("--namespace", help="KFP namespace (multi-user deployments)")
     add_parameter_arguments(parser)
     add_compile_arguments(parser, caching=False)
@@ -103,11 +110,12 @@ def _package(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     from kfp import components
 
+    from histoxai.gcp import default_credentials
     from histoxai.pipelines.params import check_parameters, parameters_from_args
     from histoxai.pipelines.submit import (
         check_cron,
+        check_experiment,
         check_vertex_images,
-        default_credentials,
         submit_kfp,
         submit_vertex,
         vertex_job,
@@ -115,13 +123,19 @@ def run(args: argparse.Namespace) -> None:
 
     if args.schedule:
         check_cron(args.schedule)
+    if args.experiment and not args.kfp_host:  # before anything is compiled or sent
+        check_experiment(args.experiment)
+        if args.schedule:
+            raise InputError(f"--experiment {args.experiment}: Vertex AI pipeline schedules take no "
+                             "experiment; leave out --experiment or --schedule")
     values = parameters_from_args(args)
     caching = False if args.no_cache else None  # None: the compiled per-step settings
     with _package(args) as package:
         parameters = check_parameters(values, components.load_component_from_file(package).component_spec)
         if args.kfp_host:
             result = submit_kfp(package, host=args.kfp_host, parameters=parameters,
-                                experiment=args.experiment, run_name=args.run_name, caching=caching,
+                                experiment=args.experiment or KFP_EXPERIMENT, run_name=args.run_name,
+                                caching=caching,
                                 schedule=args.schedule, namespace=args.namespace,
                                 service_account=args.service_account, wait=args.wait)
         else:
@@ -136,6 +150,6 @@ def run(args: argparse.Namespace) -> None:
                              parameters=parameters, labels=_labels(args.label), caching=caching,
                              run_name=args.run_name, credentials=credentials, api_endpoint=args.api_endpoint)
             result = submit_vertex(job, service_account=args.service_account, schedule=args.schedule,
-                                   wait=args.wait, run_name=args.run_name)
+                                   wait=args.wait, run_name=args.run_name, experiment=args.experiment)
     for key, value in result.items():
         print(f"{key:15s} {value}")

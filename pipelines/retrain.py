@@ -12,7 +12,10 @@ For that marker, and for nothing else, `retrain_sample`:
    generation as precondition, so two concurrent uploads never lose an entry, and in the same write
    claims the run for this marker (keyed by the marker's object generation);
 4. submits one Vertex AI pipeline run over every active (not quarantined) registered sample and
-   records it in the registry. `histoxai retrain --list / --quarantine / --release` manage the states.
+   records it in the registry; the run joins the deployment's Vertex AI experiment and takes its model
+   registry and TensorBoard as run parameters (HISTOXAI_EXPERIMENT, HISTOXAI_MODEL_REGISTRY,
+   HISTOXAI_TENSORBOARD), unless HISTOXAI_RUN_PARAMETERS sets those parameters itself.
+   `histoxai retrain --list / --quarantine / --release` manage the states.
 The same event delivered again finds its run claimed or recorded and submits nothing. If a delivery
 dies after its claim, a redelivery takes the claim over once it is CLAIM_TIMEOUT old, and Vertex AI
 refuses a second run with the marker's job id. Uploading READY again (a new generation) retrains.
@@ -68,6 +71,9 @@ class Settings:
     service_account: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # other run parameters, e.g. config
     api_endpoint: str | None = None
+    experiment: str | None = None  # the Vertex AI experiment every run joins
+    model_registry: str = ""  # run parameter model_registry unless `parameters` sets it
+    tensorboard: str = ""  # run parameter tensorboard (a Vertex AI TensorBoard) unless `parameters` sets it
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
@@ -82,7 +88,10 @@ class Settings:
                    template=env.get("HISTOXAI_PIPELINE_TEMPLATE", ""),
                    service_account=env.get("HISTOXAI_SERVICE_ACCOUNT") or None,
                    parameters=run_parameters(env.get("HISTOXAI_RUN_PARAMETERS", "")),
-                   api_endpoint=env.get("HISTOXAI_VERTEX_ENDPOINT") or None)
+                   api_endpoint=env.get("HISTOXAI_VERTEX_ENDPOINT") or None,
+                   experiment=env.get("HISTOXAI_EXPERIMENT") or None,
+                   model_registry=env.get("HISTOXAI_MODEL_REGISTRY", ""),
+                   tensorboard=env.get("HISTOXAI_TENSORBOARD", ""))
 
 
 def run_parameters(text: str) -> dict[str, Any]:
@@ -235,20 +244,23 @@ def _template(settings: Settings) -> Iterator[str]:
         yield path
 
 
+def _deployment_parameters(settings: Settings, spec) -> dict[str, str]:
+    """The run parameters the deployment sets (the model registry, the TensorBoard), for a pipeline that
+    takes them; an older compiled pipeline without them runs as it was compiled."""
+    inputs = spec.inputs or {}
+    given = {"model_registry": settings.model_registry, "tensorboard": settings.tensorboard}
+    return {name: value for name, value in given.items() if value and name in inputs}
+
+
 def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str) -> dict:
     """Submit the pipeline over `samples` to Vertex AI as job `run_id`; a run of that id already there
     (an earlier delivery got through) is returned as is."""
     from kfp import components
 
     from histoxai.config import config_from_yaml, parse_overrides
+    from histoxai.gcp import default_credentials
     from histoxai.pipelines.params import check_parameters
-    from histoxai.pipelines.submit import (
-        RunExists,
-        check_vertex_images,
-        default_credentials,
-        submit_vertex,
-        vertex_job,
-    )
+    from histoxai.pipelines.submit import RunExists, check_vertex_images, submit_vertex, vertex_job
 
     if not settings.pipeline_root:
         raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
@@ -261,14 +273,16 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
     label = re.sub(r"[^a-z0-9_-]+", "-", sample.lower())[:63]
     with _template(settings) as package:
         check_vertex_images(package, settings.template or "the pipeline compiled from the installed code")
-        parameters = check_parameters(values, components.load_component_from_file(package).component_spec)
+        spec = components.load_component_from_file(package).component_spec
+        parameters = check_parameters({**_deployment_parameters(settings, spec), **values}, spec)
         job = vertex_job(package, project=project, region=settings.region,
                          pipeline_root=settings.pipeline_root, parameters=parameters,
                          labels={"trigger": "retrain", "sample": label},
                          run_name=f"histoxai-retrain-{sample}", credentials=credentials,
                          api_endpoint=settings.api_endpoint, job_id=run_id)
         try:
-            return submit_vertex(job, service_account=settings.service_account)
+            return submit_vertex(job, service_account=settings.service_account,
+                                 experiment=settings.experiment)
         except RunExists:
             name = f"projects/{project}/locations/{settings.region}/pipelineJobs/{run_id}"
             return {"run": name, "url": f"https://console.cloud.google.com/vertex-ai/locations/"

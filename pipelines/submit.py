@@ -4,21 +4,21 @@ Both take the YAML package `histoxai compile` writes and the run parameters, and
 failures (no credentials, no project, refused request, unreachable endpoint) into one InputError.
 Vertex AI is reached over its REST transport; `api_endpoint` may name another endpoint (a regional
 or private one). Schedules: a 5-field cron (Vertex AI's format, optionally with a TZ= prefix); KFP
-recurring runs take 6 fields with seconds first, so a 5-field cron gets "0 " put in front.
+recurring runs take 6 fields with seconds first, so a 5-field cron gets "0 " put in front. A Vertex AI
+run may join a Vertex AI experiment; a Vertex AI schedule cannot carry one, so that pair is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
-from histoxai import storage
+from histoxai import gcp, storage
 from histoxai.errors import InputError
 
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_EXPERIMENT = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 _TZ = re.compile(r"^(CRON_TZ|TZ)=\S+\s+")
 
 
@@ -29,6 +29,14 @@ def check_cron(cron: str) -> str:
         raise InputError(f"--schedule {cron!r}: expected a cron expression of 5 fields "
                          "(minute hour day-of-month month day-of-week), e.g. '0 3 * * 1'")
     return cron.strip()
+
+
+def check_experiment(name: str) -> str:
+    """A Vertex AI experiment name: it becomes a metadata context id ([a-z0-9][a-z0-9-]{0,127})."""
+    if not _EXPERIMENT.match(name):
+        raise InputError(f"--experiment {name!r}: expected lowercase letters, digits and '-', starting with "
+                         "a letter or digit, at most 128 characters (Vertex AI's experiment names)")
+    return name
 
 
 def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -78,42 +86,8 @@ class RunExists(InputError):
     """Vertex AI already has a run with this job id (a retried submission that went through before)."""
 
 
-def default_credentials(project: str | None, what: str = "submit"):
-    """Application Default Credentials and the project to use, or one clear InputError."""
-    import google.auth
-    from google.auth import exceptions as auth_exc
-
-    try:
-        credentials, adc_project = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    except auth_exc.DefaultCredentialsError as err:
-        raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
-                         f"or set GOOGLE_APPLICATION_CREDENTIALS ({str(err).splitlines()[0]})") from err
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or adc_project
-    if not project:
-        raise InputError(f"{what}: no Google Cloud project; pass --project or set GOOGLE_CLOUD_PROJECT")
-    return credentials, project
-
-
-@contextlib.contextmanager
-def _google_errors(what: str) -> Iterator[None]:
-    from google.api_core import exceptions as api_exc
-    from google.auth import exceptions as auth_exc
-
-    try:
-        yield
-    except api_exc.AlreadyExists as err:
-        raise RunExists(f"{what}: Vertex AI already has this run ({err.message})") from err
-    except auth_exc.DefaultCredentialsError as err:
-        raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
-                         "or set GOOGLE_APPLICATION_CREDENTIALS") from err
-    except auth_exc.RefreshError as err:
-        raise InputError(f"{what}: the Google Cloud credentials were refused ({err}); "
-                         "run `gcloud auth application-default login` again") from err
-    except api_exc.GoogleAPICallError as err:
-        raise InputError(f"{what}: Vertex AI refused the request: {err.code} {err.message}") from err
-    except (api_exc.RetryError, ConnectionError) as err:
-        raise InputError(f"{what}: Vertex AI unreachable ({err})") from err
+def _google_errors(what: str):
+    return gcp.vertex_errors(what, exists=RunExists, thing="this run")
 
 
 def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, parameters: Mapping,
@@ -140,10 +114,17 @@ def vertex_job(package: str, *, project: str, region: str, pipeline_root: str, p
 
 
 def submit_vertex(job, *, service_account: str | None = None, schedule: str | None = None,
-                  wait: bool = False, run_name: str | None = None) -> dict:
-    """Create the run (or, with `schedule`, a PipelineJobSchedule); returns its resource name and link."""
+                  wait: bool = False, run_name: str | None = None, experiment: str | None = None) -> dict:
+    """Create the run (or, with `schedule`, a PipelineJobSchedule); returns its resource name and link.
+    With `experiment`, the run joins that Vertex AI experiment (created when it does not exist), which
+    lists its parameters and metrics beside the other runs'."""
     from google.cloud import aiplatform
 
+    if experiment:
+        check_experiment(experiment)
+        if schedule:  # PipelineJobSchedule.create takes no experiment: say so rather than drop it
+            raise InputError(f"--experiment {experiment}: Vertex AI pipeline schedules take no experiment; "
+                             "leave out --experiment or --schedule")
     with _google_errors("submit"):
         if schedule:
             planned = aiplatform.PipelineJobSchedule(pipeline_job=job, display_name=run_name or "histoxai",
@@ -151,10 +132,22 @@ def submit_vertex(job, *, service_account: str | None = None, schedule: str | No
             planned.create(cron=check_cron(schedule), max_concurrent_run_count=1,
                            service_account=service_account)
             return {"schedule": planned.resource_name, "cron": schedule}
-        job.submit(service_account=service_account)
+        # the experiment first (created when missing): a name Vertex AI refuses stops before the run
+        joined = experiment and aiplatform.Experiment.get_or_create(
+            experiment, project=job.project, location=job.location, credentials=job.credentials)
+        try:
+            job.submit(service_account=service_account, experiment=joined or None)
+        except RuntimeError as err:  # aiplatform's way of saying the run could not join the experiment
+            if not _created(job):
+                raise InputError(f"--experiment {experiment}: {err}") from err
+            # the run exists and goes ahead: report, do not fail (a retry would find the run taken)
+            joined = None
+            note = gcp.first_line(err.__cause__ or err)
         result = {"run": job.resource_name,
                   "url": f"https://console.cloud.google.com/vertex-ai/locations/{job.location}/pipelines/runs/"
                          f"{job.name}?project={job.project}"}
+        if experiment:
+            result["experiment"] = experiment if joined else f"{experiment} (not joined: {note})"
         if wait:
             try:
                 job.wait()
@@ -162,6 +155,13 @@ def submit_vertex(job, *, service_account: str | None = None, schedule: str | No
                 raise InputError(f"run {job.resource_name} did not succeed: {err}") from err
             result["state"] = job.state.name
         return result
+
+
+def _created(job) -> bool:
+    try:
+        return bool(job.resource_name)
+    except RuntimeError:  # aiplatform: the resource has no name yet
+        return False
 
 
 def _kfp_cron(cron: str) -> str:

@@ -3,6 +3,7 @@ small real run (a tiny model trained, evaluated and explained by the project's o
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from histoxai import config as configs
-from histoxai import storage
-from histoxai.app import auth, data, render, runs, tiles
+from histoxai import plots, storage
+from histoxai.app import auth, data, figures, render, runs, tiles
 from histoxai.app.settings import ENV
 from histoxai.cli import main
 from histoxai.colour import COLOUR_MAPS
@@ -376,3 +378,23 @@ def test_trust_lines_lead_with_the_verdict_and_never_pass_an_undefined_check():
     lines = tiles.trust_lines(trust, ("m", "CC", "vanilla", "", "increase"))
     assert lines[0] == "verdict: does not beat: darkness, edges"
     assert lines[-1].endswith("⚠ check undefined")
+
+
+def test_main_page_shows_learning_curves_and_measured_vs_predicted(run, app_env):
+    at = _app()
+    captions = _captions(at)
+    assert captions[0] == "learning curves: models/tiny"
+    assert captions[1:] == [f"model tiny, {t}: measured vs predicted (test set and held-out samples)"
+                            for t in ("MD", "FA", "CC")]
+    assert [s.value for s in at.subheader if "Learning" in s.value or "Measured" in s.value] == [
+        "Learning curves", "Measured vs predicted (evaluate)"]
+    assert len({i.value[0] for i in at.main.image}) == 4  # four different pictures
+    # the pictures are histoxai.plots' drawings of the run's own files, read inside the root only
+    folder, root = run["run"], str(run["root"])
+    history = pd.read_csv(folder / "models" / "tiny" / "history.csv")
+    curves = figures.learning_curves(str(folder / "models" / "tiny"), root, "model models/tiny")
+    assert curves == plots.learning_curves(history, "model models/tiny")
+    scatter = dict(figures.scatter_plots(str(folder / "evaluate"), root))
+    assert Image.open(io.BytesIO(scatter[captions[1]])).size == (550, 500)
+    with pytest.raises(InputError, match="outside the app's root"):
+        figures.learning_curves(str(folder / "models" / "tiny"), str(folder / "split"), "x")

@@ -292,3 +292,36 @@ def test_kfp_component_runs_locally(setup, tmp_path):
     assert logged["r2_multitask_MD_sample_1"] == pytest.approx(table.loc[("MD", "1"), "r2"])
     assert "Table 4.1" in (task_dir / "report_html").read_text()
     assert (task_dir / "evaluation" / "predictions" / "multitask" / "2.parquet").exists()
+
+
+def test_report_plots_learning_curves_and_measured_vs_predicted(setup):
+    import base64
+
+    from histoxai import plots
+
+    out = setup["out"]
+    markdown, page = (out / artifacts.REPORT_MARKDOWN).read_text(), (out / artifacts.REPORT_HTML).read_text()
+    for model in ("a", "b"):
+        curves = out / "plots" / model / "learning-curves.png"
+        assert Image.open(curves).size == (1000, 400)
+        assert curves.read_bytes() == plots.learning_curves(
+            pd.read_csv(setup["model"] / artifacts.TRAIN_HISTORY), f"model {model}: learning curves")
+        assert f"](plots/{model}/learning-curves.png)" in markdown
+        for target in ("MD", "CC"):
+            scatter = (out / "plots" / model / f"{target}.png").read_bytes()
+            assert Image.open(io.BytesIO(scatter)).size == (550, 500)
+            caption = f"model {model}, {target}: measured vs predicted"
+            assert f"![{caption}](plots/{model}/{target}.png)" in markdown
+            assert f"data:image/png;base64,{base64.b64encode(scatter).decode()}" in page  # one-file HTML
+    # the scatter shows the test patches of samples 1 and 2 and every patch of 7, 8, 9 with a measured MD
+    folder = out / ev.PREDICTIONS_DIR / "a"
+    predictions = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))], ignore_index=True)
+    shown = plots.shown_patches(predictions, ["1", "2"])
+    expected = predictions[(predictions["split"] == "test") | predictions["sample"].isin(["7", "8", "9"])]
+    assert len(shown) == len(expected) and set(shown["points"]) == {
+        "sample 1 (test set)", "sample 2 (test set)", "sample 7 (held out)", "sample 8 (held out)",
+        "sample 9 (held out)"}
+    axes = plots.scatter_figure(shown, "MD", "MD", by="points").axes[0]
+    assert sum(len(c.get_offsets()) for c in axes.collections) == len(expected) - 3  # 3 MD missing in 9
+    assert (out / "plots" / "a" / "MD.png").read_bytes() == plots.measured_vs_predicted(
+        shown, "MD", "model a: MD, test set and held-out samples", by="points")

@@ -18,6 +18,8 @@ from histoxai.components.explain.component import explain_model
 from histoxai.components.ingest import ingest
 from histoxai.components.ingest import params as ingest_params
 from histoxai.components.ingest.component import ingest as ingest_component
+from histoxai.components.register import params as register_params
+from histoxai.components.register.component import register_model
 from histoxai.components.split import params as split_params
 from histoxai.components.split import split
 from histoxai.components.split.component import split as split_component
@@ -56,7 +58,8 @@ STEPS = {
              {"tuning_trials": "tuning_trials", "timeout_s": "tuning_timeout_s", "targets": "tuning_targets",
               "startup_trials": "tuning_startup_trials", "search_space": "tuning_search_space"}),
     "train": (train_params.DEFAULTS, {}, [], None,
-              {"multitask_targets": "multitask_targets", "single_task_targets": "single_task_targets"}),
+              {"multitask_targets": "multitask_targets", "single_task_targets": "single_task_targets",
+               "tensorboard": "tensorboard"}),
     "evaluate": (evaluate_params.DEFAULTS,
                  {**{f: (["evaluate", "--model", "M", "--data", "D", "--out", "O"], f)
                      for f in ("baseline_summary", "baseline_repeats", "seed", "batch_size")},
@@ -76,6 +79,12 @@ STEPS = {
                 {"shard_range": "explain_shard_ranges"} | {
                     f: f"explain_{f}" for f in ("methods", "scores", "splits", "samples", "max_patches",
                                                 "phantom_dir", "trust_patches")}),
+    "register": (register_params.DEFAULTS,
+                 {f"promotion_{f}": (["register", "--model", "M", "--split", "S", "--evaluation", "E",
+                                      "--evaluated-as", "multitask", "--registry", "R", "--name", "n"], f)
+                  for f in ("metric", "margin", "tolerance")},
+                 [], register_model,
+                 {f: f for f in dataclasses.asdict(register_params.DEFAULTS)}),
 }
 # pipeline parameters that belong to the run, not to one step
 RUN_PARAMETERS = {"samples_uri", "samples", "config", "config_overrides", "tuning"}

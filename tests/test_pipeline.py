@@ -320,7 +320,7 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     }
     run = run_local(arguments, str(tmp_path / "runs"))
     captured = capsys.readouterr()
-    assert captured.out.count("  done ") == 12 and "for-loop-1-iteration-1/ingest" in captured.out
+    assert captured.out.count("  done ") == 14 and "for-loop-1-iteration-1/ingest" in captured.out
     assert "pipeline: 100%" in captured.err  # the progress bar
 
     summary = run.summary

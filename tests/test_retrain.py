@@ -340,3 +340,81 @@ def test_retrain_command(cloud, sample_files, tmp_path, monkeypatch, capsys):
     assert (f"sample 12 rejected: {samples_uri}/12/{layout.MR_MAT}: not a MATLAB file"
             in capsys.readouterr().err)
     assert len(vertex_recorder.recorded(record)) == 1
+
+
+@pytest.fixture
+def metadata(tmp_path, monkeypatch):
+    """A stand-in for Vertex AI's metadata store (experiments are contexts in it) and Google's token
+    endpoint, with credentials and HISTOXAI_VERTEX_ENDPOINT pointing at it."""
+    from tests.fake_service import FakeService
+
+    contexts = {}
+    store = f"projects/{PROJECT}/locations/europe-west4/metadataStores/default"
+
+    def create(match, body, query):
+        contexts[query["contextId"][0]] = {**body, "name": f"{store}/contexts/{query['contextId'][0]}"}
+        return contexts[query["contextId"][0]]
+
+    service = FakeService({
+        ("POST", "/token"): lambda m, b, q: {"access_token": "t", "expires_in": 3600, "token_type": "Bearer"},
+        ("GET", rf"/v1/{store}"): lambda m, b, q: {"name": store},
+        ("GET", rf"/v1/{store}/contexts/([\w-]+)"): lambda m, b, q: contexts.get(m.group(1)) or (
+            404, {"error": {"code": 404, "status": "NOT_FOUND", "message": "no such context"}}),
+        ("POST", rf"/v1/{store}/contexts"): create,
+    })
+    monkeypatch.setenv("HISTOXAI_VERTEX_ENDPOINT", service.url)
+    key = vertex_recorder.service_account_key(tmp_path / "metadata-key.json", f"{service.url}/token")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    yield service
+    service.close()
+
+
+def test_runs_join_the_experiment_and_take_the_registry_and_tensorboard(cloud, sample_files, tmp_path,
+                                                                        monkeypatch, metadata):
+    """What Terraform sets (HISTOXAI_EXPERIMENT, HISTOXAI_MODEL_REGISTRY, HISTOXAI_TENSORBOARD) reaches
+    the submitted run, unless the run parameters name a registry or TensorBoard themselves."""
+    from google.cloud import aiplatform
+
+    from histoxai.pipelines.pipeline import build_pipeline
+
+    inputs = build_pipeline().component_spec.inputs
+    assert "model_registry" in inputs and "tensorboard" in inputs
+    for name, value in cloud["env"].items():
+        if name != "GOOGLE_APPLICATION_CREDENTIALS":
+            monkeypatch.setenv(name, value)
+    tensorboard = f"projects/{PROJECT}/locations/europe-west4/tensorboards/77"
+    monkeypatch.setenv("HISTOXAI_EXPERIMENT", "histoxai-retrain")
+    monkeypatch.setenv("HISTOXAI_MODEL_REGISTRY", f"vertex://{PROJECT}/europe-west4")
+    monkeypatch.setenv("HISTOXAI_TENSORBOARD", tensorboard)
+    record = tmp_path / "submitted.jsonl"
+    vertex_recorder.install(record, monkeypatch.setattr)
+    recorded_submit, experiments = aiplatform.PipelineJob.submit, []
+
+    def submit(self, service_account=None, experiment=None, **rest):  # the experiment the run would join
+        experiments.append(experiment.name if experiment else None)
+        return recorded_submit(self, service_account=service_account, **rest)
+
+    monkeypatch.setattr(aiplatform.PipelineJob, "submit", submit)
+    samples_uri = f"gs://{cloud['bucket']}/deployed"
+    for sample in ("31", "32"):
+        upload_sample(sample_files, f"{samples_uri}/{sample}")
+    settings = retrain.Settings(**{**retrain.Settings.from_env().__dict__, "samples_uri": samples_uri})
+    assert retrain.retrain_sample(settings, "31", str(storage.stat(f"{samples_uri}/31/READY")[1])).status \
+        == "submitted"
+    (run,) = vertex_recorder.recorded(record)
+    values = run["job"]["runtimeConfig"]["parameterValues"]
+    assert values["model_registry"] == f"vertex://{PROJECT}/europe-west4"
+    assert values["tensorboard"] == tensorboard
+    assert experiments == ["histoxai-retrain"]
+    (created,) = metadata.find("POST", r".*/metadataStores/default/contexts")
+    assert created["query"]["contextId"] == ["histoxai-retrain"]
+    assert created["body"]["schemaTitle"] == "system.Experiment"
+
+    # run parameters that name a registry keep it; no experiment: none joined
+    monkeypatch.setenv("HISTOXAI_RUN_PARAMETERS", json.dumps({"model_registry": "gs://elsewhere/models"}))
+    monkeypatch.delenv("HISTOXAI_EXPERIMENT")
+    settings = retrain.Settings(**{**retrain.Settings.from_env().__dict__, "samples_uri": samples_uri})
+    retrain.retrain_sample(settings, "32", str(storage.stat(f"{samples_uri}/32/READY")[1]))
+    values = vertex_recorder.recorded(record)[-1]["job"]["runtimeConfig"]["parameterValues"]
+    assert values["model_registry"] == "gs://elsewhere/models" and values["tensorboard"] == tensorboard
+    assert experiments == ["histoxai-retrain", None]

@@ -4,19 +4,16 @@ and the tests read what arrived."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from histoxai.cli import main as histoxai_main
+from tests.fake_service import FakeService
 from tests.vertex_recorder import service_account_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,74 +50,48 @@ def dev_package(tmp_path_factory):
 
 
 
-class FakeService:
-    """A local HTTP server that records requests and answers from `routes`: (method, path regex) ->
-    function(match, body, query) -> JSON-able response."""
-
-    def __init__(self, routes):
-        self.requests: list[dict] = []
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                url = urlparse(self.path)
-                try:
-                    body = json.loads(raw) if raw else {}
-                except ValueError:
-                    body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}  # OAuth token form
-                service.requests.append({"method": self.command, "path": url.path, "body": body,
-                                         "query": parse_qs(url.query),
-                                         "headers": {k.lower(): v for k, v in self.headers.items()}})
-                for (method, pattern), respond in routes.items():
-                    match = re.fullmatch(pattern, url.path)
-                    if method == self.command and match:
-                        data = json.dumps(respond(match, body, parse_qs(url.query))).encode()
-                        self.send_response(200)
-                        break
-                else:
-                    data = json.dumps({"error": {"code": 404, "message": f"no route {url.path}"}}).encode()
-                    self.send_response(404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def find(self, method, pattern):
-        return [r for r in self.requests if r["method"] == method and re.fullmatch(pattern, r["path"])]
-
-
 VERTEX = "/v1/projects/histoxai-test/locations/europe-west4"
 RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
+METADATA = "projects/histoxai-test/locations/europe-west4/metadataStores/default"
+REFUSED_EXPERIMENT = "not-allowed"
 
 
 @pytest.fixture
 def vertex(tmp_path, monkeypatch, gcs_emulator):
     """A stand-in for Vertex AI and Google's token endpoint, and credentials that point at it."""
-    state = {"final": "PIPELINE_STATE_SUCCEEDED"}
+    state = {"final": "PIPELINE_STATE_SUCCEEDED", "running": 0}
+    polls = {}
 
     def created(match, body, query):
         job_id = query["pipelineJobId"][0]
+        polls[job_id] = 0  # (two runs in one second share a job id here)
         return {**body, "name": f"projects/123/locations/europe-west4/pipelineJobs/{job_id}",
                 "state": "PIPELINE_STATE_PENDING"}
 
     def fetched(match, body, query):
-        return {"name": f"projects/123/locations/europe-west4/pipelineJobs/{match.group(1)}",
-                "state": state["final"], "error": {"code": 9, "message": "step train failed"}}
+        name = match.group(1)
+        polls[name] = polls.get(name, 0) + 1  # the first state["running"] answers: still running
+        running = polls[name] <= state["running"]
+        return {"name": f"projects/123/locations/europe-west4/pipelineJobs/{name}",
+                "state": "PIPELINE_STATE_RUNNING" if running else state["final"],
+                "error": {"code": 9, "message": "step train failed"},
+                # the run's own metadata context, which an experiment takes in as a child
+                "jobDetail": {"pipelineRunContext": {"name": f"{METADATA}/contexts/{name}",
+                                                     "schemaTitle": "system.PipelineRun"}}}
+
+    contexts = {}  # the metadata store's contexts by id (experiments, created on first use)
+
+    def context(match, body, query):
+        found = contexts.get(match.group(1))
+        return found or (404, {"error": {"code": 404, "status": "NOT_FOUND", "message": "no context"}})
+
+    def create_context(match, body, query):
+        name = query["contextId"][0]
+        if name == REFUSED_EXPERIMENT:
+            return 403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                   "message": "Permission 'aiplatform.contexts.create' denied"}}
+        contexts[name] = {**body, "name": f"{METADATA}/contexts/{name}"}
+        return contexts[name]
 
     service = FakeService({
         ("POST", "/token"): lambda m, b, q: {"access_token": "token-1", "expires_in": 3600,
@@ -129,6 +100,10 @@ def vertex(tmp_path, monkeypatch, gcs_emulator):
         ("GET", r".*/pipelineJobs/([\w-]+)"): fetched,
         ("POST", f"{VERTEX}/schedules"): lambda m, b, q: {
             **b, "name": "projects/123/locations/europe-west4/schedules/77", "state": "ACTIVE"},
+        ("GET", f"{VERTEX}/metadataStores/default"): lambda m, b, q: {"name": METADATA},
+        ("GET", rf"{VERTEX}/metadataStores/default/contexts/([\w-]+)"): context,
+        ("POST", f"{VERTEX}/metadataStores/default/contexts"): create_context,
+        ("POST", r".*/metadataStores/default/contexts/([\w-]+):addContextChildren"): lambda m, b, q: {},
     })
     # a service account key whose token endpoint is the stand-in (it names no project)
     credentials = service_account_key(tmp_path / "key.json", f"{service.url}/token")
@@ -191,6 +166,47 @@ def test_submit_a_vertex_schedule(package, vertex, gcs_bucket, capsys):
     assert request["pipelineJob"]["runtimeConfig"]["parameterValues"]["samples"] == ["3", "4", "5"]
     assert not vertex.find("POST", f"{VERTEX}/pipelineJobs")
     assert "projects/123/locations/europe-west4/schedules/77" in capsys.readouterr().out
+
+
+def test_submit_joins_a_vertex_experiment(package, vertex, gcs_bucket, capsys):
+    vertex.state["running"] = 1  # the run's context is there once it runs, as aiplatform expects
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--experiment", "histo-nightly")) == 0
+    (create,) = vertex.find("POST", f"{VERTEX}/metadataStores/default/contexts")
+    assert create["query"]["contextId"] == ["histo-nightly"]
+    assert create["body"]["schemaTitle"] == "system.Experiment"
+    (job,) = vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    (child,) = vertex.find("POST", r".*/contexts/histo-nightly:addContextChildren")
+    run_id = job["query"]["pipelineJobId"][0]
+    assert child["body"]["childContexts"] == [f"{METADATA}/contexts/{run_id}"]
+    out = capsys.readouterr().out
+    assert "experiment      histo-nightly" in out and run_id in out
+
+    # the same experiment again: found, not created a second time; the new run joins it too
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--experiment", "histo-nightly")) == 0
+    assert len(vertex.find("POST", f"{VERTEX}/metadataStores/default/contexts")) == 1
+    assert len(vertex.find("POST", r".*/contexts/histo-nightly:addContextChildren")) == 2
+    capsys.readouterr()
+
+    # a run that cannot join (it ended before its context showed): it exists, so it is reported, not failed
+    vertex.state["running"] = 0
+    assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, "--experiment", "histo-nightly")) == 0
+    assert "experiment      histo-nightly (not joined: Cannot associate PipelineJob to Experiment" in \
+        capsys.readouterr().out
+    assert len(vertex.find("POST", r".*/contexts/histo-nightly:addContextChildren")) == 2
+
+    # refused by Vertex AI, a bad name, or with a schedule: one line, and no run
+    for extra, message in [
+        (["--experiment", REFUSED_EXPERIMENT], "Vertex AI refused the request: 403 Permission "
+                                               "'aiplatform.contexts.create' denied"),
+        (["--experiment", "Nightly_Runs"], "--experiment 'Nightly_Runs': expected lowercase letters"),
+        (["--experiment", "histo-nightly", "--schedule", "0 3 * * 1"],
+         "--experiment histo-nightly: Vertex AI pipeline schedules take no experiment"),
+    ]:
+        assert histoxai_main(_vertex_args(package, gcs_bucket, vertex.url, *extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert len(vertex.find("POST", f"{VERTEX}/pipelineJobs")) == 3
+    assert not vertex.find("POST", f"{VERTEX}/schedules")
 
 
 def test_submit_explains_missing_credentials_and_project(package, vertex, gcs_bucket, monkeypatch, tmp_path,

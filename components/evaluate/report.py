@@ -2,8 +2,12 @@
 
 Table 4.1 layout: one row per sample ("sample 3 *" marks a training sample, whose row mixes its
 train, val and test patches), then the pooled "train set", "validation set" and "test set"; one
-column per model and target ("MD (multitask)"). The HTML is self-contained (maps embedded as PNG
-data), so the pipeline UI shows it without other files.
+column per model and target ("MD (multitask)"). The HTML is self-contained (maps and plots embedded
+as PNG data), so the pipeline UI shows it without other files.
+
+Plots (histoxai.plots, matplotlib), written under the evaluation output by `write_plots`:
+  plots/<model>/learning-curves.png  loss and R² per epoch of both training phases (the model's history.csv)
+  plots/<model>/<target>.png         measured vs predicted on the test set and the held-out samples
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from histoxai import artifacts, plots, storage
 from histoxai.evaluation import TRAINING_NOTE, column_label, row_label, table41
 from histoxai.metrics import METRIC_LABELS, format_value
+from histoxai.plots import CURVES_NAME
 from histoxai.sections import render_html, render_markdown
 
 METRIC_TITLES = {
@@ -23,6 +29,10 @@ METRIC_TITLES = {
     "mae": "MAE = mean |ŷ - y|",
     "bias": "bias = mean(ŷ - y) (positive: predictions too high)",
 }
+SCATTER_NOTE = ("Each point is one patch: the test set of the training samples and every patch of the "
+                "held-out samples (train and validation patches, which the model has fitted or was "
+                "chosen on, are left out). One colour per sample; R² = 1 - SSE/SST of the points shown, "
+                "in the legend per sample. Dashed: ŷ = y.")
 CAVEATS = (
     "The baselines are the original study's figures on the real summary.mat maps (not on the data "
     "evaluated here unless these are the real samples). Its regressions and per-sample CNNs were "
@@ -55,6 +65,51 @@ def baseline_comparison(table: pd.DataFrame, per_sample: pd.DataFrame) -> pd.Dat
             r2 = rows.set_index("sample")["r2"]
             out[label] = pd.array([r2.get(s, pd.NA) for s in samples], dtype="Float64")
     return out
+
+
+def plot_files(result: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """(model, 'learning-curves' | target) -> (caption, path relative to the evaluation output) of every
+    plot; learning curves only for models whose folder has a history.csv."""
+    files = {}
+    for m in result["models"]:
+        if storage.exists(storage.join(m.uri, artifacts.TRAIN_HISTORY)):
+            files[(m.name, CURVES_NAME)] = (f"model {m.name}: learning curves (frozen backbone, then "
+                                            "fine-tuning)", plots.plot_path(m.name, CURVES_NAME))
+    for m in result["models"]:
+        for target in m.targets:
+            files[(m.name, target)] = (f"model {m.name}, {target}: measured vs predicted",
+                                       plots.plot_path(m.name, target))
+    return files
+
+
+def write_plots(result: dict, folder: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """Draw every plot of `plot_files` into `folder` (the evaluation output being built) from the models'
+    history.csv and the predictions already written there; plots already there are kept."""
+    from histoxai.components.evaluate.evaluate import PREDICTIONS_DIR
+
+    folder = Path(folder)
+    files = plot_files(result)
+    models = {m.name: m for m in result["models"]}
+    predictions = {}
+    for (name, what), (_, relative) in files.items():
+        path = folder / relative
+        if path.exists():
+            continue
+        model = models[name]
+        if what == CURVES_NAME:
+            picture = plots.learning_curves(plots.read_history(model.uri), f"model {name}: learning curves")
+        else:
+            if name not in predictions:
+                parts = [pd.read_parquet(folder / PREDICTIONS_DIR / name / f"{sample}.parquet")
+                         for sample in result["data"].samples]
+                predictions[name] = plots.shown_patches(pd.concat(parts, ignore_index=True),
+                                                   result["data"].training_samples)
+            picture = plots.measured_vs_predicted(predictions[name], what,
+                                                  f"model {name}: {what}, test set and held-out samples",
+                                                  by="points")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(picture)
+    return files
 
 
 def _models_table(result: dict) -> pd.DataFrame:
@@ -102,6 +157,15 @@ def _sections(result: dict) -> list[tuple[str, object]]:
                    ("p", f"All baseline rows: {'baseline/baseline.md'} (summary.mat: "
                          f"{baseline['settings']['summary']}, {baseline['settings']['repeats']} repeats, "
                          f"seed {baseline['settings']['seed']}).")]
+    files = plot_files(result)
+    curves = [value for (_, what), value in files.items() if what == CURVES_NAME]
+    if curves:
+        blocks += [("h2", "Learning curves: loss and R² per epoch, train and validation set"),
+                   ("p", "From each model's history.csv; the dotted line marks where fine-tuning of the "
+                         "backbone began.")]
+        blocks += [("image", value) for value in curves]
+    blocks += [("h2", "Measured vs predicted"), ("p", SCATTER_NOTE)]
+    blocks += [("image", value) for (_, what), value in files.items() if what != CURVES_NAME]
     blocks += [("h2", "Maps: measured, predicted and residual ŷ - y on the MR grid"),
                ("p", "Measured and predicted share one colour scale (1st-99th percentile of both); the "
                      "residual's scale is symmetric about 0. Grey: no patch. Arrays: the .npz beside each "
@@ -116,5 +180,7 @@ def markdown_report(result: dict) -> str:
 
 
 def html_report(result: dict, folder: Path) -> str:
-    """Self-contained HTML; map PNGs are read from `folder` (the output being built) and embedded."""
+    """Self-contained HTML; map and plot PNGs are read from `folder` (the output being built) and
+    embedded; plots not yet there are drawn first (`write_plots`)."""
+    write_plots(result, folder)
     return render_html(_sections(result), "histoxai evaluation", image_root=folder)

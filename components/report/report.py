@@ -4,17 +4,22 @@
 metrics.json and config.yaml, and, when given, the evaluate step's table and the explain steps'
 trust measures) and returns the summary (summary.json), the Markdown and the self-contained HTML.
 `terminal_summary` prints the summary's headline figures.
-The report holds no numbers of its own: every figure is read from the step that produced it.
+The report holds no numbers of its own: every figure is read from the step that produced it. Its
+plots are the evaluate step's (plots/<model>/...png, histoxai.plots): each model's learning curves and
+measured vs predicted per target, embedded in the HTML (one file, as the pipeline UI shows it) and
+linked by URI from the Markdown; a model's learning curves missing there are drawn from its history.csv.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
-from histoxai import artifacts, storage
+from histoxai import artifacts, plots, storage
 from histoxai.evaluation import read_table41
 from histoxai.metrics import format_value, markdown_table
 from histoxai.saliency import controls, trust_report
@@ -118,6 +123,28 @@ def trust_table(maps_dirs: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, l
     return table[[c for c in order if c in table.columns]], flagged
 
 
+def run_plots(model_dirs: Mapping[str, str], models: Mapping[str, dict],
+              evaluation_dir: str | None) -> list[dict]:
+    """Per model its learning curves, then measured vs predicted per target: {kind: 'curves' | 'scatter',
+    caption, uri (the evaluate step's PNG, or None when drawn here), png (bytes)}. A scatter plot the
+    evaluate step did not write is left out (only that step has the predictions' split of patches)."""
+    found = []
+    for name, folder in model_dirs.items():
+        targets = models[name]["targets"]
+        wanted = [("curves", plots.CURVES_NAME, f"model {name}: learning curves (frozen backbone, then "
+                                               "fine-tuning)")]
+        wanted += [("scatter", t, f"model {name}, {t}: measured vs predicted (test set and held-out "
+                                  "samples)") for t in targets]
+        for kind, what, caption in wanted:
+            uri = storage.join(evaluation_dir, plots.plot_path(name, what)) if evaluation_dir else None
+            if uri and storage.exists(uri):
+                found.append({"kind": kind, "caption": caption, "uri": uri, "png": storage.read_bytes(uri)})
+            elif kind == "curves" and (history := plots.read_history(folder)) is not None:
+                found.append({"kind": kind, "caption": caption, "uri": None,
+                              "png": plots.learning_curves(history, f"model {name}: learning curves")})
+    return found
+
+
 def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
@@ -136,8 +163,36 @@ def build_report(*, ingest_dirs: Sequence[str], split_dir: str, model_dirs: Mapp
                "models": models, "training_r2_table": _records(training),
                "r2_table": _records(evaluation) if evaluation is not None else None,
                "trust_table": _records(trust), "flagged": flagged}
+    figures = run_plots(model_dirs, models, evaluation_dir)
+    summary["plots"] = [{"kind": f["kind"], "caption": f["caption"], "uri": f["uri"]} for f in figures]
     sections = _sections(summary, training, evaluation, trust)
-    return summary, render_markdown(sections), render_html(sections, "histoxai run report")
+    markdown = render_markdown(_with_figures(sections, figures, None))
+    with tempfile.TemporaryDirectory(prefix="histoxai-report-") as folder:
+        for i, figure in enumerate(figures):
+            (Path(folder) / f"{i}.png").write_bytes(figure["png"])
+        page = render_html(_with_figures(sections, figures, folder), "histoxai run report", image_root=folder)
+    return summary, markdown, page
+
+
+def _with_figures(sections: list[tuple[str, object]], figures: list[dict],
+                  folder: str | None) -> list[tuple[str, object]]:
+    """The ('figures', kind) placeholders replaced: for HTML (folder given) images of the PNGs written
+    there; for Markdown images linked to the evaluate step's files, or a line that the HTML has them."""
+    out = []
+    for section, content in sections:
+        if section != "figures":
+            out.append((section, content))
+            continue
+        for i, figure in enumerate(figures):
+            if figure["kind"] != content:
+                continue
+            if folder is not None:
+                out.append(("image", (figure["caption"], f"{i}.png")))
+            elif figure["uri"]:
+                out.append(("image", (figure["caption"], figure["uri"])))
+            else:
+                out.append(("p", f"{figure['caption']}: in report.html"))
+    return out
 
 
 def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | None,
@@ -163,7 +218,14 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
                      ("table", evaluation),
                      ("p", "Standard R² = 1 - SSE/SST; the evaluate step's report adds the other metrics, "
                            "the original study's baselines and the predicted, measured and residual maps.")]
+    if any(p["kind"] == "scatter" for p in summary.get("plots", [])):
+        sections += [("h2", "Measured vs predicted (test set and held-out samples)"),
+                     ("p", "One point per patch, one colour per sample; R² = 1 - SSE/SST in the legend. "
+                           "Dashed: ŷ = y."), ("figures", "scatter")]
     sections += [("h2", "R² as training measured it (train / validation / test set)"), ("table", training)]
+    if any(p["kind"] == "curves" for p in summary.get("plots", [])):
+        sections += [("h3", "Learning curves: loss and R² per epoch (dotted: fine-tuning begins)"),
+                     ("figures", "curves")]
     if not trust.empty:
         sections += [("h2", "Can the saliency maps be trusted?"), ("table", trust),
                      ("p", "Each measure is shown beside its controls in brackets."),

@@ -59,3 +59,18 @@ output "retrain_function" {
   description = "Name of the retraining function (empty when retrain_enabled is false)."
   value       = var.retrain_enabled ? google_cloudfunctions2_function.retrain[0].name : ""
 }
+
+output "model_registry" {
+  description = "Model registry of the trigger's runs (histoxai models --registry, run parameter model_registry)."
+  value       = local.model_registry
+}
+
+output "tensorboard" {
+  description = "Vertex AI TensorBoard of the runs (run parameter tensorboard); empty when tensorboard_enabled is false."
+  value       = local.tensorboard
+}
+
+output "experiment" {
+  description = "Vertex AI experiment the trigger's runs join (histoxai submit --experiment)."
+  value       = var.experiment
+}

@@ -47,7 +47,8 @@ resource "google_cloudfunctions2_function" "retrain" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.retrain.email
-    # What pipelines/retrain.py reads (Settings.from_env): the samples, the compiled pipeline, Vertex AI.
+    # What pipelines/retrain.py reads (Settings.from_env): the samples, the compiled pipeline, Vertex AI,
+    # and what every run gets: the experiment, the model registry and the TensorBoard (vertex.tf).
     environment_variables = {
       HISTOXAI_PROJECT           = var.project_id
       HISTOXAI_REGION            = var.region
@@ -56,6 +57,9 @@ resource "google_cloudfunctions2_function" "retrain" {
       HISTOXAI_PIPELINE_TEMPLATE = local.pipeline_template
       HISTOXAI_SERVICE_ACCOUNT   = google_service_account.pipeline.email
       HISTOXAI_RUN_PARAMETERS    = jsonencode(var.retrain_run_parameters)
+      HISTOXAI_EXPERIMENT        = var.experiment
+      HISTOXAI_MODEL_REGISTRY    = local.model_registry
+      HISTOXAI_TENSORBOARD       = local.tensorboard
     }
   }
 

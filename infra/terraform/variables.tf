@@ -111,3 +111,29 @@ variable "retrain_max_instances" {
   type        = number
   default     = 3
 }
+
+variable "model_registry" {
+  description = "Model registry the trigger's runs register into: vertex://PROJECT/REGION (the Vertex AI Model Registry) or a gs:// folder (which the pipeline runner must be able to write); empty means vertex://<project_id>/<region>."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.model_registry == "" || startswith(var.model_registry, "vertex://") || startswith(var.model_registry, "gs://")
+    error_message = "model_registry: vertex://PROJECT/REGION, a gs:// folder, or empty."
+  }
+}
+
+variable "tensorboard_enabled" {
+  description = "Create a Vertex AI TensorBoard for the runs' training curves (the trigger passes it to every run)."
+  type        = bool
+  default     = true
+}
+
+variable "experiment" {
+  description = "Vertex AI experiment every run of the trigger joins (parameters and metrics side by side); empty means none."
+  type        = string
+  default     = "histoxai-retrain"
+  validation {
+    condition     = var.experiment == "" || can(regex("^[a-z0-9][a-z0-9-]{0,127}$", var.experiment))
+    error_message = "experiment: lowercase letters, digits and '-', starting with a letter or digit, at most 128 characters (or empty)."
+  }
+}

@@ -11,4 +11,7 @@ region     = "europe-west4"
 # docker_keep_versions      = 10
 # retrain_enabled           = true
 # retrain_max_instances     = 3
+# model_registry            = ""            # default: vertex://<project_id>/<region>
+# tensorboard_enabled       = true
+# experiment                = "histoxai-retrain"
 labels = { app = "histoxai", env = "dev" }
