@@ -1,7 +1,9 @@
 """Colour scales: the one table of colour maps and the one mapping of values to colours.
 
-Rendered with NumPy (matplotlib is not a dependency); the evaluate step's map images and the review
-app's overlays use the same anchors. Values beyond a scale take its end colour; NaN is grey.
+Rendered with NumPy, not with matplotlib (the project's plotting library, histoxai/plots.py): this
+colours map images pixel by pixel, it draws no plot, and its fixed anchor tables (sampled from
+matplotlib's maps) give the evaluate step's map images and the review app's overlays the same colours
+whatever matplotlib version is installed. Values beyond a scale take its end colour; NaN is grey.
 """
 
 from __future__ import annotations

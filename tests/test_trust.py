@@ -132,6 +132,59 @@ def test_full_cascade_to_the_input_flags_a_map_blind_to_the_weights(net):
     assert randomization.state(final["blank"]) == "undefined"
 
 
+def test_cascade_plot_draws_every_stage_method_and_target(net):
+    import io
+
+    from PIL import Image
+
+    from histoxai.saliency.cascade_plot import cascade_figure, cascade_png
+
+    stages = randomization.randomization_stages(net)
+    images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    edge_maps, blank = controls.edges(images), np.zeros((3, SIZE, SIZE))
+    noise = np.random.default_rng(1)
+    trained = {("MD", "edges"): edge_maps, ("MD", "noise"): noise.random((3, SIZE, SIZE)),
+               ("CC", "edges"): edge_maps, ("CC", "blank"): blank}
+
+    def compute(copy, last):
+        return {("MD", "edges"): edge_maps, ("MD", "noise"): noise.random((3, SIZE, SIZE)),
+                ("CC", "edges"): edge_maps, ("CC", "blank"): blank}
+
+    records, _ = randomization.cascade(net, stages, compute, trained, seed=0)
+    cascade = pd.DataFrame([{"target": r["key"][0], "method": r["key"][1],
+                             **{k: v for k, v in r.items() if k != "key"}} for r in records])
+    figure = cascade_figure(cascade)
+    panels = [axes for axes in figure.axes if axes.get_title(loc="left")]
+    assert [axes.get_title(loc="left").split(":")[0] for axes in panels] == ["MD", "CC"]
+    for axes, target in zip(panels, ["MD", "CC"], strict=True):
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        rows = cascade[cascade["target"] == target]
+        for method in rows["method"].unique():
+            part = rows[rows["method"] == method].sort_values("stage_number")
+            for column, label, style in (("abs_rho", "|rho|", "-"), ("signed_rho", "signed rho", "None")):
+                line = lines[f"{method}: {label}"]
+                values = part[column].to_numpy(dtype=float)
+                finite = np.isfinite(values)  # undefined stages (a blank map) are left out, not drawn as 0
+                assert list(line.get_xdata()) == list(part["stage_number"][finite])
+                assert np.allclose(line.get_ydata(), values[finite]) and line.get_linestyle() == style
+        other = lines.get("noise: |rho|", lines.get("blank: |rho|"))
+        assert lines["edges: |rho|"].get_color() != other.get_color()  # one colour per method
+        assert list(axes.get_xticks()) == list(range(len(stages))) and axes.get_ylim() == (-1.05, 1.05)
+        band = axes.patches[0]  # the shaded band where |rho| passes
+        assert (band.get_y(), band.get_height()) == (-randomization.RANDOMIZATION_FLAG,
+                                                     2 * randomization.RANDOMIZATION_FLAG)
+    assert len(lines["blank: |rho|"].get_xdata()) == 0  # CC: a blank map is undefined at every stage
+    listing = figure.get_supxlabel().splitlines()
+    assert listing == [f"stage {n}: {name} randomised" for n, (name, _) in enumerate(stages)]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend[:3] == ["edges", "noise", "blank"] and "|rho| < 0.5 (passes)" in legend
+
+    png = cascade_png(cascade)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size[0] > 600 and png == cascade_png(cascade.copy())
+    assert png != cascade_png(cascade.assign(abs_rho=cascade["abs_rho"] * 0.5))
+
+
 # ---- controls ----
 
 def test_darkness_map_has_the_issue_figures_and_is_refused(phantom):

@@ -1,7 +1,9 @@
 """Measured, predicted and residual maps on the MR grid, as arrays (.npz) and one PNG with colour bars.
 
-Rendered with Pillow (matplotlib is not a dependency): measured and predicted share one sequential
-colour scale (viridis) from the 1st to the 99th percentile of both maps' values, and the residual
+Rendered with Pillow and histoxai/colour.py, not with matplotlib (the project's plotting library,
+histoxai/plots.py): the maps are images, each voxel a block of whole pixels, coloured from the fixed
+anchors the review app's overlays use too, not plots with axes. Measured and predicted share one
+sequential colour scale (viridis) from the 1st to the 99th percentile of both maps' values, and the residual
 ŷ - y has a diverging scale (blue - white - red) symmetric about 0 up to the 99th percentile of |ŷ - y|.
 Values beyond a scale take its end colour; voxels without a patch are grey.
 """

@@ -1,75 +1,84 @@
-"""The randomisation cascade as a PNG drawn with Pillow: rank correlation per stage and method, per target."""
+"""The randomisation cascade as a PNG: rank correlation per stage and method, one panel per target.
+
+Drawn with matplotlib, the project's one plotting library (see histoxai/plots.py): the same
+`Figure` without pyplot, Agg canvas, fixed dpi and no metadata (`plots.png`), so the same cascade gives
+the same bytes, and axes, ticks, legend and text layout come from the library rather than from pixel
+arithmetic. `cascade_figure` builds the Figure (tests read its axes); `cascade_png` renders it.
+"""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]
-PANEL_W, PANEL_H, MARGIN, LEGEND_ROW = 520, 260, 48, 16
+from histoxai.plots import DPI, png
+
+PANEL_SIZE = (7.0, 2.8)  # inches per target panel: 700 x 280 pixels at DPI
+LINE_HEIGHT = 0.2  # inches per line of the stage list under the panels
+BAND_COLOUR = "#e6f4e6"
+Y_TICKS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
-def cascade_png(cascade) -> bytes:
-    """PNG of a cascade table (columns target, method, stage, stage_number, signed_rho, abs_rho):
-    absolute rho as solid lines with dots, signed rho as dots only, y from -1 to 1, the
-    RANDOMIZATION_FLAG band marked."""
-    from PIL import Image, ImageDraw
+def _finite(part, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stage numbers, values) of one column where the value is finite (undefined stages are left out)."""
+    x = part["stage_number"].to_numpy(dtype=float)
+    y = part[column].to_numpy(dtype=float)
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
 
+
+def cascade_figure(cascade) -> Figure:
+    """A cascade table (columns target, method, stage, stage_number, signed_rho, abs_rho) drawn per
+    target: absolute rho as solid lines with dots, signed rho as open squares only, one colour per
+    method, y from -1 to 1, the RANDOMIZATION_FLAG band (|rho| below it passes) shaded, stage numbers on
+    the x axis and the stages listed under the panels. The lines are labelled '<method>: |rho|' and
+    '<method>: signed rho'."""
     from histoxai.saliency.randomization import RANDOMIZATION_FLAG
 
     targets = list(dict.fromkeys(cascade["target"]))
     methods = list(dict.fromkeys(cascade["method"]))
     stages = cascade.drop_duplicates("stage_number").sort_values("stage_number")
+    if not targets:
+        figure = Figure(figsize=PANEL_SIZE, dpi=DPI, layout="constrained")
+        axes = figure.add_subplot()
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, "no cascade records", ha="center", va="center", fontsize=14, color="#666",
+                  transform=axes.transAxes)
+        return figure
     count = max(int(stages["stage_number"].max()) + 1, 2)
-    legend = (len(methods) + len(stages) + 3) * LEGEND_ROW
-    width, height = PANEL_W + 2 * MARGIN, len(targets) * (PANEL_H + MARGIN) + MARGIN + legend
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    def point(top, number, value):
-        x = MARGIN + number / (count - 1) * PANEL_W
-        return x, top + (1 - value) / 2 * PANEL_H
-
-    for index, target in enumerate(targets):
-        top = MARGIN + index * (PANEL_H + MARGIN)
-        draw.text((MARGIN, top - 30), f"{target}: rank correlation with the trained model's maps",
-                  fill="black")
-        draw.rectangle([MARGIN, top, MARGIN + PANEL_W, top + PANEL_H], outline="black")
-        band = [point(top, 0, RANDOMIZATION_FLAG)[1], point(top, 0, -RANDOMIZATION_FLAG)[1]]
-        draw.rectangle([MARGIN + 1, band[0], MARGIN + PANEL_W - 1, band[1]], fill=(238, 248, 238))
-        for value in (1, 0.5, 0, -0.5, -1):
-            y = point(top, 0, value)[1]
-            draw.line([MARGIN - 4, y, MARGIN, y], fill="black")
-            draw.text((4, y - 6), f"{value:+.1f}", fill="black")
-        for number in range(count):
-            x = point(top, number, 0)[0]
-            draw.line([x, top + PANEL_H, x, top + PANEL_H + 4], fill="black")
-            draw.text((x - 3, top + PANEL_H + 6), str(number), fill="black")
+    listing = [f"stage {int(n)}: {name} randomised"
+               for n, name in zip(stages["stage_number"], stages["stage"], strict=True)]
+    height = PANEL_SIZE[1] * len(targets) + LINE_HEIGHT * (len(listing) + 1)
+    figure = Figure(figsize=(PANEL_SIZE[0], height), dpi=DPI, layout="constrained")
+    panels = figure.subplots(len(targets), 1, squeeze=False, sharex=True)[:, 0]
+    for axes, target in zip(panels, targets, strict=True):
+        axes.axhspan(-RANDOMIZATION_FLAG, RANDOMIZATION_FLAG, color=BAND_COLOUR, linewidth=0, zorder=0)
         rows = cascade[cascade["target"] == target]
         for m, method in enumerate(methods):
-            colour = PALETTE[m % len(PALETTE)]
-            part = rows[rows["method"] == method].sort_values("stage_number")
-            for column, joined in (("abs_rho", True), ("signed_rho", False)):
-                points = [point(top, n, v) for n, v in zip(part["stage_number"], part[column], strict=True)
-                          if np.isfinite(v)]
-                if joined and len(points) > 1:
-                    draw.line(points, fill=colour, width=2)
-                for x, y in points:
-                    box = [x - 3, y - 3, x + 3, y + 3]
-                    draw.ellipse(box, fill=colour) if joined else draw.rectangle(box, outline=colour)
-    y = MARGIN + len(targets) * (PANEL_H + MARGIN) - 20
-    draw.text((MARGIN, y), "line + dot: |map| rho; square: signed rho; green band: "
-                           f"|rho| < {RANDOMIZATION_FLAG} (passes)", fill="black")
-    for m, method in enumerate(methods):
-        y += LEGEND_ROW
-        draw.rectangle([MARGIN, y + 3, MARGIN + 10, y + 13], fill=PALETTE[m % len(PALETTE)])
-        draw.text((MARGIN + 16, y + 2), str(method), fill="black")
-    y += LEGEND_ROW
-    for number, name in zip(stages["stage_number"], stages["stage"], strict=True):
-        y += LEGEND_ROW
-        draw.text((MARGIN, y), f"stage {int(number)}: {name} randomised", fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+            colour = f"C{m % 10}"
+            part = rows[rows["method"] == method].sort_values("stage_number", kind="stable")
+            axes.plot(*_finite(part, "abs_rho"), color=colour, linewidth=2, marker="o", markersize=5,
+                      label=f"{method}: |rho|")
+            axes.plot(*_finite(part, "signed_rho"), color=colour, linestyle="none", marker="s",
+                      markersize=6, fillstyle="none", label=f"{method}: signed rho")
+        axes.set(xlim=(-0.2, count - 0.8), ylim=(-1.05, 1.05), yticks=Y_TICKS, ylabel="rho",
+                 xticks=range(count))
+        axes.set_title(f"{target}: rank correlation with the trained model's maps", fontsize=10, loc="left")
+        axes.grid(alpha=0.3)
+    panels[-1].set_xlabel("stage (layers randomised, listed below)")
+    handles = [Line2D([], [], color=f"C{m % 10}", linewidth=2, marker="o", markersize=5, label=str(method))
+               for m, method in enumerate(methods)]
+    handles += [Line2D([], [], color="#444", linewidth=2, marker="o", markersize=5, label="|map| rho"),
+                Line2D([], [], color="#444", linestyle="none", marker="s", fillstyle="none",
+                       label="signed rho"),
+                Patch(color=BAND_COLOUR, label=f"|rho| < {RANDOMIZATION_FLAG} (passes)")]
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.supxlabel("\n".join(listing), x=0.01, ha="left", multialignment="left", fontsize=9)
+    return figure
+
+
+def cascade_png(cascade) -> bytes:
+    """PNG of a cascade table (see `cascade_figure`)."""
+    return png(cascade_figure(cascade))
