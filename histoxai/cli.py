@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "tune": "histoxai.components.tune.cli",
     "baseline": "histoxai.components.evaluate.cli_baseline",
     "evaluate": "histoxai.components.evaluate.cli",
+    "predict": "histoxai.components.predict.cli",
     "explain": "histoxai.components.explain.cli",
     "register": "histoxai.components.register.cli",
     "app": "histoxai.app.cli",

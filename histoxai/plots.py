@@ -216,3 +216,31 @@ def scatter_figure(frame: pd.DataFrame, target: str, title: str, by: str = "samp
 def measured_vs_predicted(frame: pd.DataFrame, target: str, title: str, by: str = "sample") -> bytes:
     """The measured vs predicted scatter (see `scatter_figure`) as PNG bytes."""
     return png(scatter_figure(frame, target, title, by=by))
+
+
+# ---- predicted maps ----
+
+MAP_SIZE = (6.0, 5.0)  # 600 x 500 pixels
+
+
+def map_figure(values: np.ndarray, title: str, label: str) -> Figure:
+    """A map on the voxel grid with a colour bar labelled `label`; NaN (no prediction) shows grey."""
+    import matplotlib
+
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return _empty(MAP_SIZE, title, "no tissue voxels")
+    figure = Figure(figsize=MAP_SIZE, dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, interpolation="nearest",
+                        vmin=float(finite.min()), vmax=float(finite.max()))
+    axes.set_title(title)
+    axes.set_xlabel("voxel column")
+    axes.set_ylabel("voxel row")
+    figure.colorbar(image, ax=axes, label=label)
+    return figure
+
+
+def predicted_map(values: np.ndarray, title: str, label: str) -> bytes:
+    return png(map_figure(values, title, label))

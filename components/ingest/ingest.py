@@ -32,6 +32,7 @@ from histoxai.components.ingest.inputs import (
 from histoxai.components.ingest.params import DEFAULTS
 from histoxai.components.ingest.structure import StructureStream
 from histoxai.errors import InputError
+from histoxai.patches import resize_block
 
 RULES = ("roi", "erosion", "dhe_mask", "he_mask", "nan_target")
 _PASSED = -1  # rule code of a voxel that passed every rule checked so far
@@ -92,12 +93,7 @@ def block_inside_mask(mask_band: np.ndarray, cols: int, bw: int) -> np.ndarray:
 
 def encode_patch(block: np.ndarray, patch_size: int, encoding: str) -> bytes:
     """Resize one block to patch_size^2 (Pillow bicubic, antialiased when shrinking) and encode it."""
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(block))
-    if image.size != (patch_size, patch_size):
-        image = image.resize((patch_size, patch_size), Image.Resampling.BICUBIC)
-    return shards.encode_image(np.asarray(image), encoding)
+    return shards.encode_image(resize_block(block, patch_size), encoding)
 
 
 class ShardSet:

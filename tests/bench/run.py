@@ -20,9 +20,11 @@ def _sections():
     from tests.bench.app_bench import bench_app
     from tests.bench.explain_bench import bench_explain
     from tests.bench.ingest_bench import bench_ingest
+    from tests.bench.predict import bench_predict
     from tests.bench.train_bench import bench_training
 
-    return {"ingest": bench_ingest, "training": bench_training, "explain": bench_explain, "app": bench_app}
+    return {"ingest": bench_ingest, "training": bench_training, "explain": bench_explain,
+            "predict": bench_predict, "app": bench_app}
 
 
 def _markdown(results: dict) -> str:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--only", default=None,
-                        help="comma list of sections (ingest, training, explain, app)")
+                        help="comma list of sections (ingest, training, explain, predict, app)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
