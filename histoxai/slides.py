@@ -97,6 +97,28 @@ def is_sample_folder(uri: str) -> bool:
     return storage.exists(storage.join(uri, layout.HE_MAT))
 
 
+# Whole-slide files OpenSlide reads, by suffix (a folder of slides is listed by these)
+WHOLE_SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif", ".tiff")
+
+
+def find_slides(folder: str) -> list[str]:
+    """The slides directly in `folder` (local or gs://): whole-slide files by suffix and sample folders
+    (those holding the dataset layout's HE.mat), sorted; one InputError when there is none."""
+    base = str(folder).rstrip("/")
+    found, samples = set(), set()
+    he_suffix = "/" + layout.HE_MAT
+    for uri in storage.list_files(base):
+        relative = uri[len(base) + 1:]
+        if "/" not in relative and relative.lower().endswith(WHOLE_SLIDE_SUFFIXES):
+            found.add(uri)
+        elif relative.endswith(he_suffix) and relative.count("/") == he_suffix.count("/"):
+            samples.add(storage.join(base, relative.split("/", 1)[0]))
+    if not found | samples:
+        raise InputError(f"{folder}: no slides; expected whole-slide files "
+                         f"({', '.join(WHOLE_SLIDE_SUFFIXES)}) or sample folders with {layout.HE_MAT}")
+    return sorted(found | samples)
+
+
 def reduce_rows(read_rows: Callable[[int, int], np.ndarray], height: int, width: int,
                 factor: int) -> np.ndarray:
     """An image (H x W or H x W x C) read by row bands and averaged over factor x factor pixels (edges

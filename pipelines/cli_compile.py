@@ -1,5 +1,9 @@
 """Compile the pipeline to a KFP v2 YAML package, which Vertex AI Pipelines and Kubeflow Pipelines run.
 
+--pipeline predict compiles the prediction pipeline instead: maps for every slide in a folder (or a
+list) with a trained model or the registry's champion (run parameters slides_uri, model,
+model_registry, slides, voxel_um, mpp, batch_size).
+
 The package holds every step (ingest per sample, split, optional tuning, training of the multi-task
 MD+FA and the single-task CC model, evaluation, saliency maps per model, report) and the run
 parameters with their defaults; `histoxai submit --package` sends it, and the pipeline UI of either
@@ -18,11 +22,16 @@ Examples:
   histoxai compile --out pipeline.yaml
   histoxai compile --out gs://BUCKET/templates/histoxai.yaml --accelerator-type NVIDIA_TESLA_T4
   histoxai compile --out minikube.yaml --accelerator-type none --resources small --config demo
+  histoxai compile --pipeline predict --out gs://BUCKET/templates/histoxai-predict.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+
+from histoxai.errors import InputError
+
+PIPELINES = ("train", "predict")  # what pipelines/pipeline.py compile_package builds
 
 
 def add_compile_arguments(parser: argparse.ArgumentParser, caching: bool = True) -> None:
@@ -37,6 +46,9 @@ def add_compile_arguments(parser: argparse.ArgumentParser, caching: bool = True)
                             "small (minikube, laptops) (default cloud)")
     group.add_argument("--retries", type=int,
                        help="retries of the ingest and GPU steps, e.g. after a preemption (default 2)")
+    group.add_argument("--pipeline", choices=PIPELINES, default="train",
+                       help="train: the training DAG (default); predict: maps for new slides with a "
+                            "trained or registered model (pipelines/predict_pipeline.py)")
     if caching:
         group.add_argument("--no-cache", action="store_true",
                            help="compile with step caching off (default on; submit can turn it off per run)")
@@ -65,8 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from histoxai.pipelines.pipeline import compile_package
 
+    if args.config and args.pipeline != "train":
+        raise InputError(f"--config: the {args.pipeline} pipeline trains nothing; leave out --config")
     options = compile_options(args, args.config)
-    inputs = compile_package(args.out, options)
+    inputs = compile_package(args.out, options, pipeline=args.pipeline)
     required = [name for name, spec in inputs.items() if not spec.optional]
     gpu = (f"{options.accelerator_type} x {options.accelerator_count} per GPU step" if options.gpu
            else "no accelerator requests")

@@ -95,6 +95,8 @@ def _package(args: argparse.Namespace):
 
     if args.package:
         fixed = [f"--{n.replace('_', '-')}" for n in COMPILE_OPTIONS if getattr(args, n) is not None]
+        if args.pipeline != "train":
+            fixed.append("--pipeline")
         if fixed:
             raise InputError(f"{', '.join(fixed)}: compile options do not change a compiled --package; "
                              "recompile it with `histoxai compile`, or leave out --package")
@@ -103,7 +105,7 @@ def _package(args: argparse.Namespace):
         return
     with tempfile.TemporaryDirectory(prefix="histoxai-submit-") as tmp:
         path = os.path.join(tmp, "pipeline.yaml")
-        compile_package(path, compile_options(args))
+        compile_package(path, compile_options(args), pipeline=args.pipeline)
         yield path
 
 

@@ -1,20 +1,22 @@
-"""The histoxai pipeline (KFP v2): ingest per sample, split, [tune], train x2, evaluate, [register], explain,
-report.
+"""The histoxai pipeline (KFP v2): ingest per sample, split, [tune], train x2, predict x4, evaluate,
+[register], explain, report.
 
 DAG: the config is checked first (resolve config); ingest fans out over the samples (ParallelFor);
 split pools the training samples; with `tuning` on, an Optuna study (the tune step) picks the config,
 else the given one is used (dsl.If / dsl.Else joined by dsl.OneOf); the multi-task (MD, FA) and the
-single-task (CC) models train in parallel; evaluate scores both on every sample, beside the registry's
-champions (fetched by the champion steps; none when `model_registry` is ""); with a registry, the
-register steps add each model as a new version and promote it only when it beats its champion
-(components/register); explain runs per model, fanned out over shard ranges; the report sums up the run.
+single-task (CC) models train in parallel; the predict steps (GPU image) predict every patch with each
+model and with the registry's champions (fetched by the champion steps; none when `model_registry` is
+""); evaluate scores them all on every sample from those predictions, loading no model; with a
+registry, the register steps add each model as a new version and promote it only when it beats its
+champion (components/register); explain runs per model, fanned out over shard ranges; the report sums
+up the run.
 
 `build_pipeline(options)` returns the @dsl.pipeline function. What a run may change is a pipeline
 parameter; what KFP fixes when it compiles is a CompileOptions field: CPU and memory requests, the
 accelerator type and count, retries, caching, and the parameters' defaults.
 
 Accelerators are compile-time constants (CompileOptions.accelerator_type / accelerator_count) on the
-GPU steps (tune, train, explain). KFP 2.17 would accept pipeline parameters there, but its compiler
+GPU steps (tune, train, predict, explain). KFP 2.17 would accept pipeline parameters there, but its compiler
 does not hand them into ParallelFor and dsl.If sub-DAGs (the explain fan-out, the tune branch): the
 compiled task reads an input its loop never declares and the run fails with "Parent pipeline input
 argument 'pipelinechannel--accelerator_count' not found". Vertex AI names accelerators NVIDIA_L4,
@@ -118,6 +120,32 @@ def _accelerator_hint(name: str, known: tuple[str, ...]) -> str:
     return did_you_mean(name.upper(), sharing or known)
 
 
+class TaskSettings:
+    """How a pipeline's tasks run under `options`: resources by step class, caching, the code version,
+    retries, and the accelerator of the GPU steps (shared by the training and prediction pipelines)."""
+
+    def __init__(self, options: CompileOptions):
+        self.options = options
+        self.profile = RESOURCE_PROFILES[options.resources]
+        self.version = options.code_version or code_version()
+
+    def configure(self, task, kind: str, display_name: str, retry: bool = False):
+        cpu, memory = self.profile[kind]
+        task.set_display_name(display_name).set_caching_options(self.options.caching)
+        task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+        task.set_env_variable(CODE_VERSION_ENV, self.version)
+        if retry and self.options.retries:
+            task.set_retry(num_retries=self.options.retries, backoff_duration="60s", backoff_factor=2.0)
+        return task
+
+    def gpu_step(self, task, display_name: str):
+        self.configure(task, "gpu", display_name, retry=True)
+        if self.options.gpu:
+            task.set_accelerator_type(self.options.accelerator_type)
+            task.set_accelerator_limit(self.options.accelerator_count)
+        return task
+
+
 class Outputs(NamedTuple):
     report: HTML
     summary: Artifact
@@ -131,6 +159,8 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     from histoxai.components.explain.params import DEFAULTS as EXPLAIN
     from histoxai.components.ingest.component import ingest
     from histoxai.components.ingest.params import DEFAULTS as INGEST
+    from histoxai.components.predict.component import predict_model
+    from histoxai.components.predict.params import DEFAULTS as PREDICT
     from histoxai.components.register.component import champion_model, register_model
     from histoxai.components.register.params import DEFAULTS as REGISTER
     from histoxai.components.report.component import report
@@ -142,25 +172,10 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     from histoxai.components.tune.params import DEFAULTS as TUNE
     from histoxai.pipelines.params import config_text, search_space
 
-    profile = RESOURCE_PROFILES[options.resources]
     config_default = options.config_text or config_text(DEFAULT_CONFIG)
-    version = options.code_version or code_version()
     space_default = search_space(TUNE.search_space)
-
-    def configure(task, kind: str, display_name: str, retry: bool = False):
-        cpu, memory = profile[kind]
-        task.set_display_name(display_name).set_caching_options(options.caching)
-        task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-        task.set_env_variable(CODE_VERSION_ENV, version)
-        if retry and options.retries:
-            task.set_retry(num_retries=options.retries, backoff_duration="60s", backoff_factor=2.0)
-        return task
-
-    def gpu_step(task, display_name: str):
-        configure(task, "gpu", display_name, retry=True)
-        if options.gpu:
-            task.set_accelerator_type(options.accelerator_type).set_accelerator_limit(options.accelerator_count)
-        return task
+    tasks = TaskSettings(options)
+    configure, gpu_step = tasks.configure, tasks.gpu_step
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def histoxai_pipeline(
@@ -189,6 +204,7 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         tuning_search_space: dict = space_default,
         evaluate_baseline_summary: str = EVALUATE.baseline_summary,
         evaluate_baseline_repeats: int = EVALUATE.baseline_repeats,
+        predict_batch_size: int = PREDICT.batch_size,
         explain_methods: list = list(EXPLAIN.methods),  # noqa: B006
         explain_scores: str = ",".join(EXPLAIN.scores),
         explain_splits: str = ",".join(EXPLAIN.splits),
@@ -242,11 +258,21 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
             name: configure(champion_model(model_registry=model_registry, model_name=model_names[name]),
                             "light", f"champion {name.replace('_', '-')}").outputs["champion"]
             for name in MODELS}
+        # every patch is predicted on the GPU; evaluate (CPU) then only reads the stamped files
+        predicted = {}
+        for name in MODELS:
+            for key, model in ((name, models[name]), (f"{name}_champion", champions[name])):
+                task = predict_model(model=model, data=data, name=key, batch_size=predict_batch_size)
+                predicted[key] = gpu_step(task, f"predict {key.replace('_', '-')}").outputs["predictions"]
         evaluation = configure(
             evaluate_models(split=data, multitask_model=models["multitask"],
                             single_task_model=models["single_task"],
                             multitask_champion=champions["multitask"],
                             single_task_champion=champions["single_task"],
+                            multitask_predictions=predicted["multitask"],
+                            single_task_predictions=predicted["single_task"],
+                            multitask_champion_predictions=predicted["multitask_champion"],
+                            single_task_champion_predictions=predicted["single_task_champion"],
                             baseline_summary=evaluate_baseline_summary,
                             baseline_repeats=evaluate_baseline_repeats, seed=split_seed),
             "evaluate", "evaluate").outputs["evaluation"]
@@ -284,13 +310,22 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
     return histoxai_pipeline
 
 
-def compile_package(out: str, options: CompileOptions = CompileOptions()) -> dict:
+
+
+def compile_package(out: str, options: CompileOptions = CompileOptions(), pipeline: str = "train") -> dict:
     """Compile to a YAML package at OUT (local or gs://, written whole); returns the pipeline's inputs."""
     import tempfile
 
     from kfp import compiler
 
-    pipeline_func = build_pipeline(options)
+    if pipeline not in ("train", "predict"):
+        raise InputError(f"--pipeline {pipeline}: expected train or predict")
+    if pipeline == "predict":
+        from histoxai.pipelines.predict_pipeline import build_predict_pipeline
+
+        pipeline_func = build_predict_pipeline(options)
+    else:
+        pipeline_func = build_pipeline(options)
     with tempfile.TemporaryDirectory(prefix="histoxai-compile-") as tmp:
         package = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline_func, str(package))
@@ -304,7 +339,8 @@ def task_count(arguments: dict, pipeline_func) -> int:
         return arguments.get(name, pipeline_func.component_spec.inputs[name].default)
 
     # check config, ingest per sample, split, [tune +] chosen config, two trainings, two champions,
-    # evaluate, [two registrations], explain per model and shard range, report
-    return (len(value("samples")) + 2 + (2 if value("tuning") else 1) + 2 + 2 + 1
+    # four predictions (each model and champion), evaluate, [two registrations], explain per model and
+    # shard range, report
+    return (len(value("samples")) + 2 + (2 if value("tuning") else 1) + 2 + 2 + 2 * len(MODELS) + 1
             + (len(MODELS) if value("model_registry") else 0)
             + len(MODELS) * len(value("explain_shard_ranges")) + 1)

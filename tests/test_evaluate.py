@@ -1,4 +1,5 @@
-"""Evaluate step: Table 4.1 layout, metrics, degenerate samples, prediction cache, maps, gs://, KFP."""
+"""Evaluate step: Table 4.1 layout, metrics, degenerate samples, prediction cache, the predict step's
+files, maps, gs://, KFP."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from histoxai import artifacts, colour, dataset, storage
+from histoxai import artifacts, colour, dataset, prediction, storage
 from histoxai import config as configs
 from histoxai.cli import main
 from histoxai.components.evaluate import evaluate as ev
@@ -89,7 +90,8 @@ def test_table_4_1_layout_marks_training_samples(setup):
     first_table = html[html.index("<table>", html.index("Table 4.1")):]
     first_table = first_table[:first_table.index("</table>")]
     assert first_table.count('<tr class="training">') == 2 and "sample 1 *" in first_table
-    assert html.count("data:image/png;base64,") == 2 * 2 * 5  # models x targets x samples, embedded
+    # embedded: a map per model x target x sample, a scatter per model x target, curves per model
+    assert html.count("data:image/png;base64,") == 2 * 2 * 5 + 2 * 2 + 2
 
 
 def test_metric_rows_equal_the_metrics_library_on_the_predictions(setup):
@@ -98,7 +100,7 @@ def test_metric_rows_equal_the_metrics_library_on_the_predictions(setup):
     predictions = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))])
     assert sorted(predictions["sample"].unique()) == ["1", "2", "7", "8", "9"]
     for target in ("MD", "CC"):
-        y, p = ev.measured_column(target), ev.predicted_column(target)
+        y, p = prediction.measured_column(target), prediction.predicted_column(target)
         groups = [("sample", s, predictions[predictions["sample"] == s]) for s in ("1", "2", "7", "8", "9")]
         groups += [("split", s, predictions[predictions["split"] == s]) for s in ("train", "val", "test")]
         for kind, group, rows in groups:
@@ -187,16 +189,87 @@ def test_predictions_are_reused_when_the_model_hash_matches(setup, monkeypatch):
     # a file stamped with another model's hash is recomputed, the others are reused
     stale = out / "predictions" / "b" / "9.parquet"
     table = pq.read_table(stale)
-    stamp = json.loads(table.schema.metadata[ev.CACHE_KEY])
+    stamp = json.loads(table.schema.metadata[prediction.CACHE_KEY])
     stamp["model_sha256"] = "0" * 64
-    pq.write_table(table.replace_schema_metadata({ev.CACHE_KEY: json.dumps(stamp).encode()}), stale)
+    pq.write_table(table.replace_schema_metadata({prediction.CACHE_KEY: json.dumps(stamp).encode()}), stale)
     result = ev.evaluate([f"a={setup['model']}", f"b={setup['model']}"], setup["data"], str(out),
                          overwrite=True, progress=False)
     assert calls == [["9"]]
     assert sum(result["cached"].values()) == 9 and not result["cached"][("b", "9")]
     after = pd.read_parquet(out / "predictions" / "b" / "9.parquet")
     pd.testing.assert_frame_equal(before, after)
-    assert json.loads(pq.read_table(stale).schema.metadata[ev.CACHE_KEY])["model_sha256"] != "0" * 64
+    assert json.loads(pq.read_table(stale).schema.metadata[prediction.CACHE_KEY])["model_sha256"] != "0" * 64
+
+
+def _stamp(path) -> dict:
+    return json.loads(pq.read_table(path).schema.metadata[prediction.CACHE_KEY])
+
+
+def test_predict_step_files_give_the_same_evaluation_without_loading_a_model(setup, tmp_path):
+    from histoxai.components.predict.split import predict_split
+
+    folders = {name: str(tmp_path / "predictions" / name) for name in ("a", "b")}
+    for name, folder in folders.items():
+        info = predict_split(str(setup["model"]), setup["data"], folder, name=name, progress=False)
+        assert info["samples"] == ["1", "2", "7", "8", "9"] and info["reused"] == []
+        assert info["targets"] == ["MD", "CC"] and info["n"] == sum(
+            len(pd.read_parquet(f)) for f in Path(folder).glob("*.parquet"))
+    for sample in ("1", "8", "9"):  # the very file evaluate writes, stamp included
+        written = setup["out"] / ev.PREDICTIONS_DIR / "a" / f"{sample}.parquet"
+        given = Path(folders["a"]) / f"{sample}.parquet"
+        pd.testing.assert_frame_equal(pd.read_parquet(given), pd.read_parquet(written))
+        assert _stamp(given) == _stamp(written)
+    models = [f"a={setup['model']}", f"b={setup['model']}"]
+    out = tmp_path / "out"
+    result = ev.evaluate(models, setup["data"], str(out), baseline_summary="", predictions=folders,
+                         progress=False)
+    assert all(result["cached"].values()) and len(result["cached"]) == 2 * 5
+    assert set(result["predicted_here"].values()) == {0}
+    assert not any(m.loaded for m in result["models"])  # scored without loading a model
+    pd.testing.assert_frame_equal(_table(out), _table(setup["out"]), check_exact=True)
+    assert json.loads((out / artifacts.EVALUATION_INFO).read_text())["predicted_here"] == {"a": 0, "b": 0}
+    # a retried predict task reuses its earlier attempt's files
+    again = predict_split(str(setup["model"]), setup["data"], folders["a"], name="a", overwrite=True,
+                          progress=False)
+    assert again["reused"] == again["samples"]
+    # a file with another stamp is not used: evaluate predicts that sample itself
+    stale = Path(folders["b"]) / "9.parquet"
+    table = pq.read_table(stale)
+    stamp = {**_stamp(stale), "patch_fingerprint": "0" * 64}
+    pq.write_table(table.replace_schema_metadata({prediction.CACHE_KEY: json.dumps(stamp).encode()}), stale)
+    result = ev.evaluate(models, setup["data"], str(tmp_path / "out2"), baseline_summary="",
+                         predictions=folders, progress=False)
+    assert [k for k, n in result["predicted_here"].items() if n] == [("b", "9")]
+    assert result["predicted_here"][("b", "9")] == 24
+    pd.testing.assert_frame_equal(_table(tmp_path / "out2"), _table(setup["out"]), check_exact=True)
+
+
+def test_predict_step_without_a_champion_and_the_predictions_option(setup, tmp_path, capsys):
+    from histoxai.components.predict.split import predict_split
+
+    none = tmp_path / "no_champion"
+    none.mkdir()
+    (none / artifacts.CHAMPION_INFO).write_text(json.dumps({"registry": "r", "name": "m", "version": None}))
+    info = predict_split(str(none), setup["data"][0], str(tmp_path / "pc"), name="a_champion", progress=False)
+    assert info["model_sha256"] is None and info["samples"] == []
+    assert [f.name for f in (tmp_path / "pc").iterdir()] == [prediction.PREDICTIONS_INFO]
+    model = f"a={setup['model']}"
+    result = ev.evaluate([model], setup["data"][3:], str(tmp_path / "o1"), baseline_summary="",
+                         champions={"a": str(none)}, predictions={"a_champion": str(tmp_path / "pc")},
+                         progress=False)
+    assert [m.name for m in result["models"]] == ["a"] and result["comparisons"] == {}
+    with pytest.raises(InputError, match=r"--predictions c=.*: no model named 'c'; expected one of a, a_ch"):
+        ev.evaluate([model], setup["data"][3:], str(tmp_path / "o2"), baseline_summary="",
+                    champions={"a": str(none)}, predictions={"c": str(tmp_path / "pc")}, progress=False)
+    folder = tmp_path / "pa"
+    predict_split(str(setup["model"]), setup["data"][3], str(folder), name="a", progress=False)
+    args = ["evaluate", "--model", model, "--data", setup["data"][3], "--summary", "",
+            "--out", str(tmp_path / "o3")]
+    assert main([*args, "--predictions", f"a={folder}"]) == 0
+    printed = capsys.readouterr().out
+    assert "predictions reused for 1 of 1 model x sample pairs, 0 patches predicted here" in printed
+    assert main([*args, "--predictions", f"a={tmp_path / 'nothing'}"]) == 2
+    assert "--predictions a=" in capsys.readouterr().err
 
 
 def test_gcs_model_data_and_output(setup, gcs_bucket, monkeypatch):
@@ -267,6 +340,25 @@ def test_kfp_component_compiles(tmp_path):
         "report_markdown": "system.Markdown"}
     executor = next(iter(spec["deploymentSpec"]["executors"].values()))
     assert executor["container"]["image"] == CPU_IMAGE
+
+
+def test_predict_component_runs_on_the_gpu_image(tmp_path):
+    from kfp import compiler
+
+    from histoxai.components.predict.component import predict_model
+    from histoxai.images import GPU_IMAGE
+
+    path = tmp_path / "predict.yaml"
+    compiler.Compiler().compile(predict_model, str(path))
+    spec = yaml.safe_load(path.read_text())
+    inputs = spec["root"]["inputDefinitions"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in inputs["artifacts"].items()} == {
+        "model": "system.Model", "data": "system.Dataset"}
+    assert set(inputs["parameters"]) == {"name", "batch_size"}
+    assert spec["root"]["outputDefinitions"]["artifacts"]["predictions"]["artifactType"][
+        "schemaTitle"] == "system.Dataset"
+    executor = next(iter(spec["deploymentSpec"]["executors"].values()))
+    assert executor["container"]["image"] == GPU_IMAGE
 
 
 def test_kfp_component_runs_locally(setup, tmp_path):

@@ -221,6 +221,10 @@ def test_two_runs_register_and_gate_through_the_local_runner(tmp_path, capsys):
     assert comparison["multitask"]["groups"] == ["5"] and comparison["multitask"]["champion"]["version"] == 1
     table = pd.read_parquet(evaluation / "evaluation.parquet")
     assert {"multitask", "multitask_champion", "single_task", "single_task_champion"} == set(table["model"])
+    # the champions, too, were predicted by the predict steps: evaluate loaded no model
+    evaluated = json.loads((second.run_dir / "evaluate-models" / "executor_output.json").read_text())
+    assert evaluated["artifacts"]["evaluation"]["artifacts"][0]["metadata"]["predicted_here_by_model"] == {
+        "multitask": 0, "multitask_champion": 0, "single_task": 0, "single_task_champion": 0}
 
     capsys.readouterr()
     assert histoxai_main(["models", "list", "--registry", registry]) == 0

@@ -18,6 +18,9 @@ from histoxai.components.explain.component import explain_model
 from histoxai.components.ingest import ingest
 from histoxai.components.ingest import params as ingest_params
 from histoxai.components.ingest.component import ingest as ingest_component
+from histoxai.components.predict import params as predict_params
+from histoxai.components.predict import split as predict
+from histoxai.components.predict.component import predict_model
 from histoxai.components.register import params as register_params
 from histoxai.components.register.component import register_model
 from histoxai.components.split import params as split_params
@@ -71,6 +74,10 @@ STEPS = {
                  evaluate_models,
                  {"baseline_summary": "evaluate_baseline_summary",
                   "baseline_repeats": "evaluate_baseline_repeats"}),
+    "predict": (predict_params.DEFAULTS, {},
+                [(predict.predict_split, {"batch_size": "batch_size"})],
+                predict_model,
+                {"batch_size": "predict_batch_size"}),
     "explain": (explain_params.DEFAULTS,
                 {f: (["explain", "--model", "M", "--data", "D", "--out", "O"], f)
                  for f in dataclasses.asdict(explain_params.DEFAULTS)},
@@ -86,6 +93,10 @@ STEPS = {
                  [], register_model,
                  {f: f for f in dataclasses.asdict(register_params.DEFAULTS)}),
 }
+# artifact inputs a component may go without (None: the pipeline or a caller has none to give)
+OPTIONAL_ARTIFACTS = {"single_task_model", "multitask_champion", "single_task_champion",
+                      "multitask_predictions", "single_task_predictions", "multitask_champion_predictions",
+                      "single_task_champion_predictions"}
 # pipeline parameters that belong to the run, not to one step
 RUN_PARAMETERS = {"samples_uri", "samples", "config", "config_overrides", "tuning"}
 
@@ -137,7 +148,7 @@ def test_components_take_every_value_from_the_pipeline(step):
     if component is None:
         return
     defaults = {name: spec.default for name, spec in component.component_spec.inputs.items()
-                if spec.default is not None and name != "single_task_model"}
+                if spec.default is not None and name not in OPTIONAL_ARTIFACTS}
     assert not defaults, f"{component.name}: defaults {defaults}; put them in components/{step}/params.py"
 
 

@@ -19,8 +19,10 @@ from histoxai.cli import main as histoxai_main
 from histoxai.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
+PREDICT_EXECUTORS = ("exec-predict-model", "exec-predict-model-2", "exec-predict-model-3",
+                     "exec-predict-model-4")
 GPU_EXECUTORS = ("exec-train-model", "exec-train-model-2", "exec-tune-step", "exec-explain-model",
-                 "exec-explain-model-2")
+                 "exec-explain-model-2", *PREDICT_EXECUTORS)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,19 @@ def test_package_structure(package):
         assert outputs["model"]["artifactType"]["schemaTitle"] == "system.Model"
     assert components["comp-evaluate-models"]["outputDefinitions"]["artifacts"]["metrics"][
         "artifactType"]["schemaTitle"] == "system.Metrics"
+    # every patch is predicted on the GPU image, by each model and champion, and evaluate reads them
+    predicts = {t["taskInfo"]["name"]: t for n, t in root_tasks.items() if n.startswith("predict-model")}
+    assert set(predicts) == {"predict multitask", "predict single-task", "predict multitask-champion",
+                             "predict single-task-champion"}
+    assert all(t["retryPolicy"]["maxRetryCount"] == 2 for t in predicts.values())
+    assert all(images[e] == "registry.example/histoxai-gpu:t1" for e in PREDICT_EXECUTORS)
+    evaluate_inputs = root_tasks["evaluate-models"]["inputs"]["artifacts"]
+    fed = {name: spec["taskOutputArtifact"]["producerTask"] for name, spec in evaluate_inputs.items()
+           if name.endswith("_predictions")}
+    assert {name: root_tasks[task]["taskInfo"]["name"] for name, task in fed.items()} == {
+        "multitask_predictions": "predict multitask", "single_task_predictions": "predict single-task",
+        "multitask_champion_predictions": "predict multitask-champion",
+        "single_task_champion_predictions": "predict single-task-champion"}
     report_outputs = components["comp-report"]["outputDefinitions"]["artifacts"]
     assert report_outputs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
     assert report_outputs["report_markdown"]["artifactType"]["schemaTitle"] == "system.Markdown"
@@ -320,7 +335,7 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     }
     run = run_local(arguments, str(tmp_path / "runs"))
     captured = capsys.readouterr()
-    assert captured.out.count("  done ") == 14 and "for-loop-1-iteration-1/ingest" in captured.out
+    assert captured.out.count("  done ") == 18 and "for-loop-1-iteration-1/ingest" in captured.out
     assert "pipeline: 100%" in captured.err  # the progress bar
 
     summary = run.summary
@@ -347,6 +362,17 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     assert {"r2_test_MD", "r2_test_FA", "n_train"} <= set(metrics)
     assert (run.run_dir / "train-model" / "model" / "model.keras").is_file()
+    import pandas as pd
+
+    # evaluate predicted nothing itself: every patch came from the predict steps' stamped files
+    evaluated = json.loads((run.run_dir / "evaluate-models" / "executor_output.json").read_text())
+    evaluated = evaluated["artifacts"]["evaluation"]["artifacts"][0]["metadata"]
+    assert evaluated["predicted_here"] == 0
+    assert evaluated["predicted_here_by_model"] == {"multitask": 0, "single_task": 0}
+    predicted = json.loads((run.run_dir / "predict-model" / "executor_output.json").read_text())
+    predicted = predicted["artifacts"]["predictions"]["artifacts"][0]["metadata"]
+    assert predicted["model"] == "multitask" and predicted["samples"] == ["3", "4"]
+    assert predicted["n"] == len(pd.read_parquet(run.run_dir / "split" / "data" / "split.parquet"))
     ingest = run.run_dir / "for-loop-1-iteration-0" / "ingest"
     assert (ingest / "data" / "manifest.parquet").is_file() and (ingest / "qc").read_text().startswith("# ")
 
@@ -355,8 +381,6 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     assert f"{published}/report.html" in files and f"{published}/run.log" in files
     assert f"{published}/train-model/model/model.keras" in files
     # the published tables locate the published shards and maps, not this machine's copies
-    import pandas as pd
-
     for name in ("split/data/split.parquet",):
         local = pd.read_parquet(run.run_dir / name)
         with storage.local_copy(f"{published}/{name}") as copy:

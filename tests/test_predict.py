@@ -237,3 +237,35 @@ def test_a_registry_champion_predicts_like_its_folder(setup, capsys):
     code = main(["predict", str(setup["sample"]), "--model", "registry:histoxai-multitask@7",
                  "--registry", registry, "--out", str(setup["root"] / "out-missing")])
     assert code == 2 and "no such version or alias" in capsys.readouterr().err
+
+
+def test_the_prediction_pipeline_runs_every_slide_of_a_folder(setup, tmp_path):
+    """`histoxai compile --pipeline predict`'s DAG under kfp.local: list the folder's slides (a sample
+    folder and a pyramidal TIFF), predict each in its ParallelFor branch, as the CLI does."""
+    import yaml
+    from kfp import local
+
+    from histoxai.pipelines.pipeline import CompileOptions, compile_package
+    from histoxai.pipelines.predict_pipeline import build_predict_pipeline
+
+    package = tmp_path / "predict.yaml"
+    inputs = compile_package(str(package), CompileOptions(), pipeline="predict")
+    assert {n for n, spec in inputs.items() if not spec.optional} == {"slides_uri", "model"}
+    spec = yaml.safe_load(package.read_text())
+    images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert images["exec-predict-slide"].startswith("histoxai-gpu")
+    assert images["exec-list-slides"].startswith("histoxai-cpu")
+
+    slides = tmp_path / "slides"
+    shutil.copytree(setup["sample"], slides / "6")
+    shutil.copy(setup["tiff"], slides / "slide.tif")
+    (slides / "notes.txt").write_text("not a slide")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    build_predict_pipeline(CompileOptions(retries=0))(slides_uri=str(slides), model=str(setup["model"]))
+    infos = sorted((tmp_path / "root").rglob("prediction.json"))
+    found = {json.loads(p.read_text())["slides"][0]["id"]: p.parent for p in infos if p.parent.name == "maps"}
+    assert set(found) == {"6", "slide"}
+    assert _predict(setup, [setup["sample"]], tmp_path / "cli") == 0  # the same as `histoxai predict`
+    np.testing.assert_array_equal(_map(found["6"], "6", "MD"), _map(tmp_path / "cli", "6", "MD"))
+    assert _map(found["slide"], "slide", "FA").shape == (GRID, GRID)

@@ -333,3 +333,24 @@ def test_kfp_takes_the_dev_images(dev_package, kfp_api, capsys):
     (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
     assert _images(run["body"]["pipeline_spec"]) == {"histoxai-cpu:dev", "histoxai-gpu:dev"}
     assert f"{kfp_api.url}/#/runs/details/run-1" in capsys.readouterr().out
+
+
+def test_submit_the_prediction_pipeline_to_vertex(vertex, gcs_bucket, tmp_path, capsys):
+    """`histoxai compile --pipeline predict` then submit: the run names the slides and the champion."""
+    package = tmp_path / "predict.yaml"
+    done = _histoxai(["compile", "--pipeline", "predict", "--out", str(package)], REGISTRY_IMAGES)
+    assert done.returncode == 0, done.stderr
+    args = ["submit", "--package", str(package), "--project", "histoxai-test", "--region", "europe-west4",
+            "--pipeline-root", f"{gcs_bucket}-predict/root", "--api-endpoint", vertex.url,
+            "--param", f"slides_uri={gcs_bucket}/new-slides",
+            "--param", "model=registry:histoxai-multitask@champion",
+            "--param", "model_registry=vertex://histoxai-test/europe-west4"]
+    assert histoxai_main(args) == 0, capsys.readouterr().err
+    (create,) = vertex.find("POST", f"{VERTEX}/pipelineJobs")
+    job = create["body"]
+    assert job["pipelineSpec"]["pipelineInfo"]["name"] == "histoxai-predict"
+    values = job["runtimeConfig"]["parameterValues"]
+    assert values["model"] == "registry:histoxai-multitask@champion"
+    assert values["slides_uri"] == f"{gcs_bucket}/new-slides"
+    assert histoxai_main([*args[:3], "--pipeline", "predict", *args[3:]]) == 2  # a compiled package is fixed
+    assert "--pipeline: compile options do not change a compiled --package" in capsys.readouterr().err

@@ -15,8 +15,8 @@ manifest.parquet; their patches count as heldout). Writes to OUT (local or gs://
   predictions/<model>/<sample>.parquet   sample, row, col, split, <T>_measured, <T>_predicted
   maps/<model>/<sample>/<T>.png, .npz    measured, predicted, residual ŷ - y on the MR grid
   baseline/                the study's baselines (as `histoxai baseline`; --summary '' skips)
-Predictions are reused from an earlier run into the same OUT (--overwrite) when the model's hash
-and the sample's patches match.
+Predictions are reused when the model's hash and the sample's patches match: from --predictions
+folders (the predict step's output), then from an earlier run into the same OUT (--overwrite).
 
 Examples:
   histoxai evaluate --model outputs/models/mdfa --model outputs/models/cc --data outputs/demo/split \\
@@ -54,17 +54,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--champion", action="append", default=[], metavar="NAME=DIR",
                         help="the registered champion to score beside model NAME on the same patches: a "
                              "folder that `histoxai models fetch` wrote; writes comparison.json; repeatable")
+    parser.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR",
+                        help="predictions of model NAME (NAME_champion: of its champion) that the "
+                             "pipeline's predict step wrote; used where their stamp matches the model "
+                             "and patches, else the model predicts here; repeatable")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT (its predictions are reused where still valid)")
 
 
+def _named_folders(items: list[str], option: str, what: str) -> dict[str, str]:
+    """NAME=DIR options as {name: folder}."""
+    from histoxai.errors import InputError
+
+    folders = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise InputError(f"{option} {item}: expected NAME=DIR (the model's name, {what})")
+        folders[name] = folder
+    return folders
+
+
 def run(args: argparse.Namespace) -> None:
     from histoxai import artifacts, storage
-    from histoxai.components.evaluate.evaluate import evaluate, parse_model_spec
+    from histoxai.components.evaluate.evaluate import evaluate
     from histoxai.console import import_tensorflow
     from histoxai.errors import InputError
     from histoxai.evaluation import table41
     from histoxai.metrics import markdown_table
+    from histoxai.prediction import parse_model_spec
 
     for data in args.data:  # wrong paths fail here, before TensorFlow loads
         if not storage.exists(data):
@@ -73,19 +91,20 @@ def run(args: argparse.Namespace) -> None:
     models = [parse_model_spec(spec)[1] for spec in args.model]
     for model in models:
         artifacts.model_file(model)
-    champions = {}
-    for item in args.champion:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise InputError(f"--champion {item}: expected NAME=DIR (the model's name, the fetched champion)")
-        champions[name] = folder
+    champions = _named_folders(args.champion, "--champion", "the fetched champion")
+    predictions = _named_folders(args.predictions, "--predictions", "a predictions folder")
+    for name, folder in predictions.items():
+        if not storage.exists(folder):
+            raise InputError(f"--predictions {name}={folder}: no such folder; expected the output of a "
+                             "predict step (<sample>.parquet files)")
     import_tensorflow()
     result = evaluate(args.model, args.data, args.out, baseline_summary=args.baseline_summary,
                       baseline_repeats=args.baseline_repeats, seed=args.seed, batch_size=args.batch_size,
-                      overwrite=args.overwrite, champions=champions)
+                      overwrite=args.overwrite, champions=champions, predictions=predictions)
     reused = sum(result["cached"].values())
     print(f"\nR² = 1 - SSE/SST (* = training sample); predictions reused for {reused} of "
-          f"{len(result['cached'])} model x sample pairs\n")
+          f"{len(result['cached'])} model x sample pairs, {sum(result['predicted_here'].values())} "
+          "patches predicted here\n")
     print(markdown_table(table41(result["table"], "r2")))
     for name, comparison in result["comparisons"].items():
         print(f"{name}: champion version {comparison['champion']['version']} scored on the "

@@ -11,7 +11,8 @@ import pandas as pd
 
 from histoxai import artifacts, storage
 from histoxai.errors import InputError
-from histoxai.manifest import KEY, SPLITS, natural_key, read_manifest
+from histoxai.manifest import natural_key
+from histoxai.prediction import read_patches
 
 TRAINING_SPLITS = ("train", "val", "test", "gap")  # a sample with any of these took part in training
 
@@ -26,16 +27,6 @@ class EvalData:
     grids: dict[str, tuple[int, int]]
     grid_notes: dict[str, str]
     inputs: list[str]
-
-
-def _input_file(uri: str) -> str:
-    if uri.endswith(".parquet"):
-        return uri
-    for name in (artifacts.SPLIT_TABLE, artifacts.MANIFEST):
-        if storage.exists(storage.join(uri, name)):
-            return storage.join(uri, name)
-    raise InputError(f"{uri}: neither {artifacts.SPLIT_TABLE} nor {artifacts.MANIFEST} found; expected a "
-                     "split folder (`histoxai split`) or an ingest output folder (`histoxai ingest`)")
 
 
 def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]:
@@ -61,30 +52,7 @@ def _sample_grid(rows: pd.DataFrame, sample: str) -> tuple[tuple[int, int], str]
 def read_data(uris: Sequence[str]) -> EvalData:
     """Patches of one or more inputs; a sample may come from one input only. Rows without a split
     (plain ingest manifests) are 'heldout'."""
-    if not uris:
-        raise InputError("--data: none given; expected a split folder or ingest manifests")
-    frames, owner = [], {}
-    for uri in (str(u) for u in uris):
-        path = _input_file(uri)
-        frame = read_manifest(path)
-        if frame.empty:
-            raise InputError(f"{path}: no patches (an empty manifest); expected at least one patch")
-        if "split" not in frame.columns:
-            frame["split"] = "heldout"
-        unknown = sorted(set(frame["split"].astype(str)) - set(SPLITS))
-        if unknown:
-            raise InputError(f"{path}: column 'split' holds {unknown}; expected values among {list(SPLITS)}")
-        for sample in frame["sample"].unique():
-            if sample in owner:
-                raise InputError(f"sample {sample!r} is in both {owner[sample]} and {path}; "
-                                 "give each sample once (the split already holds every sample it split)")
-            owner[sample] = path
-        frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    if frame.duplicated(list(KEY)).any():
-        first = frame[frame.duplicated(list(KEY), keep=False)].iloc[0]
-        raise InputError(f"{owner[first['sample']]}: voxel row {first['row']}, col {first['col']} of sample "
-                         f"{first['sample']} is listed more than once; expected one patch per voxel")
+    frame = read_patches(uris)
     samples = sorted(frame["sample"].unique(), key=natural_key)
     training = sorted(frame.loc[frame["split"].isin(TRAINING_SPLITS), "sample"].unique(), key=natural_key)
     grids, notes = {}, {}

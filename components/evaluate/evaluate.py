@@ -13,21 +13,17 @@ writes to OUT (local or gs://), published whole:
   baseline/             the original study's baselines (components/evaluate/baseline.py) unless
                         baseline_summary is ""
 
-Predictions are computed once per model and sample; a later run into the same OUT (with overwrite)
-reuses a predictions file when its stored model hash (SHA-256 of model.keras) and patch fingerprint
-(the sample's patch keys and shard locations) both match.
+A predictions file (histoxai.prediction) is reused when its stored model hash (SHA-256 of model.keras)
+and patch fingerprint (the sample's patch keys and shard locations) both match: first from a predict
+step's output (`predictions`; the pipeline predicts there, on the GPU image), then from an earlier run
+into the same OUT (with overwrite); only otherwise does the model predict here, once per model and sample.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,141 +34,19 @@ from histoxai.components.evaluate.params import DEFAULTS
 from histoxai.errors import InputError
 from histoxai.manifest import natural_key
 from histoxai.metrics import METRICS, metrics_by_group
+from histoxai.prediction import (
+    ModelSource,
+    measured_column,
+    open_model,
+    predicted_column,
+    predictions_file,
+    sample_predictions,
+    write_predictions,
+)
 
 PREDICTIONS_DIR, MAPS_DIR, BASELINE_DIR = "predictions", "maps", "baseline"
 POOLED_SPLITS = ("train", "val", "test")
-CACHE_KEY = b"histoxai.predictions"
-FINGERPRINT_COLUMNS = ("row", "col", "shard", "index", "offset", "encoding", "patch_size")
 TABLE_COLUMNS = ("model", "target", "kind", "group", "training", "n", *METRICS, "note")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def measured_column(target: str) -> str:
-    return f"{target}_measured"
-
-
-def predicted_column(target: str) -> str:
-    return f"{target}_predicted"
-
-
-@dataclass
-class ModelSource:
-    """One training output folder, with its model.keras available locally while evaluation runs."""
-
-    name: str
-    uri: str
-    targets: tuple[str, ...]
-    sha256: str
-    config: dict
-    train_metrics: dict
-    local_model: Path
-    _net: object = field(default=None, repr=False)
-
-    def net(self):
-        """The Keras model, loaded on first use (a run served entirely from the cache never loads it)."""
-        if self._net is None:
-            from histoxai.model import load_model
-
-            self._net = load_model(str(self.local_model))
-            missing = [t for t in self.targets if t not in self._net.output_names]
-            if missing:
-                raise InputError(f"{self.uri}/model.keras: no output for targets {missing} of config.yaml; "
-                                 f"the model's outputs are {list(self._net.output_names)}")
-        return self._net
-
-
-def parse_model_spec(spec: str) -> tuple[str, str]:
-    """'NAME=DIR' or 'DIR' (named after the folder) -> (name, uri)."""
-    name, sep, uri = spec.partition("=")
-    if not sep or "/" in name:
-        uri = spec
-        name = spec.rstrip("/").rsplit("/", 1)[-1]
-    if not _SAFE_NAME.match(name):
-        raise InputError(f"--model {spec}: model name {name!r} is not usable in file names; expected "
-                         "letters, digits, '.', '_' or '-' (give NAME=DIR to choose one)")
-    return name, uri.rstrip("/")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def open_model(spec: str, stack: contextlib.ExitStack) -> ModelSource:
-    """Check a training output folder and make its model.keras local for as long as `stack` lives."""
-    from histoxai.config import load_config
-
-    name, uri = parse_model_spec(spec)
-    for file in artifacts.MODEL_FILES:
-        if not storage.exists(storage.join(uri, file)):
-            raise InputError(f"{uri}: no {file}; expected a finished training output folder "
-                             f"({', '.join(artifacts.MODEL_FILES)}) from `histoxai train`")
-    config = load_config(storage.join(uri, artifacts.MODEL_CONFIG))
-    if not config.targets:
-        raise InputError(f"{uri}/config.yaml: key 'targets' is empty; "
-                         "expected the targets the model predicts")
-    train_metrics = artifacts.read_train_metrics(uri)
-    local = stack.enter_context(storage.local_copy(storage.join(uri, artifacts.MODEL_FILE)))
-    return ModelSource(name=name, uri=uri, targets=tuple(config.targets), sha256=_sha256(local),
-                       config=config.to_dict(), train_metrics=train_metrics, local_model=local)
-
-
-def patch_fingerprint(rows: pd.DataFrame) -> str:
-    """SHA-256 of the sample's patch keys and shard locations (row-order independent)."""
-    table = rows.loc[:, list(FINGERPRINT_COLUMNS)].sort_values(["row", "col"])
-    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
-
-
-def _read_cached(uri: str, model: ModelSource, fingerprint: str, n: int) -> pd.DataFrame | None:
-    """A previous run's predictions file, if it was made by this exact model on these exact patches."""
-    import pyarrow.parquet as pq
-
-    if not storage.exists(uri):
-        return None
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        stamp = json.loads((table.schema.metadata or {}).get(CACHE_KEY, b"{}"))
-    except Exception:  # a damaged or foreign file is recomputed, not trusted
-        return None
-    columns = [predicted_column(t) for t in model.targets]
-    if (stamp.get("model_sha256") != model.sha256 or stamp.get("patch_fingerprint") != fingerprint
-            or table.num_rows != n or any(c not in table.column_names for c in columns)):
-        return None
-    return table.select(columns).to_pandas()
-
-
-def sample_predictions(model: ModelSource, rows: pd.DataFrame, previous_uri: str | None, *,
-                       batch_size: int) -> tuple[pd.DataFrame, bool]:
-    """The predictions table of one sample (sorted by row, col) and whether it came from the cache."""
-    from histoxai import dataset
-
-    rows = rows.sort_values(["row", "col"], kind="stable")
-    fingerprint = patch_fingerprint(rows)
-    cached = _read_cached(previous_uri, model, fingerprint, len(rows)) if previous_uri else None
-    if cached is None:
-        predicted = dataset.predict(model.net(), rows, batch_size=batch_size)
-    table = rows.loc[:, ["sample", "row", "col", "split"]].reset_index(drop=True)
-    for target in model.targets:
-        values = cached[predicted_column(target)] if cached is not None else predicted[target]
-        table[measured_column(target)] = rows[target].to_numpy(dtype=np.float64)
-        table[predicted_column(target)] = np.asarray(values, dtype=np.float64)
-    table.attrs["stamp"] = {"model": model.name, "model_sha256": model.sha256,
-                            "patch_fingerprint": fingerprint, "targets": list(model.targets)}
-    return table, cached is not None
-
-
-def write_predictions(table: pd.DataFrame, path: Path) -> None:
-    """Parquet with the model hash and patch fingerprint in the file's metadata (the cache's key)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    metadata = {**(arrow.schema.metadata or {}), CACHE_KEY: json.dumps(table.attrs["stamp"]).encode()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(arrow.replace_schema_metadata(metadata), path)
 
 
 def score(model: ModelSource, predictions: pd.DataFrame, training_samples: Sequence[str]) -> pd.DataFrame:
@@ -205,14 +79,17 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
              baseline_summary: str = DEFAULTS.baseline_summary,
              baseline_repeats: int = DEFAULTS.baseline_repeats, seed: int = DEFAULTS.seed,
              batch_size: int = DEFAULTS.batch_size, overwrite: bool = False, progress: bool = True,
-             champions: dict[str, str] | None = None) -> dict:
+             champions: dict[str, str] | None = None, predictions: dict[str, str] | None = None) -> dict:
     """Score every model on every sample and split; write OUT (see the module docstring).
 
     models: training output folders, each 'DIR' or 'NAME=DIR'. data: split folders / split.parquet /
     ingest manifests. baseline_summary: the study's summary.mat for the baseline rows ("bundled": the
     copy shipped with histoxai; "": no baselines). champions: model name -> champion folder (`histoxai
-    models fetch`), scored beside it as <name>_champion and compared in comparison.json.
-    Returns {"table", "models", "data", "baseline", "maps", "cached", "comparisons"}.
+    models fetch`), scored beside it as <name>_champion and compared in comparison.json. predictions:
+    model name (<name>_champion for a champion) -> a predict step's output folder; a sample's file there
+    is used when its stamp matches (the model is then never loaded), else the model predicts here.
+    Returns {"table", "models", "data", "baseline", "maps", "cached", "predicted_here", "comparisons"}:
+    cached and predicted_here per (model, sample): reused from a stamped file, patches predicted here.
     """
     from tqdm import tqdm
 
@@ -241,12 +118,13 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
         if len(set(names)) != len(names):
             raise InputError(f"--model: two models named {sorted({n for n in names if names.count(n) > 1})}; "
                              "name them apart with NAME=DIR")
+        folders = _prediction_folders(predictions, names, [f"{c}{champion.SUFFIX}" for c in champions or {}])
         for model in sources:
             from histoxai.dataset import check_targets
 
             check_targets(evaluation.frame, model.targets, f"--data (targets of model {model.name})")
         with outputs.staged(out, overwrite=overwrite, commit_last=artifacts.EVALUATION_TABLE) as stage:
-            tables, map_files, cached, predictions = [], {}, {}, {}
+            tables, map_files, cached, predicted_here, scored = [], {}, {}, {}, {}
             steps = [(m, s) for m in sources for s in evaluation.samples]
             by_sample = dict(tuple(evaluation.frame.groupby("sample", sort=False)))
             for model in sources:
@@ -254,9 +132,12 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
                 for sample in tqdm(evaluation.samples, desc=f"evaluate {model.name}", unit="sample",
                                    disable=not progress or len(steps) < 2):
                     relative = f"{PREDICTIONS_DIR}/{model.name}/{sample}.parquet"
-                    table, hit = sample_predictions(model, by_sample[sample], storage.join(out, relative),
-                                                    batch_size=batch_size)
+                    # the predict step's file first, then this OUT's from an earlier run
+                    files = [predictions_file(folders[model.name], sample)] if model.name in folders else []
+                    files.append(storage.join(out, relative))
+                    table, hit = sample_predictions(model, by_sample[sample], files, batch_size=batch_size)
                     cached[(model.name, sample)] = hit
+                    predicted_here[(model.name, sample)] = 0 if hit else len(table)
                     write_predictions(table, stage / relative)
                     parts.append(table)
                     for target in model.targets:
@@ -265,14 +146,15 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
                         map_images.write_maps(arrays, stage / relative_map,
                                               title=f"model {model.name} - sample {sample} - {target}")
                         map_files[(model.name, sample, target)] = f"{relative_map}.png"
-                predictions[model.name] = pd.concat(parts, ignore_index=True)
-                tables.append(score(model, predictions[model.name], evaluation.training_samples))
+                scored[model.name] = pd.concat(parts, ignore_index=True)
+                tables.append(score(model, scored[model.name], evaluation.training_samples))
             table = pd.concat(tables, ignore_index=True)
-            comparisons = champion.write_comparisons(stage, pairs, predictions,
+            comparisons = champion.write_comparisons(stage, pairs, scored,
                                                      {m.name: m.targets for m in sources},
                                                      evaluation.training_samples)
             result = {"table": table, "models": sources, "data": evaluation, "baseline": baseline,
-                      "maps": map_files, "cached": cached, "comparisons": comparisons}
+                      "maps": map_files, "cached": cached, "predicted_here": predicted_here,
+                      "comparisons": comparisons}
             if baseline is not None:
                 from histoxai.components.evaluate.baseline import write_baselines
 
@@ -283,11 +165,32 @@ def evaluate(models: Sequence[str], data: Sequence[str], out: str, *,
                                         "train_metrics": m.train_metrics} for m in sources},
                     "data": evaluation.inputs, "samples": evaluation.samples,
                     "training_samples": evaluation.training_samples, "grid_notes": evaluation.grid_notes,
-                    "summary": summary, "rows": _records(table)}
+                    "summary": summary, "predicted_here": predicted_counts(predicted_here),
+                    "rows": _records(table)}
             info_text = json.dumps(info, indent=1, ensure_ascii=False) + "\n"
             (stage / artifacts.EVALUATION_INFO).write_text(info_text)
             table.to_parquet(stage / artifacts.EVALUATION_TABLE, index=False)
     return result
+
+
+def _prediction_folders(given: Mapping[str, str] | None, names: list[str],
+                        champion_names: list[str]) -> dict[str, str]:
+    """`given` checked: each name is a model's, or a champion's that may have no version to score."""
+    folders = {}
+    for name, folder in (given or {}).items():
+        if name not in names and name not in champion_names:
+            raise InputError(f"--predictions {name}={folder}: no model named {name!r}; expected one of "
+                             f"{', '.join([*names, *(c for c in champion_names if c not in names)])}")
+        folders[name] = str(folder).rstrip("/")
+    return folders
+
+
+def predicted_counts(predicted_here: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """Patches each model predicted in the evaluate step itself (0: all came from stamped files)."""
+    counts = {}
+    for (model, _), n in predicted_here.items():
+        counts[model] = counts.get(model, 0) + int(n)
+    return counts
 
 
 def headline_metrics(table: pd.DataFrame) -> dict[str, float]:
