@@ -1,4 +1,4 @@
-# GPU image for the heavy steps (tune, train, explain): TensorFlow with CUDA from pip wheels.
+# GPU image for the heavy steps (tune, train, predict, explain): TensorFlow with CUDA from pip wheels.
 # Build from the repository root:  docker build -f containers/gpu.Dockerfile -t histoxai-gpu .
 # The CUDA user-space libraries come as pip wheels (tensorflow[and-cuda]); the driver comes from the
 # host (Vertex AI, GKE and `docker run --gpus all` mount it). Without a GPU it runs on the CPU.

@@ -21,7 +21,7 @@ def cpu_image() -> str:
 
 
 def gpu_image() -> str:
-    """The GPU steps' image the environment names now (tune, train, explain)."""
+    """The GPU steps' image the environment names now (tune, train, predict, explain)."""
     return os.environ.get(GPU_ENV) or DEV_GPU_IMAGE
 
 
@@ -31,4 +31,4 @@ def dev_images(images) -> list[str]:
 
 
 CPU_IMAGE = cpu_image()  # ingest, split, evaluate, report
-GPU_IMAGE = gpu_image()  # tune, train, explain
+GPU_IMAGE = gpu_image()  # tune, train, predict, explain

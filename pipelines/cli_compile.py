@@ -9,7 +9,7 @@ MD+FA and the single-task CC model, evaluation, saliency maps per model, report)
 parameters with their defaults; `histoxai submit --package` sends it, and the pipeline UI of either
 platform accepts it as a pipeline template.
 
-The GPU steps (tune, train, explain) request ACCELERATOR_TYPE x COUNT, fixed in the package (KFP
+The GPU steps (tune, train, predict, explain) request ACCELERATOR_TYPE x COUNT, fixed in the package (KFP
 2.17 cannot pass run parameters to accelerators inside ParallelFor and dsl.If; recompile to change
 them). Vertex AI names accelerators NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_A100_80GB, ...; open-source
 Kubeflow wants the Kubernetes resource, nvidia.com/gpu. `--accelerator-type none` compiles without

@@ -1,7 +1,7 @@
 """Prediction throughput: `histoxai predict` on phantom slides, as patches/s read + predicted.
 
 `bench_predict(out_dir)` renders crops of phantom sample 6 (40 x 40 voxels at 64 px per voxel, a 2,560 px
-square; 12 x 12 voxels at 360 px, the thesis's patch size, a 4,320 px square), writes each also as a
+square; 20 x 20 voxels at 360 px, the thesis's patch size, a 7,200 px square), writes each also as a
 JPEG-tiled pyramidal TIFF with its pixel size, and runs `histoxai predict` in its own process on both
 inputs for a tiny CNN and a real backbone (MobileNetV2 at 64 px, the thesis's EfficientNetV2-S at 360 px;
 random weights, input = patch size). The figures: patches/s over the slide loop (reading, resizing and
@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.bench.common import run_measured
 
 # (pixels per voxel, crop in voxels, backbones)
-CASES = ((64, (40, 40), ("tiny", "MobileNetV2")), (360, (12, 12), ("tiny", "EfficientNetV2S")))
+CASES = ((64, (40, 40), ("tiny", "MobileNetV2")), (360, (20, 20), ("tiny", "EfficientNetV2S")))
 BATCH = 64
 
 
