@@ -40,6 +40,12 @@ MAPS_TABLE, EXPLAIN_INFO = "maps.parquet", "explain.json"
 TRUST_TABLE, TRUST_CURVES = "trust.parquet", "trust_curves.parquet"
 TRUST_REPORT, TRUST_HTML = "trust.md", "trust.html"
 TRUST_CASCADE, TRUST_CASCADE_PLOT = "trust_cascade.parquet", "trust_cascade.png"  # randomisation stages
+# explain --nuclei: what drives the prediction (histoxai.saliency.nuclei, concepts; phantom interventions)
+NUCLEI_TABLE, NUCLEI_DRIVERS = "nuclei.parquet", "nuclei_drivers.parquet"  # per nucleus x map; per property
+CONCEPTS_TABLE = "concepts.parquet"  # concept sensitivity per target x concept x layer
+RESPONSE_CURVES, RESPONSE_SUMMARY = "response_curves.parquet", "response_summary.parquet"  # interventions
+RESPONSE_PLOT, DRIVERS_PLOT = "response_curves.png", "nuclei_drivers.png"
+DRIVERS_REPORT = "drivers.md"  # the three answers and whether they agree
 # the champion (histoxai.model_registry) beside a run's model, and how the two compared in evaluate
 CHAMPION_INFO = "champion.json"  # registry, name, version of a fetched champion; version null: none
 COMPARISON, COMPARISON_MARKDOWN = "comparison.json", "comparison.md"

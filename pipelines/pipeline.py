@@ -213,6 +213,8 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         explain_shard_ranges: list = [EXPLAIN.shard_range],  # noqa: B006 ("0:4", "4:8": one task each)
         explain_phantom_dir: str = EXPLAIN.phantom_dir,
         explain_trust_patches: int = EXPLAIN.trust_patches,
+        explain_nuclei: bool = EXPLAIN.nuclei,
+        explain_nuclei_voxels: int = EXPLAIN.nuclei_voxels,
         model_registry: str = REGISTER.model_registry,
         multitask_model_name: str = REGISTER.multitask_model_name,
         single_task_model_name: str = REGISTER.single_task_model_name,
@@ -294,7 +296,8 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
                                   max_patches=explain_max_patches, shard_range=shard_range,
                                   phantom_dir=explain_phantom_dir, batch_size=EXPLAIN.batch_size,
                                   gradient_batch=EXPLAIN.gradient_batch,
-                                  trust_patches=explain_trust_patches, seed=EXPLAIN.seed),
+                                  trust_patches=explain_trust_patches, nuclei=explain_nuclei,
+                                  nuclei_voxels=explain_nuclei_voxels, seed=EXPLAIN.seed),
                     f"explain {name.replace('_', '-')}")
             maps[name] = dsl.Collected(explained.outputs["maps"])
         summary = configure(

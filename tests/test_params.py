@@ -85,7 +85,7 @@ STEPS = {
                 explain_model,
                 {"shard_range": "explain_shard_ranges"} | {
                     f: f"explain_{f}" for f in ("methods", "scores", "splits", "samples", "max_patches",
-                                                "phantom_dir", "trust_patches")}),
+                                                "phantom_dir", "trust_patches", "nuclei", "nuclei_voxels")}),
     "register": (register_params.DEFAULTS,
                  {f"promotion_{f}": (["register", "--model", "M", "--split", "S", "--evaluation", "E",
                                       "--evaluated-as", "multitask", "--registry", "R", "--name", "n"], f)

@@ -36,10 +36,11 @@ def _spread(table, target: str, score) -> float:
     return float(np.nanstd(values)) if np.isfinite(values).sum() > 1 else 1.0
 
 
-def _images(frame) -> np.ndarray:
+def patch_images(frame, size: int | None = None) -> np.ndarray:
+    """The patches of `frame` as the model takes them (float32 0-255), in frame order."""
     from histoxai import dataset
 
-    size = int(frame.attrs["image_size"])
+    size = int(size or frame.attrs["image_size"])
     with dataset.local_shards(frame) as local:
         data = dataset.patch_dataset(local, image_size=size, batch_size=64, cache="none")
         return np.concatenate([batch.numpy() for batch in data])
@@ -84,7 +85,7 @@ def assess(stage: Path, reader, model, saliency, frame, keys, specs, scores, tar
     positions = _subset(frame, patches, seed)
     subset = frame.iloc[positions]
     subset.attrs["image_size"] = saliency.size[0]
-    images = _images(subset)
+    images = patch_images(subset)
     blurred = trust.blur(images)
     size = int(table["map_height"].iloc[0])
     by_patch = table.set_index(["target", "method", "setting", "score", "sample", "row", "col"])["map_id"]

@@ -57,8 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N patches, a seeded random choice (default 0: every patch)")
     parser.add_argument("--shard-range", metavar="A:B", help="only shards A to B-1 of the selection "
                                                              "(in reading order), to fan out over shards")
-    parser.add_argument("--phantom-dir", help="the phantom's folder (one sub-folder per sample with "
-                                              "phantom_truth/): scores CC maps against the true nuclei")
+    parser.add_argument("--phantom-dir", help="the samples' folder (one sub-folder per sample, with "
+                                              "phantom_truth/ or QuPath detections): scores maps against "
+                                              "the nuclei")
+    parser.add_argument("--nuclei", action="store_true",
+                        help="also answer what drives the prediction: relevance per nucleus and its "
+                             "properties, concept sensitivity, and (phantom samples) interventions; needs "
+                             "--phantom-dir; writes drivers.md and its tables beside the maps")
+    parser.add_argument("--nuclei-voxels", type=int, default=DEFAULTS.nuclei_voxels,
+                        help="phantom voxels re-rendered per property value (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                         help="patches per batch (default %(default)s)")
     parser.add_argument("--gradient-batch", type=int, default=DEFAULTS.gradient_batch,
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> None:
         shard_range=parse_shard_range(args.shard_range), batch_size=args.batch_size,
         gradient_batch=args.gradient_batch, map_size=args.map_size, engine=args.engine,
         phantom_dir=args.phantom_dir, trust_patches=args.trust_patches, trust_steps=args.trust_steps,
-        randomize_blocks=args.randomize_blocks, seed=args.seed, overwrite=args.overwrite)
+        randomize_blocks=args.randomize_blocks, seed=args.seed, nuclei=args.nuclei,
+        nuclei_voxels=args.nuclei_voxels, overwrite=args.overwrite)
     print(f"{summary['maps']} maps for {summary['patches']} patches in {summary['wall_s']:.1f} s; maps/s: "
           + ", ".join(f"{k} {v:g}" for k, v in summary["maps_per_s"].items()))
     if summary["nan_maps"]:
@@ -108,4 +116,7 @@ def run(args: argparse.Namespace) -> None:
     if summary.get("trust", {}).get("flagged"):
         print("randomisation check flagged (maps barely change with random weights): "
               + "; ".join(summary["trust"]["flagged"]))
+    for row in summary.get("drivers", {}).get("agreement", []):
+        print(f"what drives {row['target']}: per-nucleus relevance {row['saliency'] or '-'}, concepts "
+              f"{row['concepts'] or '-'}, interventions {row['interventions'] or '-'}: {row['verdict']}")
     print(f"wrote {args.out}")

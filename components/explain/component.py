@@ -25,6 +25,8 @@ def explain_model(
     batch_size: int,
     gradient_batch: int,
     trust_patches: int,
+    nuclei: bool,
+    nuclei_voxels: int,
     seed: int,
 ):
     """Maps of `model` (a training output folder) for the patches of `split` (the split folder).
@@ -32,9 +34,11 @@ def explain_model(
     Parameters as `histoxai explain`, defaults in components/explain/params.py; the pipeline passes every
     value (comma-separated lists; '' = default; max_patches 0 = all;
     shard_range 'A:B' to fan out over shards). maps: the output folder (maps.parquet, maps/, trust
-    files, explain.json), readable with histoxai.saliency.store.open_maps; metrics: map and
-    NaN counts, and per target x method x score the trust measures beside their controls and
-    earns_trust (1: the verdict is "beats every control", 0: not).
+    files, explain.json; with `nuclei`, what drives the prediction: drivers.md and its tables),
+    readable with histoxai.saliency.store.open_maps; metrics: map and NaN counts, per target x
+    method x score the trust measures beside their controls and earns_trust (1: the verdict is
+    "beats every control", 0: not), and with `nuclei` drivers_agree_<target> (1: the three answers
+    name the same property).
     """
     import re
 
@@ -56,7 +60,8 @@ def explain_model(
                       splits=listed(splits), samples=listed(samples), max_patches=max_patches or None,
                       shard_range=parse_shard_range(shard_range), batch_size=batch_size,
                       gradient_batch=gradient_batch, phantom_dir=phantom_dir or None,
-                      trust_patches=trust_patches, seed=seed, overwrite=True)
+                      trust_patches=trust_patches, nuclei=nuclei, nuclei_voxels=nuclei_voxels, seed=seed,
+                      overwrite=True)
     for name in ("maps", "patches", "nan_maps", "blank_maps"):
         metrics.log_metric(name, summary[name])
     if trust_patches:
@@ -84,5 +89,7 @@ def explain_model(
                           "targets": summary["targets"], "cam_layer": summary["cam_layer"],
                           "table": artifacts.MAPS_TABLE, "reader": "histoxai.saliency.store.open_maps",
                           "flagged": summary.get("trust", {}).get("flagged", [])})
+    for row in summary.get("drivers", {}).get("agreement", []):
+        metrics.log_metric(f"drivers_agree_{row['target']}", float(row["verdict"] == "agree"))
     for artifact in (trust_html, trust_markdown):
         artifact.metadata["step"] = "explain"

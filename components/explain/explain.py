@@ -129,6 +129,7 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
             map_size: int | None = None, engine: str = DEFAULTS.engine, phantom_dir: str | None = None,
             trust_patches: int = DEFAULTS.trust_patches, trust_steps: int = DEFAULTS.trust_steps,
             randomize_blocks: int = DEFAULTS.randomize_blocks, seed: int = DEFAULTS.seed,
+            nuclei: bool = DEFAULTS.nuclei, nuclei_voxels: int = DEFAULTS.nuclei_voxels,
             overwrite: bool = False) -> dict:
     """Compute, store and check the maps; returns the summary written to explain.json."""
     import pandas as pd
@@ -143,6 +144,11 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
         raise InputError(f"batch size {batch_size}, gradient batch {gradient_batch}, trust patches "
                          f"{trust_patches}, trust steps {trust_steps}, randomised blocks {randomize_blocks}: "
                          "expected batch sizes and steps >= 1, patches and blocks >= 0")
+    if nuclei and not phantom_dir:
+        raise InputError("--nuclei: no --phantom-dir; expected the samples' folder whose nuclei (phantom "
+                         "truth or QuPath detections) the maps are pooled into")
+    if nuclei_voxels < 0:
+        raise InputError(f"--nuclei-voxels {nuclei_voxels}: expected an integer >= 0")
     check_writable(out_uri)
     clear_stale_scratch()
     specs = [parse_method(m) for m in methods]
@@ -211,6 +217,15 @@ def explain(model_uri: str, data_uri: str, out_uri: str, *, methods: Sequence[st
             table = assess(stage, reader, model, saliency, frame, keys, specs, score_list, targets,
                            phantom_dir=phantom_dir, patches=trust_patches, steps=trust_steps,
                            randomize_blocks=randomize_blocks, seed=seed, summary=summary)
+        if nuclei:
+            from histoxai.components.explain import drivers
+            from histoxai.components.explain.assess import patch_images
+
+            stack = patch_images(frame, image_size)
+            keys_ = frame[["sample", "row", "col"]].astype({"sample": str}).itertuples(index=False)
+            images = {tuple(k): stack[i].astype(np.uint8) for i, k in enumerate(keys_)}
+            summary["drivers"] = drivers.analyse(stage, reader, table, model, images, targets,
+                                                 samples_dir=phantom_dir, voxels=nuclei_voxels, seed=seed)
         store.write_table(table, stage / artifacts.MAPS_TABLE)
         (stage / artifacts.EXPLAIN_INFO).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

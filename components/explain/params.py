@@ -16,7 +16,9 @@ class ExplainParams:
     samples: tuple[str, ...] = ()  # samples explained whole, besides the splits
     max_patches: int = 0  # 0: every selected patch
     shard_range: str = ""  # "A:B": shards A to B-1 of the selection; "": all
-    phantom_dir: str = ""  # the phantom's folder: scores maps against the true nuclei
+    phantom_dir: str = ""  # the samples' folder (phantom truth or QuPath detections): maps vs the nuclei
+    nuclei: bool = False  # what drives the prediction: per-nucleus relevance, concepts, interventions
+    nuclei_voxels: int = 6  # phantom voxels re-rendered per property value for the response curves
     batch_size: int = 16
     gradient_batch: int = 64  # most images per gradient pass (SmoothGrad copies, IG steps)
     engine: str = "batched"

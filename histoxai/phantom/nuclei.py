@@ -91,6 +91,7 @@ def kappa_for_coherence(coherence) -> np.ndarray:
 # Random streams, keyed (seed, sample, kind, *index) with a fixed length per kind: SeedSequence
 # ignores trailing zeros ([s, n, 0] seeds like [s, n]), so kinds differ at position 2, not by length.
 STREAM_VOXEL, STREAM_BAND, STREAM_STAIN, STREAM_NOISE = 0, 1, 2, 3
+STREAM_INTERVENTION = 4  # nuclei added by histoxai.phantom.interventions
 
 
 def stream(seed: int, sample: int, kind: int, *index: int) -> np.random.Generator:
@@ -122,23 +123,45 @@ def _centroid_pixels(rng, count: int, allowed: np.ndarray) -> tuple[np.ndarray, 
     return ys[take], xs[take]
 
 
-def voxel_nuclei(rng, count: int, allowed: np.ndarray, row: int, col: int, pixels_per_voxel: int,
-                 direction: float, sa: float) -> dict[str, np.ndarray]:
-    """The nuclei of one voxel (all fields but label), centroids in image pixel coordinates."""
-    size = pixels_per_voxel
-    py, px = _centroid_pixels(rng, count, allowed)
-    cy = row * size + py + rng.uniform(0.05, 0.95, count)
-    cx = col * size + px + rng.uniform(0.05, 0.95, count)
-    sa = float(np.nan_to_num(sa))
-    doubled = rng.vonmises(2 * direction, float(kappa_for_coherence(sa)), count)
-    angle = np.mod(doubled / 2, np.pi)
-    aspect = np.maximum(1.0, (ASPECT_BASE + ASPECT_PER_SA * sa) * np.exp(rng.normal(0, ASPECT_SIGMA, count)))
-    diameter = np.clip(DIAMETER_UM * np.exp(rng.normal(0, DIAMETER_SIGMA, count)), *DIAMETER_RANGE_UM)
-    a, b = semi_axes(diameter, aspect, size)
-    stain = STAIN_MEAN * np.exp(rng.normal(0, STAIN_SIGMA, count))
+def voxel_draws(rng, count: int, allowed: np.ndarray, direction: float, sa: float) -> dict[str, np.ndarray]:
+    """The random draws behind one voxel's nuclei, in the generator's order: centroid pixels (block
+    coordinates), sub-pixel offsets, doubled angles, then standard normals for aspect, size and stain."""
+    pixel_y, pixel_x = _centroid_pixels(rng, count, allowed)
+    draws = {"pixel_y": pixel_y, "pixel_x": pixel_x}
+    draws["offset_y"] = rng.uniform(0.05, 0.95, count)
+    draws["offset_x"] = rng.uniform(0.05, 0.95, count)
+    kappa = float(kappa_for_coherence(float(np.nan_to_num(sa))))
+    draws["doubled"] = rng.vonmises(2 * direction, kappa, count)
+    for name in ("aspect_z", "diameter_z", "stain_z"):
+        draws[name] = rng.standard_normal(count)
+    return draws
+
+
+def nuclei_from_draws(draws: dict[str, np.ndarray], row: int, col: int, pixels_per_voxel: int, sa: float, *,
+                      aspect_median: float | None = None,
+                      diameter_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A voxel's nuclei (all fields but label) from its draws; aspect_median replaces 1.2 + 2.0 SA and
+    diameter_scale multiplies every diameter (both keep each nucleus's own deviation)."""
+    size, count = pixels_per_voxel, draws["pixel_y"].size
+    cy = row * size + draws["pixel_y"] + draws["offset_y"]
+    cx = col * size + draws["pixel_x"] + draws["offset_x"]
+    angle = np.mod(draws["doubled"] / 2, np.pi)
+    if aspect_median is None:
+        aspect_median = ASPECT_BASE + ASPECT_PER_SA * float(np.nan_to_num(sa))
+    aspect = np.maximum(1.0, aspect_median * np.exp(ASPECT_SIGMA * draws["aspect_z"]))
+    diameter = np.clip(DIAMETER_UM * np.exp(DIAMETER_SIGMA * draws["diameter_z"]), *DIAMETER_RANGE_UM)
+    a, b = semi_axes(diameter * diameter_scale, aspect, size)
+    stain = STAIN_MEAN * np.exp(STAIN_SIGMA * draws["stain_z"])
     return {"voxel_row": np.full(count, row, np.int32), "voxel_col": np.full(count, col, np.int32),
             "centroid_x": cx, "centroid_y": cy, "semi_major": a, "semi_minor": b, "angle": angle,
             "haematoxylin": stain}
+
+
+def voxel_nuclei(rng, count: int, allowed: np.ndarray, row: int, col: int, pixels_per_voxel: int,
+                 direction: float, sa: float) -> dict[str, np.ndarray]:
+    """The nuclei of one voxel (all fields but label), centroids in image pixel coordinates."""
+    draws = voxel_draws(rng, count, allowed, direction, sa)
+    return nuclei_from_draws(draws, row, col, pixels_per_voxel, sa)
 
 
 def concat(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -13,6 +13,9 @@ holes plus the nuclei of the voxel rows above and below (nuclei may cross block 
   haematoxylin, darker towards the rim, with chromatin grain; background and holes stay near white.
 - Nuclei: see histoxai.phantom.nuclei. Where nuclei overlap, the later (higher label) wins, but
   every nucleus keeps its centroid pixel, so the label image holds every label.
+- One voxel: `PhantomRenderer.block` renders the same pixels from its 3 x 3 voxel neighbourhood only
+  (pixel work is a pure function of position; the grain is drawn per whole tile), optionally with that
+  voxel's nuclei replaced (histoxai.phantom.interventions).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -47,6 +51,14 @@ class Band:
     tissue: np.ndarray  # (P, W) bool: the HE_mask band (holes are inside the tissue outline)
     labels: np.ndarray  # (P, W) uint32 nuclei labels, 0 = none
     nuclei: dict[str, np.ndarray]  # this voxel row's nuclei
+
+
+class VoxelNuclei(Protocol):
+    """Makes one voxel's nuclei table in place of nuclei.voxel_nuclei: (its generator, after the
+    hole draw; its rint(CD * n_max) count; its P x P tissue-and-not-hole mask) -> table."""
+
+    def __call__(self, rng: np.random.Generator, count: int,
+                 allowed: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -138,10 +150,15 @@ class PhantomRenderer:
         self._keys = [int(k) for k in keys]
         self._next_label = 1
         self._pool: ThreadPoolExecutor | None = None
+        self.span = (0, self.width)  # the image columns a band covers: all, except in `block`
+        self._replaced: tuple[tuple[int, int], VoxelNuclei] | None = None
 
     def _tiled(self, work: Callable[[int, int], None]) -> None:
-        """Run work(x0, x1) over column tiles of the band, in parallel; tiles write disjoint slices."""
-        tiles = [(x0, min(x0 + TILE_COLUMNS, self.width)) for x0 in range(0, self.width, TILE_COLUMNS)]
+        """Run work(x0, x1) over column tiles of the band (cut to the span), in parallel; tiles write
+        disjoint slices."""
+        lo, hi = self.span
+        tiles = [(max(x0, lo), min(x0 + TILE_COLUMNS, self.width, hi))
+                 for x0 in range(0, self.width, TILE_COLUMNS) if lo < x0 + TILE_COLUMNS and x0 < hi]
         if self._pool is None:
             for x0, x1 in tiles:
                 work(x0, x1)
@@ -154,29 +171,33 @@ class PhantomRenderer:
 
     def _layout(self, row: int) -> _Layout:
         """Tissue mask, holes and nuclei of one voxel row (labels continue from the row above)."""
-        size, y0 = self.size, row * self.size
+        size, y0, (lo, hi) = self.size, row * self.size, self.span
         voxels = self.tissue_voxels.astype(np.float32)
-        tissue = np.empty((size, self.width), bool)
+        tissue = np.empty((size, hi - lo), bool)
 
         def tissue_tile(x0: int, x1: int) -> None:
             field = _bilinear_voxels(voxels, y0, size, x0, x1 - x0, size)
             for layer, (divisor, amplitude) in enumerate(TISSUE_NOISE):
                 key = self._keys[3 + layer]
                 field += amplitude * value_noise(key, y0, size, x0, x1 - x0, max(2.0, size / divisor))
-            np.greater(field, 0.5, out=tissue[:, x0:x1])
+            np.greater(field, 0.5, out=tissue[:, x0 - lo:x1 - lo])
 
         self._tiled(tissue_tile)
         holes = np.zeros_like(tissue)
         tables = []
-        for col in np.flatnonzero(self.tissue_voxels[row]):
+        for col in np.flatnonzero(self.tissue_voxels[row, lo // size:hi // size]) + lo // size:
             rng = nu.voxel_rng(self.seed, self.maps.sample, row, int(col))
-            block = slice(col * size, col * size + size)
+            block = slice(col * size - lo, col * size + size - lo)
             if rng.random() < HOLE_FRACTION:
                 _stamp_hole(rng, holes[:, block], size)
             count = int(self.counts[row, col])
-            if count:
+            if self._replaced is not None and self._replaced[0] == (row, int(col)):
+                table = self._replaced[1](rng, count, tissue[:, block] & ~holes[:, block])
+                count = int(table["voxel_row"].size)
+            elif count:
                 table = nu.voxel_nuclei(rng, count, tissue[:, block] & ~holes[:, block], row, int(col),
                                         size, float(self.direction[row, col]), float(self.sa[row, col]))
+            if count:
                 table["label"] = np.arange(self._next_label, self._next_label + count, dtype=np.uint32)
                 self._next_label += count
                 tables.append(table)
@@ -195,8 +216,27 @@ class PhantomRenderer:
             self._pool.shutdown()
             self._pool = None
 
+    def block(self, row: int, col: int, nuclei: VoxelNuclei | None = None):
+        """Voxel (row, col)'s P x P x 3 block as `bands` renders it, and its nuclei table (labels local
+        to the block's 3 x 3 voxel neighbourhood). Nuclei reach at most half a block into a neighbour,
+        so the 3 x 3 voxels around it decide every pixel. `nuclei` replaces this voxel's nuclei."""
+        size = self.size
+        lo, hi = max(col - 1, 0), min(col + 2, self.cols)
+        self.span, self._replaced, self._next_label = (lo * size, hi * size), None, 1
+        if nuclei is not None:
+            self._replaced = ((row, col), nuclei)
+        try:
+            layouts = [self._layout(r) if 0 <= r < self.rows else None for r in (row - 1, row, row + 1)]
+            band = self._render(row, *layouts)
+        finally:
+            self.span, self._replaced, self._next_label = (0, self.width), None, 1
+        x0 = (col - lo) * size
+        own = band.nuclei["voxel_col"] == col
+        return band.rgb[:, x0:x0 + size].copy(), {k: v[own] for k, v in band.nuclei.items()}
+
     def _render(self, row: int, above, here: _Layout, below) -> Band:
-        size, width, y0 = self.size, self.width, row * self.size
+        (lo, hi), size, y0 = self.span, self.size, row * self.size
+        width = hi - lo
         near = nu.concat([layout.nuclei for layout in (above, here, below) if layout is not None])
         reach = near["semi_major"]
         crosses = (near["centroid_y"] + reach > y0) & (near["centroid_y"] - reach < y0 + size)
@@ -206,7 +246,7 @@ class PhantomRenderer:
         # Every nucleus keeps its centroid pixel, so no label vanishes under a later one.
         own = here.nuclei
         centre = (np.floor(own["centroid_y"]).astype(np.int64) - y0) * width + np.floor(
-            own["centroid_x"]).astype(np.int64)
+            own["centroid_x"]).astype(np.int64) - lo
         labels[centre], rim[centre] = own["label"], 0.0
         labels, rim = labels.reshape(size, width), rim.reshape(size, width)
         rgb = self._colour(row, here, labels, rim, near)
@@ -218,7 +258,8 @@ class PhantomRenderer:
         normalised radius^2 (0 at the centre, 1 at the edge)."""
         if nuc["label"].size == 0:
             return
-        size, width = self.size, self.width
+        size, (lo, hi) = self.size, self.span
+        width = hi - lo
         half = int(np.ceil(nuc["semi_major"].max())) + 1
         offsets = np.arange(-half, half + 1)
         hits = []
@@ -234,8 +275,8 @@ class PhantomRenderer:
             a = part["semi_major"].astype(np.float32)[:, None, None]
             b = part["semi_minor"].astype(np.float32)[:, None, None]
             q = ((dx * cos + dy * sin) / a) ** 2 + ((dy * cos - dx * sin) / b) ** 2
-            inside = (q <= 1) & (r >= y0) & (r < y0 + size) & (c >= 0) & (c < width)
-            index = np.broadcast_to((r - y0) * width + c, q.shape)[inside]
+            inside = (q <= 1) & (r >= y0) & (r < y0 + size) & (c >= lo) & (c < hi)
+            index = np.broadcast_to((r - y0) * width + c - lo, q.shape)[inside]
             label = np.broadcast_to(part["label"][:, None, None], q.shape)[inside]
             np.maximum.at(labels, index, label)
             hits.append((index, label, q[inside]))
@@ -246,17 +287,21 @@ class PhantomRenderer:
     def _colour(self, row: int, here: _Layout, labels: np.ndarray, rim: np.ndarray, near) -> np.ndarray:
         lut = np.zeros(int(near["label"].max(initial=0)) + 1, np.float32)
         lut[near["label"]] = near["haematoxylin"] * self.haem_scale
-        rgb = np.empty((self.size, self.width, 3), np.uint8)
+        lo, hi = self.span
+        rgb = np.empty((self.size, hi - lo, 3), np.uint8)
         stroma = here.tissue & ~here.holes
         self._tiled(lambda x0, x1: self._colour_tile(
-            row, x0, x1, stroma[:, x0:x1], labels[:, x0:x1], rim[:, x0:x1], lut, rgb[:, x0:x1]))
+            row, x0, x1, stroma[:, x0 - lo:x1 - lo], labels[:, x0 - lo:x1 - lo], rim[:, x0 - lo:x1 - lo], lut,
+            rgb[:, x0 - lo:x1 - lo]))
         return rgb
 
     def _colour_tile(self, row: int, x0: int, x1: int, stroma, labels, rim, lut, rgb) -> None:
         """Stain amounts per pixel -> RGB for one tile (in-place arithmetic, few temporaries)."""
         size, width, y0 = self.size, x1 - x0, row * self.size
-        rng = nu.stream(self.seed, self.maps.sample, nu.STREAM_BAND, row, x0)
-        grain = rng.random((size, width), np.float32)
+        tile = x0 - x0 % TILE_COLUMNS  # the grain is drawn per whole tile of the full band
+        rng = nu.stream(self.seed, self.maps.sample, nu.STREAM_BAND, row, tile)
+        grain = rng.random((size, min(tile + TILE_COLUMNS, self.width) - tile), np.float32)
+        grain = grain[:, x0 - tile:x1 - tile]
         grain -= 0.5
         grain *= np.float32(np.sqrt(12))  # uniform grain with unit variance
         eosin = value_noise(self._keys[NOISE_MID], y0, size, x0, width, self._px(8))
