@@ -111,8 +111,9 @@ def _top(frame: pd.DataFrame | None, target: str, name: str, value: str, keep) -
     return canonical(str(rows.loc[rows[value].abs().idxmax(), name]))
 
 
-def agreement(targets, found, concepts, responses) -> pd.DataFrame:
-    """Per target the top property of each answer (canonical names) and whether the answers agree."""
+def agreement(targets, found, concepts, responses) -> list[dict]:
+    """Per target the top property of each answer (canonical names, None: no driver) and whether the
+    answers agree."""
     rows = []
     for target in targets:
         saliency = _top(found, target, "property", "rho", lambda f: f["verdict"] == "drives")
@@ -128,7 +129,7 @@ def agreement(targets, found, concepts, responses) -> pd.DataFrame:
             verdict = "agree" if len(set(given)) == 1 else "disagree"
         rows.append({"target": target, "saliency": saliency, "concepts": concept, "interventions": response,
                      "verdict": verdict})
-    return pd.DataFrame(rows)
+    return rows
 
 
 def analyse(stage: Path, reader, table: pd.DataFrame, model, images: dict, targets, *, samples_dir: str,
@@ -148,10 +149,11 @@ def analyse(stage: Path, reader, table: pd.DataFrame, model, images: dict, targe
              "coherence, stain), and whether they agree:", "",
              "| target | per-nucleus relevance | concept sensitivity | interventions | verdict |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r.target} | {r.saliency or '-'} | {r.concepts or '-'} | {r.interventions or '-'} | "
-              f"{r.verdict} |" for r in agreed.itertuples()]
+    for r in agreed:
+        answers = " | ".join(r[k] or "-" for k in ("saliency", "concepts", "interventions"))
+        lines.append(f"| {r['target']} | {answers} | {r['verdict']} |")
     lines += ["", "## 1. Relevance per nucleus", "", nuclei_md, "", "## 2. Concept sensitivity", "",
               concepts_md, "", "## 3. Interventions on the phantom", "", responses_md, ""]
     (stage / artifacts.DRIVERS_REPORT).write_text("\n".join(lines))
     return {"nuclei": int(nuclei[["sample", "row", "col", "label"]].drop_duplicates().shape[0]),
-            "agreement": agreed.to_dict("records")}
+            "agreement": agreed}
