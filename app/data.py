@@ -275,3 +275,57 @@ def read_grid_maps(uri: str, root: str) -> dict[str, np.ndarray]:
         if missing:
             raise InputError(f"{uri}: lacks arrays {missing}; expected the maps of `histoxai evaluate`")
         return {k: arrays[k] for k in ("measured", "predicted", "residual")}
+
+
+# ---- explain --nuclei outputs: what drives the prediction ----
+
+DRIVERS_FILES = (artifacts.DRIVERS_REPORT, artifacts.NUCLEI_DRIVERS, artifacts.CONCEPTS_TABLE,
+                 artifacts.RESPONSE_CURVES, artifacts.RESPONSE_PLOT, artifacts.DRIVERS_PLOT)
+NUCLEI_COLUMNS = ("sample", "row", "col", "target", "method", "setting", "score", "label", "outline",
+                  "centroid_x", "centroid_y", "area_px", "area_um2", "relevance_mean", "positive_mean")
+
+
+def drivers_outputs(explain_uri: str, root: str) -> dict[str, object]:
+    """The `explain --nuclei` outputs an explain folder holds (the nuclei table aside, see `read_nuclei`):
+    file name -> DataFrame (.parquet), str (drivers.md) or bytes (.png); absent files are left out."""
+    found: dict[str, object] = {}
+    for name in DRIVERS_FILES:
+        path = runs.ensure_within(root, storage.join(explain_uri, name), what="explain output")
+        if not storage.exists(path):
+            continue
+        if name.endswith(".parquet"):
+            found[name] = storage.read_parquet(path, f"the {name} of `histoxai explain --nuclei`")
+        else:
+            found[name] = storage.read_text(path) if name.endswith(".md") else storage.read_bytes(path)
+    return found
+
+
+def read_nuclei(explain_uri: str, root: str) -> pd.DataFrame | None:
+    """The explain folder's nuclei table (NUCLEI_COLUMNS it has), None when it has none."""
+    path = runs.ensure_within(root, storage.join(explain_uri, artifacts.NUCLEI_TABLE), what="nuclei table")
+    if not storage.exists(path):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        content = storage.read_bytes(path)
+        names = set(pq.read_schema(io.BytesIO(content)).names)
+        frame = pd.read_parquet(io.BytesIO(content), columns=[c for c in NUCLEI_COLUMNS if c in names])
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise InputError(f"{path}: not a readable Parquet table ({err}); expected the nuclei table of "
+                         "`histoxai explain --nuclei`") from err
+    return frame.assign(sample=frame["sample"].astype(str)) if "sample" in frame.columns else frame
+
+
+def phantom_sample(phantom_dirs, sample: str, root: str) -> str | None:
+    """The folder of a phantom sample under the run with its whole truth (targets, labels, nuclei
+    table), None when there is none."""
+    from histoxai import layout
+
+    for folder in phantom_dirs:
+        sample_dir = runs.ensure_within(root, storage.join(folder, str(sample)), what="phantom sample")
+        paths = [runs.ensure_within(root, storage.join(sample_dir, name), what="phantom truth")
+                 for name in (layout.TRUTH_TARGETS, layout.TRUTH_LABELS, layout.TRUTH_NUCLEI)]
+        if all(storage.exists(p) for p in paths):
+            return sample_dir
+    return None

@@ -11,7 +11,8 @@ PAGES = (("page_main.py", "Main", ":material/home:", "main"),
          ("page_single_target.py", "Single Target", ":material/grid_view:", "single-target"),
          ("page_multiple_targets.py", "Multiple Targets", ":material/view_column:", "multiple-targets"),
          ("page_multiple_methods.py", "Multiple Methods", ":material/compare:", "multiple-methods"),
-         ("page_sample_maps.py", "Sample Maps", ":material/map:", "sample-maps"))
+         ("page_sample_maps.py", "Sample Maps", ":material/map:", "sample-maps"),
+         ("page_drivers.py", "What drives the prediction", ":material/psychology:", "drivers"))
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ import pandas as pd
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from histoxai import artifacts, storage
 from histoxai.metrics import format_value, r2_score
@@ -244,3 +246,80 @@ def map_figure(values: np.ndarray, title: str, label: str) -> Figure:
 
 def predicted_map(values: np.ndarray, title: str, label: str) -> bytes:
     return png(map_figure(values, title, label))
+
+
+# ---- what drives the relevance: per nuclear property ----
+
+DRIVERS_KINDS = ("signed", "positive")  # nuclei_stats.KINDS: relevance_mean, positive_mean
+CONTROL_MARKERS = {"darkness": ("D", "#222"), "edges": ("X", "#888")}
+
+
+def _method_label(row, scores: int) -> str:
+    setting = row.get("setting")
+    label = f"{row['method']}:{setting}" if isinstance(setting, str) and setting else str(row["method"])
+    return f"{label} ({row['score']})" if scores > 1 and row.get("score") not in (None, "") else label
+
+
+def drivers_figure(nuclei_drivers: pd.DataFrame, kind: str = "signed") -> Figure:
+    """Per target a panel of horizontal bars: each nuclear property's within-map rank correlation rho of
+    relevance (one bar per method, its 95 % CI as error bars; bars of a property that 'drives' the
+    method's relevance solid, the others pale), and the input-only controls' rho marked on each property
+    (darkness, edges). `nuclei_drivers`: the explain step's nuclei_drivers.parquet
+    (histoxai.saliency.nuclei_stats.findings); `kind`: 'signed' or 'positive' relevance."""
+    frame = nuclei_drivers
+    if frame is not None and len(frame) and "kind" in frame.columns:
+        frame = frame[frame["kind"].astype(str) == kind]
+    if frame is None or frame.empty:
+        return _empty(MAP_SIZE, "relevance per nuclear property", "no nuclei")
+    frame = frame.assign(setting=frame["setting"].fillna("") if "setting" in frame.columns else "",
+                         score=frame["score"].fillna("") if "score" in frame.columns else "")
+    scores = frame["score"].nunique()
+    frame = frame.assign(label=[_method_label(r, scores) for r in frame.to_dict("records")])
+    targets = list(dict.fromkeys(frame["target"].astype(str)))
+    methods = list(dict.fromkeys(frame["label"]))
+    properties = list(dict.fromkeys(frame["property"].astype(str)))
+    height = max(3.0, 1.4 + 0.28 * len(properties) * max(len(methods), 1.5))
+    figure = Figure(figsize=(5.2 * len(targets), height), dpi=DPI, layout="constrained")
+    figure.suptitle(f"Within-map rank correlation of {kind} relevance with each nuclear property "
+                    "(95 % CI; pale: does not drive it)", fontsize=10)
+    band = 0.8 / len(methods)
+    for t, target in enumerate(targets):
+        axes = figure.add_subplot(1, len(targets), t + 1)
+        rows = frame[frame["target"].astype(str) == target]
+        for m, method in enumerate(methods):
+            chosen = rows[rows["label"] == method].drop_duplicates("property").set_index("property")
+            chosen = chosen.reindex(properties)
+            rho = chosen["rho"].to_numpy(dtype=float)
+            missing = np.full_like(rho, np.nan)
+            low = chosen["rho_low"].to_numpy(dtype=float) if "rho_low" in chosen else missing
+            high = chosen["rho_high"].to_numpy(dtype=float) if "rho_high" in chosen else missing
+            drives = (chosen["verdict"] == "drives").to_numpy() if "verdict" in chosen else \
+                np.zeros(len(rho), bool)
+            y = np.arange(len(properties)) - 0.4 + band * (m + 0.5)
+            error = np.vstack([rho - low, high - rho])
+            error = np.where(np.isfinite(error), np.clip(error, 0, None), 0.0)
+            axes.barh(y, np.nan_to_num(rho), height=band * 0.9, color=f"C{m % 10}", label=method,
+                      xerr=error, ecolor="#333", capsize=2, edgecolor=f"C{m % 10}", linewidth=0.8)
+            for bar, strong in zip(axes.containers[-1].patches, drives, strict=True):
+                bar.set_alpha(1.0 if strong else 0.35)
+        for control, (marker, colour) in CONTROL_MARKERS.items():
+            column = f"{control}_rho"
+            if column not in rows.columns:
+                continue
+            values = rows.drop_duplicates("property").set_index("property")[column].reindex(properties)
+            values = values.to_numpy(dtype=float)
+            shown = np.isfinite(values)
+            if shown.any():
+                axes.scatter(values[shown], np.arange(len(properties))[shown], marker=marker, s=30,
+                             color=colour, zorder=3, label=f"control: {control}")
+        axes.axvline(0, color="#444", linewidth=0.8)
+        axes.set_yticks(np.arange(len(properties)), properties)
+        axes.invert_yaxis()
+        axes.set_xlim(-1.05, 1.05)
+        axes.set(xlabel="rho (within-map Spearman)", title=target)
+        axes.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=f"C{m % 10}", label=method) for m, method in enumerate(methods)]
+    handles += [Line2D([], [], linestyle="", marker=marker, color=colour, label=f"control: {control}")
+                for control, (marker, colour) in CONTROL_MARKERS.items() if f"{control}_rho" in frame.columns]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+    return figure

@@ -5,7 +5,8 @@ into OUT/phantom, then runs every pipeline step with kfp.local's subprocess runn
 cluster runs: ingest per sample in parallel branches, split, a small tuning study, the multi-task
 MD+FA and the single-task CC model, evaluation on every sample, saliency maps with trust measures,
 report) into OUT/runs, with settings sized for a 2-core CPU: the tiny CNN at 64 px (the `demo` config),
-two tuning trials over the `search_space_demo` space, maps for 48 test patches per model. Both models
+two tuning trials over the `search_space_demo` space, maps for 48 test patches per model, and what
+drives each prediction (explain --nuclei: per-nucleus relevance, concepts, phantom interventions). Both models
 are registered in the folder registry OUT/registry, which the next demo keeps: its models are scored
 beside this one's champions on the same patches and promoted only if they beat them.
 """
@@ -37,7 +38,7 @@ def demo_parameters(samples_uri: str, *, samples=DEMO_SAMPLES, train_samples=TRA
         "tuning_search_space": search_space("search_space_demo"),
         "explain_methods": ["gradcam++", "layercam", "smoothgrad:sigma=0.2,n=16", "vanilla", "ig"],
         "explain_max_patches": 48, "explain_trust_patches": 16, "explain_phantom_dir": samples_uri,
-        "evaluate_baseline_repeats": 20, "model_registry": model_registry,
+        "evaluate_baseline_repeats": 20, "model_registry": model_registry, "explain_nuclei": True,
     }
 
 
@@ -57,6 +58,20 @@ def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
     print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")
     registry = str(Path(out) / "registry")  # kept between demos: the next one competes with this one's models
     return run_local(demo_parameters(phantom, model_registry=registry), str(Path(out) / "runs"))
+
+
+def drivers_state(run_dir: Path) -> str:
+    """What drives each model's prediction by the three answers of explain --nuclei, per target."""
+    import json
+
+    lines = ["What drives the prediction (per-nucleus relevance / concepts / interventions):"]
+    for info in sorted(Path(run_dir).glob("for-loop-*/explain-model*/maps/explain.json")):
+        summary = json.loads(info.read_text())
+        model = Path(summary.get("model", "")).parent.name or info.parent.parent.name
+        for row in summary.get("drivers", {}).get("agreement", []):
+            answers = " / ".join(row[k] or "-" for k in ("saliency", "concepts", "interventions"))
+            lines.append(f"  {row['target']} ({model}): {answers}: {row['verdict']}")
+    return "\n".join(lines)
 
 
 def registry_state(registry: str) -> str:
@@ -93,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(terminal_summary(run.summary))
+    print()
+    print(drivers_state(run.run_dir))
     print()
     print(registry_state(str(Path(args.out).resolve() / "registry")))
     print(f"\nThe report (open it in a browser): {run.report_html}")

@@ -183,3 +183,91 @@ def test_run_report_takes_the_evaluate_steps_plots_and_draws_missing_curves(trai
         (tmp_path / f"{i}.png").write_bytes(figure["png"])
     page = render_html(_with_figures(sections, found, str(tmp_path)), "t", image_root=tmp_path)
     assert page.count("<img src=\"data:image/png;base64,") == 2
+
+
+# ---- what drives the relevance: per nuclear property ----
+
+def _drivers_table() -> pd.DataFrame:
+    rows = []
+    for target in ("MD", "CC"):
+        for method, setting, shift in (("gradcam++", "", 0.0), ("smoothgrad", "sigma=0.2", -0.3)):
+            for prop, rho in (("area_um2", 0.6), ("elongation", -0.2), ("density_per_mm2", np.nan)):
+                for kind in ("signed", "positive"):
+                    value = rho + shift + (0.05 if kind == "positive" else 0.0)
+                    rows.append({"target": target, "method": method, "setting": setting, "score": "increase",
+                                 "property": prop, "kind": kind, "rho": value, "rho_low": value - 0.1,
+                                 "rho_high": value + 0.2, "darkness_rho": 0.25, "edges_rho": -0.1,
+                                 "verdict": "drives" if abs(value) > 0.4 else "no evidence"})
+    return pd.DataFrame(rows)
+
+
+def test_drivers_figure_draws_rho_with_its_interval_per_method_and_marks_the_controls():
+    table = _drivers_table()
+    figure = plots.drivers_figure(table)
+    assert [a.get_title() for a in figure.axes] == ["MD", "CC"]
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["area_um2", "elongation", "density_per_mm2"]
+    first, second = (container for container in axes.containers if hasattr(container, "patches"))
+    assert np.allclose([b.get_width() for b in first.patches], [0.6, -0.2, 0.0])  # NaN: no bar
+    assert np.allclose([b.get_width() for b in second.patches], [0.3, -0.5, 0.0])
+    assert [b.get_alpha() for b in first.patches] == [1.0, 0.35, 0.35]  # only area drives gradcam++
+    assert [b.get_alpha() for b in second.patches] == [0.35, 1.0, 0.35]
+    # the 95 % CI as error bars: rho - 0.1 .. rho + 0.2
+    segments = first.errorbar.lines[2][0].get_segments()
+    assert np.allclose([s[:, 0] for s in segments[:2]], [[0.5, 0.8], [-0.3, 0.0]])
+    markers = {c.get_label(): c.get_offsets() for c in axes.collections
+               if c.get_label().startswith("control")}
+    assert np.allclose(markers["control: darkness"][:, 0], 0.25) and len(markers["control: edges"]) == 3
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["gradcam++", "smoothgrad:sigma=0.2", "control: darkness", "control: edges"]
+    positive = plots.drivers_figure(table, kind="positive").axes[0]
+    bars = next(c for c in positive.containers if hasattr(c, "patches"))
+    assert np.isclose(bars.patches[0].get_width(), 0.65)
+    assert plots.png(plots.drivers_figure(table)) == plots.png(plots.drivers_figure(table.copy()))
+    empty = plots.drivers_figure(table.iloc[0:0])
+    assert [t.get_text() for t in empty.axes[0].texts] == ["no nuclei"]
+
+
+def test_run_report_shows_what_drives_the_prediction_or_that_the_run_did_not_ask(tmp_path):
+    from histoxai.components.report.drivers_section import drivers_section, drivers_summary, terminal_lines
+    from histoxai.components.report.report import _with_figures
+    from histoxai.sections import render_html, render_markdown
+    from tests.app_data import synthesise_run
+    from tests.test_app_drivers import write_drivers
+
+    for name in ("asked", "other"):
+        synthesise_run(tmp_path / name, patches=4, patch_size=32, map_size=16, samples=1,
+                       targets=("MD", "CC"))
+    asked, other = tmp_path / "asked" / "explain", tmp_path / "other" / "explain"
+    write_drivers(asked)
+    (asked / artifacts.CONCEPTS_TABLE).unlink()  # a missing table leaves its answer empty, nothing else
+    maps_dirs = {"multitask": [str(asked)], "single_task": [str(other)]}
+    sections, figures = drivers_section(maps_dirs)
+    assert [c for k, c in sections if k == "h2"] == ["What drives the prediction: model multitask",
+                                                     "What drives the prediction: model single_task"]
+    assert ("h3", "1. Relevance per nucleus") in sections
+    assert ("list", ["MD gradcam++ (signed): rho +0.60"]) in sections
+    table = next(c for k, c in sections if k == "table")
+    assert list(table.columns)[0] == "target" and table["verdict"].tolist() == ["disagree", "disagree"]
+    assert any(k == "p" and "explain_nuclei" in c for k, c in sections[-2:])
+    assert [f["uri"] for f in figures] == [str(asked / artifacts.RESPONSE_PLOT),
+                                           str(asked / artifacts.DRIVERS_PLOT)]
+    markdown = render_markdown(_with_figures(sections, figures, None))
+    assert f"]({asked / artifacts.DRIVERS_PLOT})" in markdown and "| MD | size | density | size |" in markdown
+    for i, figure in enumerate(figures):
+        (tmp_path / f"{i}.png").write_bytes(figure["png"])
+    page = render_html(_with_figures(sections, figures, str(tmp_path)), "t", image_root=tmp_path)
+    assert page.count("<img src=\"data:image/png;base64,") == 2 and "<td>disagree</td>" in page
+    assert "<h3>1. Relevance per nucleus</h3>" in page and "# What" not in page
+
+    facts = drivers_summary(maps_dirs)
+    assert facts["single_task"] is None
+    md = facts["multitask"]["targets"]["MD"]
+    assert md["saliency"] == {"property": "area_um2", "rho": 0.6}
+    assert md["concepts"] is None and md["interventions"] == {"property": "size", "slope_std": -0.5}
+    assert md["agreement"] == "disagree"
+    assert terminal_lines(facts)[0] == ("multitask MD: saliency area_um2, concepts -, interventions size; "
+                                        "disagree")
+    none_asked, none_figures = drivers_section({"single_task": [str(other)]})
+    assert none_figures == [] and [k for k, _ in none_asked] == ["h2", "p"]
+    assert "did not ask" in none_asked[1][1] and drivers_section({}) == ([], [])

@@ -8,6 +8,7 @@ The report holds no numbers of its own: every figure is read from the step that 
 plots are the evaluate step's (plots/<model>/...png, histoxai.plots): each model's learning curves and
 measured vs predicted per target, embedded in the HTML (one file, as the pipeline UI shows it) and
 linked by URI from the Markdown; a model's learning curves missing there are drawn from its history.csv.
+With `explain --nuclei` outputs, "What drives the prediction" per model (drivers_section.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from histoxai import artifacts, plots, storage
+from histoxai.components.report.drivers_section import drivers_section, drivers_summary, terminal_lines
 from histoxai.evaluation import read_table41
 from histoxai.metrics import format_value, markdown_table
 from histoxai.saliency import controls, trust_report
@@ -163,9 +165,12 @@ def build_report(*, ingest_dirs: Sequence[str], split_dir: str, model_dirs: Mapp
                "models": models, "training_r2_table": _records(training),
                "r2_table": _records(evaluation) if evaluation is not None else None,
                "trust_table": _records(trust), "flagged": flagged}
+    summary["drivers"] = drivers_summary(maps_dirs or {})
     figures = run_plots(model_dirs, models, evaluation_dir)
+    drivers, drivers_figures = drivers_section(maps_dirs or {})
+    figures += drivers_figures
     summary["plots"] = [{"kind": f["kind"], "caption": f["caption"], "uri": f["uri"]} for f in figures]
-    sections = _sections(summary, training, evaluation, trust)
+    sections = _sections(summary, training, evaluation, trust, drivers)
     markdown = render_markdown(_with_figures(sections, figures, None))
     with tempfile.TemporaryDirectory(prefix="histoxai-report-") as folder:
         for i, figure in enumerate(figures):
@@ -196,7 +201,7 @@ def _with_figures(sections: list[tuple[str, object]], figures: list[dict],
 
 
 def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | None,
-              trust: pd.DataFrame) -> list[tuple[str, object]]:
+              trust: pd.DataFrame, drivers: list[tuple[str, object]] = ()) -> list[tuple[str, object]]:
     options = summary["split_options"]
     counts = pd.DataFrame.from_dict(summary["split_counts"], orient="index")
     counts.insert(0, "sample", counts.index)
@@ -233,6 +238,7 @@ def _sections(summary: dict, training: pd.DataFrame, evaluation: pd.DataFrame | 
         if summary["flagged"]:
             sections.append(("list", [f"randomisation check not passed: {item}"
                                       for item in summary["flagged"]]))
+    sections += list(drivers)
     sections += [
         ("h2", "Models"), ("table", models),
         ("h2", "Data"),
@@ -266,6 +272,8 @@ def terminal_summary(summary: Mapping) -> str:
                   markdown_table(_compact_trust(pd.DataFrame(summary["trust_table"]))).rstrip()]
     if summary.get("flagged"):
         lines.append("Randomisation check not passed: " + "; ".join(summary["flagged"]))
+    if drivers := terminal_lines(summary.get("drivers")):
+        lines += ["\nWhat drives the prediction (top property per answer; explain --nuclei):", *drivers]
     patches = ", ".join(f"sample {s['sample']}: {s['patches']}" for s in summary["samples"])
     lines.append(f"\nPatches: {patches}")
     for refused in summary.get("rejected") or []:
