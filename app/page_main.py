@@ -12,7 +12,9 @@ from histoxai.app import cache, controls, figures, runs, settings
 PAGES = (("page_single_target.py", "Single Target", "a grid of patches with one method's overlay"),
          ("page_multiple_targets.py", "Multiple Targets", "one patch, the maps of every target"),
          ("page_multiple_methods.py", "Multiple Methods", "one patch, every method and setting"),
-         ("page_sample_maps.py", "Sample Maps", "measured, predicted and residual maps; click a voxel"))
+         ("page_sample_maps.py", "Sample Maps", "measured, predicted and residual maps; click a voxel"),
+         ("page_drivers.py", "What drives the prediction",
+          "nuclear properties by per-nucleus relevance, concepts and phantom interventions"))
 _IMAGE_LINE = re.compile(r"^!\[.*\]\(.*\)\s*$", re.MULTILINE)
 
 

@@ -203,7 +203,7 @@ def test_main_page_shows_outputs_models_reports_and_links(run, app_env):
     text = " ".join(m.value for m in at.markdown)
     assert "Table 4.1" in text and "Saliency trust report" in text and "![" not in text
     assert any("backbone: tiny" in c.value for c in at.code)  # the model's config.yaml
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 6  # every other page, and the maps from the evaluation section
 
 
 def test_single_target_grid_titles_and_pagination(run, app_env):
