@@ -60,20 +60,6 @@ def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
     return run_local(demo_parameters(phantom, model_registry=registry), str(Path(out) / "runs"))
 
 
-def drivers_state(run_dir: Path) -> str:
-    """What drives each model's prediction by the three answers of explain --nuclei, per target."""
-    import json
-
-    lines = ["What drives the prediction (per-nucleus relevance / concepts / interventions):"]
-    for info in sorted(Path(run_dir).glob("for-loop-*/explain-model*/maps/explain.json")):
-        summary = json.loads(info.read_text())
-        model = Path(summary.get("model", "")).parent.name or info.parent.parent.name
-        for row in summary.get("drivers", {}).get("agreement", []):
-            answers = " / ".join(row[k] or "-" for k in ("saliency", "concepts", "interventions"))
-            lines.append(f"  {row['target']} ({model}): {answers}: {row['verdict']}")
-    return "\n".join(lines)
-
-
 def registry_state(registry: str) -> str:
     """The registry after a demo: per model its versions, the champion, and the newest verdict."""
     from histoxai.model_registry import open_registry
@@ -108,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(terminal_summary(run.summary))
-    print()
-    print(drivers_state(run.run_dir))
     print()
     print(registry_state(str(Path(args.out).resolve() / "registry")))
     print(f"\nThe report (open it in a browser): {run.report_html}")

@@ -59,7 +59,8 @@ def test_explain_writes_the_three_answers_beside_the_maps(explained, capsys):
     summary = json.loads((explained / artifacts.EXPLAIN_INFO).read_text())["drivers"]
     (row,) = summary["agreement"]
     assert row["target"] == "CC" and row["verdict"] in (
-        "agree", "disagree", "only one answer names a driver", "no answer found a driver")
+        "agree", "agree (two answers; the third names none)", "disagree", "only one answer names a driver",
+        "no answer found a driver")
     assert summary["nuclei"] == nuclei[["sample", "row", "col", "label"]].drop_duplicates().shape[0]
 
 
@@ -79,6 +80,8 @@ def test_the_agreement_speaks_one_vocabulary():
     assert row["verdict"] == "no answer found a driver" and row["saliency"] is None
     (row,) = agreement(["CC"], found, concepts.assign(concept="coherence"), None)
     assert row["verdict"] == "disagree"
+    (row,) = agreement(["CC"], found, concepts, None)
+    assert row["verdict"] == "agree (two answers; the third names none)"
 
 
 def test_nuclei_needs_the_samples_folder(tmp_path):

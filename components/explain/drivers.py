@@ -125,8 +125,10 @@ def agreement(targets, found, concepts, responses) -> list[dict]:
             verdict = "no answer found a driver"
         elif len(given) == 1:
             verdict = "only one answer names a driver"
+        elif len(set(given)) > 1:
+            verdict = "disagree"
         else:
-            verdict = "agree" if len(set(given)) == 1 else "disagree"
+            verdict = "agree" if len(given) == 3 else "agree (two answers; the third names none)"
         rows.append({"target": target, "saliency": saliency, "concepts": concept, "interventions": response,
                      "verdict": verdict})
     return rows
