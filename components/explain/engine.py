@@ -16,7 +16,6 @@ from histoxai.components.explain.methods import (
     STAGES,
     MethodSpec,
     Score,
-    float32_model,
     fuse_layers,
     gradcam_plus_plus,
     ig_baseline_value,
@@ -24,6 +23,7 @@ from histoxai.components.explain.methods import (
     upsample,
 )
 from histoxai.errors import InputError
+from histoxai.saliency.precision import float32_model
 
 
 def _quiet_retracing_warning() -> None:

@@ -187,26 +187,6 @@ def ig_baseline_value(spec: MethodSpec) -> float:
     return IG_BASELINES[baseline] if baseline in IG_BASELINES else float(baseline)
 
 
-# ---- the model in float32 ----
-
-def float32_model(model):
-    """The model itself when it computes in float32, else a float32 copy with the same weights
-    (CAM formulas and exp() are unsafe in float16, and tf-keras-vis fails on bfloat16)."""
-    import keras
-
-    if all(layer.compute_dtype == "float32" for layer in model.layers):
-        return model
-
-    def clone(layer):
-        config = layer.get_config()
-        config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def upsample(cams, size: tuple[int, int]):
     """(B, h, w) -> (B, H, W) bilinear with corners aligned, as tf-keras-vis (scipy zoom, order 1)."""
     import tensorflow as tf

@@ -23,27 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from histoxai.errors import InputError
+from histoxai.saliency.precision import float32_model
 
 # penalties tried, relative to the largest squared singular value of the training activations
 LAMBDA_GRID = np.logspace(-6, 2, 17)
-
-
-def float32_view(model):
-    """The model itself when it computes in float32, else a float32 copy with the same weights
-    (gradients in float16 lose the small sensitivities this module compares)."""
-    import keras
-
-    if all(layer.compute_dtype == "float32" for layer in model.layers):
-        return model
-
-    def clone(layer):
-        config = layer.get_config()
-        config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _output_layer(model, target: str):
@@ -75,7 +58,7 @@ def layer_gradients(model, images: np.ndarray, layers: Sequence[str], targets: S
     import keras
     import tensorflow as tf
 
-    model = float32_view(model)
+    model = float32_model(model)
     outputs = [_layer_output(model, name) for name in layers] + [_output_layer(model, t) for t in targets]
     view = keras.Model(model.inputs, outputs)
     count = len(layers)
