@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 test: install tools  ## run the whole test suite
 	$(BIN)/python -m pytest
 
-demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 3-4 min on 2 cores), into $(OUT)/demo
+demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 4 min on 2 cores), into $(OUT)/demo
 	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo
 
 compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "predict": "histoxai.components.predict.cli",
     "explain": "histoxai.components.explain.cli",
     "register": "histoxai.components.register.cli",
+    "report": "histoxai.components.report.cli",
     "app": "histoxai.app.cli",
     "compile": "histoxai.pipelines.cli_compile",
     "run-local": "histoxai.pipelines.cli_run_local",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 
 from histoxai.errors import InputError
+from histoxai.pipelines.help import add_run_parameters_help
 
 PIPELINES = ("train", "predict")  # what pipelines/pipeline.py compile_package builds
 
@@ -68,6 +69,7 @@ def compile_options(args: argparse.Namespace, config: str | None = None):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_parameters_help(parser, PIPELINES)  # --help lists both pipelines' run parameters
     parser.add_argument("--out", required=True, help="the YAML package to write, local or gs://")
     parser.add_argument("--config", help="default of the run parameter `config`: a YAML file, gs:// URI or "
                                          "a shipped name: demo, thesis (default: thesis)")

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 
+from histoxai.pipelines.help import add_run_parameters_help
 from histoxai.pipelines.params import add_parameter_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_parameters_help(parser, ("train",))  # --help lists the run parameters (training pipeline only)
     parser.add_argument("--out", default="outputs/runs",
                         help="local folder for the run's outputs (the pipeline root; default outputs/runs)")
     parser.add_argument("--publish", metavar="URI",

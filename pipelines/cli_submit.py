@@ -31,7 +31,8 @@ import os
 import tempfile
 
 from histoxai.errors import InputError
-from histoxai.pipelines.cli_compile import COMPILE_OPTIONS, add_compile_arguments, compile_options
+from histoxai.pipelines.cli_compile import COMPILE_OPTIONS, PIPELINES, add_compile_arguments, compile_options
+from histoxai.pipelines.help import add_run_parameters_help
 from histoxai.pipelines.params import add_parameter_arguments
 
 KFP_EXPERIMENT = "histoxai"  # KFP files every run under an experiment
@@ -54,6 +55,7 @@ def add_vertex_arguments(group) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_parameters_help(parser, PIPELINES)  # --help lists both pipelines' run parameters
     parser.add_argument("--package", help="compiled pipeline YAML (local or gs://); default: compile now")
     parser.add_argument("--run-name", help="display name of the run (default: histoxai)")
     parser.add_argument("--schedule", metavar="CRON",

@@ -35,7 +35,7 @@ def report(
 
     from histoxai import artifacts, storage
     from histoxai.artifacts import code_version, location
-    from histoxai.components.report.report import build_report
+    from histoxai.components.report.report import build_report, run_settings
 
     content, markdown, page = build_report(
         ingest_dirs=[location(d) for d in ingested], split_dir=location(split),
@@ -43,9 +43,7 @@ def report(
         evaluation_dir=location(evaluation),
         maps_dirs={"multitask": [location(m) for m in multitask_maps],
                    "single_task": [location(m) for m in single_task_maps]},
-        parameters={"samples": [str(s) for s in samples], "training samples": [str(s) for s in train_samples],
-                    "multi-task targets": multitask_targets, "single-task targets": single_task_targets,
-                    "tuning": "on (the config below is the study's best)" if tuning else "off"},
+        parameters=run_settings(samples, train_samples, multitask_targets, single_task_targets, tuning),
         config=config, code_version=code_version())
     storage.write_text(location(report_html), page)
     storage.write_text(location(report_markdown), markdown)

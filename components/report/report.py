@@ -151,6 +151,14 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
+def run_settings(samples, train_samples, multitask_targets: str, single_task_targets: str,
+                 tuning: bool) -> dict:
+    """The settings block at the top of a report, as the component and `histoxai report` show it."""
+    return {"samples": [str(s) for s in samples], "training samples": [str(s) for s in train_samples],
+            "multi-task targets": multitask_targets, "single-task targets": single_task_targets,
+            "tuning": "on (the config below is the study's best)" if tuning else "off"}
+
+
 def build_report(*, ingest_dirs: Sequence[str], split_dir: str, model_dirs: Mapping[str, str],
                  evaluation_dir: str | None = None, maps_dirs: Mapping[str, Sequence[str]] | None = None,
                  parameters: Mapping | None = None, config: str = "",
