@@ -105,10 +105,16 @@ def test_a_damaged_index_or_a_missing_file_is_one_error_and_changes_nothing(tmp_
     code = histoxai_main(["models", "list", "histoxai-multitask", "--registry", str(location)])
     assert code == 2
 
-    index.write_text(json.dumps({"name": "histoxai-multitask", "versions": [{"version": 1, "folder": "x"}],
+    good = "versions/" + "0" * 32
+    index.write_text(json.dumps({"name": "histoxai-multitask", "versions": [{"version": 1, "folder": good}],
                                  "aliases": {CHAMPION: 4}}))
     with pytest.raises(InputError, match="name versions it does not list"):
         registry.champion("histoxai-multitask")
+    # a tampered index cannot point a version out of the registry (fetch would copy from there)
+    index.write_text(json.dumps({"name": "histoxai-multitask", "aliases": {},
+                                 "versions": [{"version": 1, "folder": "../../../etc"}]}))
+    with pytest.raises(InputError, match="no list of versions with numbers and folders"):
+        registry.versions("histoxai-multitask")
 
     fresh = open_registry(str(tmp_path / "other"))
     version = _register(fresh, tmp_path, "c", promote=True)

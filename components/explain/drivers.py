@@ -66,11 +66,10 @@ def _concept_answer(model, images: dict, nuclei: pd.DataFrame, targets, seed: in
     per_nucleus = nuclei[~nuclei["method"].str.startswith("control:")].drop_duplicates(
         ["sample", "row", "col", "label"])
     per_nucleus = per_nucleus.rename(columns={"area_um2": "area"})
-    keep = ["sample", "row", "col", "area", "elongation", "orientation", "haematoxylin"]
+    keep = ["sample", "row", "col", "area", "elongation", "orientation"]  # the nuclear concepts, not stain
     keys = list(images)
     patches = pd.DataFrame(keys, columns=["sample", "row", "col"])
     concepts = patch_concepts(per_nucleus[[c for c in keep if c in per_nucleus.columns]], patches)
-    concepts = concepts.drop(columns=[c for c in concepts.columns if c in ("haematoxylin",)])
     stack = np.stack([images[k] for k in keys]).astype(np.float32)
     table = concept_sensitivity(model, stack, concepts, list(targets), seed=seed)
     return table, markdown(table)

@@ -70,6 +70,7 @@ def predict_slide(
     Defaults: components/predict/params.py (the pipeline passes every value)."""
     from histoxai import storage
     from histoxai.artifacts import location
+    from histoxai.components.predict.outputs import SUMMARY_HTML
     from histoxai.components.predict.slides import predict_slides
     from histoxai.console import import_tensorflow
 
@@ -77,7 +78,7 @@ def predict_slide(
     info = predict_slides([slide], model, location(maps), voxel_um=voxel_um, mpp=mpp, batch_size=batch_size,
                           overwrite=True, progress=False, registry=model_registry)
     (entry,) = info["slides"]
-    page = storage.join(location(maps), entry["id"], "summary.html")
+    page = storage.join(location(maps), entry["id"], SUMMARY_HTML)
     storage.write_bytes(location(summary), storage.read_bytes(page))
     maps.metadata.update({"slide": slide, "model": model, "targets": info["model"]["targets"],
                           "grid": entry["grid"], "predicted": entry["predicted"]})

@@ -85,9 +85,7 @@ def register(*, model_dir: str, split_dir: str, evaluation: str, model: str, reg
     """Register `model_dir` as the next version of `name`; returns {version, verdict, comparison,
     markdown}. `model` is the model's name in the evaluation (multitask, single_task)."""
     check_name(name)
-    target = open_registry(registry)
-    if staging and hasattr(target, "staging_uri"):
-        target.staging_uri = staging
+    target = open_registry(registry, staging_uri=staging)
     current = target.champion(name)
     comparison = read_comparison(evaluation, model)
     if current is None:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from histoxai import artifacts, storage
 from histoxai.errors import InputError
 
 CHAMPION = "champion"
@@ -22,7 +23,8 @@ VERTEX_SCHEME = "vertex://"
 # sample, row, col, split of every patch a version trained or validated on (and the gaps around them)
 TRAINING_PATCHES = "training_patches.parquet"
 SAVED_MODEL_DIR = "saved_model"  # the SavedModel export (what a prediction container serves)
-VERSION_FILES = ("model.keras", "config.yaml", "metrics.json", "history.csv", TRAINING_PATCHES)
+VERSION_FILES = (artifacts.MODEL_FILE, artifacts.MODEL_CONFIG, artifacts.TRAIN_METRICS,
+                 artifacts.TRAIN_HISTORY, TRAINING_PATCHES)
 # Verdicts a version's record carries: promoted by the rule, kept out by the rule, moved by a person
 PROMOTED, NOT_PROMOTED, MANUAL = "promoted", "not-promoted", "manual"  # label-safe (Vertex AI)
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")  # what both backends accept as a model name
@@ -62,8 +64,27 @@ def parse_reference(reference: str) -> tuple[str, str | None]:
     return check_name(name), (which or None)
 
 
-def open_registry(location: str):
-    """The registry at `location`: vertex://PROJECT/REGION, or a folder (local path or gs:// URI)."""
+def version_number(which: str | int) -> int | None:
+    """3, "3" or "v3" -> 3; an alias (champion, ...) -> None."""
+    if isinstance(which, int):
+        return which
+    text = str(which).lstrip("v")
+    return int(text) if text.isdigit() else None
+
+
+def check_version_dir(version_dir: Path) -> Path:
+    """A folder to register: VERSION_FILES and SAVED_MODEL_DIR/, or one InputError naming what lacks."""
+    version_dir = Path(version_dir)
+    missing = [f for f in (*VERSION_FILES, SAVED_MODEL_DIR) if not (version_dir / f).exists()]
+    if missing:
+        raise InputError(f"{version_dir}: no {', '.join(missing)}; expected a version folder with "
+                         f"{', '.join(VERSION_FILES)} and {SAVED_MODEL_DIR}/")
+    return version_dir
+
+
+def open_registry(location: str, *, staging_uri: str = ""):
+    """The registry at `location`: vertex://PROJECT/REGION, or a folder (local path or gs:// URI).
+    staging_uri: where Vertex AI's version files go (a gs:// folder); a folder registry holds its own."""
     if not location or not location.strip():
         raise InputError("--registry: empty; expected a folder (local or gs://) or vertex://PROJECT/REGION")
     if location.startswith(VERTEX_SCHEME):
@@ -73,7 +94,7 @@ def open_registry(location: str):
         if not project or not region or "/" in region:
             raise InputError(f"--registry {location}: expected vertex://PROJECT/REGION, "
                              "e.g. vertex://my-project/europe-west4")
-        return VertexRegistry(project=project, region=region)
+        return VertexRegistry(project=project, region=region, staging_uri=staging_uri or None)
     from histoxai.model_registry.folder import FolderRegistry
 
     return FolderRegistry(location)
@@ -128,4 +149,11 @@ class Registry:
 
     def fetch(self, version: ModelVersion, dest: Path) -> Path:
         """Copy the version's files (VERSION_FILES) into the local folder `dest`; returns it."""
-        raise NotImplementedError
+        dest = Path(dest)
+        for file in VERSION_FILES:
+            uri = storage.join(version.uri, file)
+            if not version.uri or not storage.exists(uri):
+                raise InputError(f"{uri}: missing; model {version.name} version {version.version} in "
+                                 f"{self.location} is incomplete (expected {', '.join(VERSION_FILES)})")
+            storage.download_file(uri, dest / file)
+        return dest

@@ -15,6 +15,7 @@ import datetime as dt
 import fcntl
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,17 +27,18 @@ from histoxai.errors import InputError
 from histoxai.model_registry import (
     CHAMPION,
     MANUAL,
-    SAVED_MODEL_DIR,
-    VERSION_FILES,
     ModelVersion,
     Registry,
     check_name,
+    check_version_dir,
+    version_number,
 )
 
 INDEX = "index.json"
 VERSIONS_DIR = "versions"
 _FORMAT = 1
 _WRITE_ATTEMPTS = 30
+_FOLDER = re.compile(VERSIONS_DIR + r"/[0-9a-f]{32}")  # what register writes; no path out of the registry
 
 
 def now() -> str:
@@ -64,8 +66,9 @@ class FolderRegistry(Registry):
         aliases = index.get("aliases") if isinstance(index, dict) else None
         if (not isinstance(versions, list) or not isinstance(aliases, dict)
                 or not all(isinstance(v, dict) and isinstance(v.get("version"), int)
-                           and isinstance(v.get("folder"), str) for v in versions)):
-            raise InputError(f"{uri}: no list of versions with numbers and folders; {expected}")
+                           and _FOLDER.fullmatch(str(v.get("folder"))) for v in versions)):
+            raise InputError(f"{uri}: no list of versions with numbers and folders ({VERSIONS_DIR}/<id>); "
+                             f"{expected}")
         numbers = {v["version"] for v in versions}
         dangling = {a: n for a, n in aliases.items() if n not in numbers}
         if dangling or index.get("name") != name:
@@ -127,7 +130,7 @@ class FolderRegistry(Registry):
         if not versions:
             raise InputError(f"model {name}: not in the registry {self.location} (it has "
                              f"{', '.join(self.names()) or 'no models'})")
-        number = _version_number(which)
+        number = version_number(which)
         for version in versions:
             if version.version == number or (number is None and which in version.aliases):
                 return version
@@ -136,11 +139,7 @@ class FolderRegistry(Registry):
 
     def register(self, name: str, version_dir: Path, *, labels: dict[str, str], record: dict[str, Any],
                  promote: bool) -> ModelVersion:
-        version_dir = Path(version_dir)
-        missing = [f for f in (*VERSION_FILES, SAVED_MODEL_DIR) if not (version_dir / f).exists()]
-        if missing:
-            raise InputError(f"{version_dir}: no {', '.join(missing)}; expected a version folder with "
-                             f"{', '.join(VERSION_FILES)} and {SAVED_MODEL_DIR}/")
+        version_dir = check_version_dir(version_dir)
         self._read(name)  # a damaged index fails before anything is copied
         folder = f"{VERSIONS_DIR}/{uuid.uuid4().hex}"
         target = storage.join(self.location, check_name(name), folder)
@@ -171,22 +170,6 @@ class FolderRegistry(Registry):
         self._update(name, move)
         return self.get(name, version)
 
-    def fetch(self, version: ModelVersion, dest: Path) -> Path:
-        dest = Path(dest)
-        for file in VERSION_FILES:
-            uri = storage.join(version.uri, file)
-            if not storage.exists(uri):
-                raise InputError(f"{uri}: missing; model {version.name} version {version.version} in "
-                                 f"{self.location} is incomplete (expected {', '.join(VERSION_FILES)})")
-            storage.download_file(uri, dest / file)
-        return dest
-
-
-def _version_number(which: str | int) -> int | None:
-    if isinstance(which, int):
-        return which
-    text = str(which).lstrip("v")
-    return int(text) if text.isdigit() else None
 
 
 @contextlib.contextmanager

@@ -23,10 +23,11 @@ from histoxai.model_registry import (
     CHAMPION,
     MANUAL,
     SAVED_MODEL_DIR,
-    VERSION_FILES,
     ModelVersion,
     Registry,
     check_name,
+    check_version_dir,
+    version_number,
 )
 
 RECORD_FILE = "record.json"
@@ -52,13 +53,6 @@ def _labels(labels: dict[str, Any], record: dict[str, Any]) -> dict[str, str]:
     facts = {key: record[key] for key in ("verdict", "run") if record.get(key) not in (None, "")}
     merged = {gcp.label_key(k): gcp.label_value(v) for k, v in {**labels, **facts}.items()}
     return {**merged, REGISTRY_LABEL[0]: REGISTRY_LABEL[1]}
-
-
-def _number(which: str | int) -> int | None:
-    if isinstance(which, int):
-        return which
-    text = str(which).lstrip("v")
-    return int(text) if text.isdigit() else None
 
 
 class VertexRegistry(Registry):
@@ -145,7 +139,7 @@ class VertexRegistry(Registry):
         if model is None:
             raise InputError(f"model {name}: not in the registry {self.location} (it has "
                              f"{', '.join(self.names()) or 'no models'})")
-        number = _number(which)
+        number = version_number(which)
         which_id = str(which) if number is None else str(number)  # Vertex AI: ID@3 or ID@champion
         aiplatform = self._init()
         try:
@@ -164,11 +158,7 @@ class VertexRegistry(Registry):
         from google.api_core import exceptions as api_exc
 
         check_name(name)
-        version_dir = Path(version_dir)
-        missing = [f for f in (*VERSION_FILES, SAVED_MODEL_DIR) if not (version_dir / f).exists()]
-        if missing:
-            raise InputError(f"{version_dir}: no {', '.join(missing)}; expected a version folder with "
-                             f"{', '.join(VERSION_FILES)} and {SAVED_MODEL_DIR}/")
+        version_dir = check_version_dir(version_dir)
         if not self.staging_uri or not storage.is_gcs(self.staging_uri):
             raise InputError(f"{self.location}: staging folder {self.staging_uri or '(none)'}: expected a "
                              f"gs:// folder for the version files (or set {STAGING_ENV})")
@@ -227,13 +217,3 @@ class VertexRegistry(Registry):
             client = aiplatform.ModelRegistry(versioned_name.partition("@")[0], **self._where()).client
             client.update_model(model=gca_model.Model(name=versioned_name, labels=labels),
                                 update_mask=field_mask_pb2.FieldMask(paths=["labels"]))
-
-    def fetch(self, version: ModelVersion, dest: Path) -> Path:
-        dest = Path(dest)
-        for file in VERSION_FILES:
-            uri = storage.join(version.uri, file)
-            if not version.uri or not storage.exists(uri):
-                raise InputError(f"{uri}: missing; model {version.name} version {version.version} in "
-                                 f"{self.location} is incomplete (expected {', '.join(VERSION_FILES)})")
-            storage.download_file(uri, dest / file)
-        return dest
