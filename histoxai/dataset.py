@@ -18,14 +18,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from histoxai import storage
+from histoxai import shards, storage
 from histoxai.errors import InputError
 from histoxai.manifest import SPLITS
 
 CACHE_MEMORY_FRACTION = 0.25  # cache="auto" keeps decoded patches in memory below this share of free RAM
 LOCAL_SHARD = "shard_path"    # column added by `local_shards`: a local path TensorFlow can open
 READ_BUFFER = 1 << 20         # bytes read ahead per shard
-DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape", re.IGNORECASE)  # TensorFlow failed on a patch
+DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape|zlib|inflate", re.IGNORECASE)  # TensorFlow failed on a patch
 
 
 def select_split(frame: pd.DataFrame, split: str, source: str = "manifest") -> pd.DataFrame:
@@ -81,20 +81,26 @@ def _decoder(frame: pd.DataFrame, image_size: int):
     import tensorflow as tf
 
     encodings = frame["encoding"].astype(str)
-    unknown = sorted(set(encodings) - {"png", "jpeg", "raw"})
+    unknown = sorted(set(encodings) - set(shards.ENCODINGS))
     if unknown:
-        raise InputError(f"manifest column 'encoding': values {unknown}; expected png, jpeg or raw")
-    is_raw = tf.constant((encodings == "raw").to_numpy())
+        raise InputError(f"manifest column 'encoding': values {unknown}; "
+                         f"expected one of {list(shards.ENCODINGS)}")
+    codes = tf.constant(encodings.map(shards.ENCODINGS.index).to_numpy().astype(np.int32))
     sizes = tf.constant(frame["patch_size"].to_numpy().astype(np.int32))
     need_resize = bool((frame["patch_size"] != image_size).any())
 
     def decode(position, record):
         size = sizes[position]
-        image = tf.cond(
-            is_raw[position],
-            lambda: tf.reshape(tf.io.decode_raw(record, tf.uint8), tf.stack([size, size, 3])),
-            lambda: tf.io.decode_image(record, channels=3, expand_animations=False),
-        )
+
+        def pixels(buffer):
+            return tf.reshape(tf.io.decode_raw(buffer, tf.uint8), tf.stack([size, size, 3]))
+
+        def image_file():
+            return tf.io.decode_image(record, channels=3, expand_animations=False)
+
+        branches = {"zlib": lambda: pixels(tf.io.decode_compressed(record, "ZLIB")),
+                    "png": image_file, "jpeg": image_file, "raw": lambda: pixels(record)}
+        image = tf.switch_case(codes[position], [branches[name] for name in shards.ENCODINGS])
         if need_resize:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
@@ -111,12 +117,12 @@ def _records(frame: pd.DataFrame):
     paths = frame[path_column].astype(str)
     if paths.str.startswith(storage.GS_PREFIX).any():
         raise InputError("gs:// shards must be copied first: wrap the call in dataset.local_shards(frame)")
-    shards = list(dict.fromkeys(paths))
-    counts = frame["index"].groupby(paths.to_numpy(), sort=False).max().reindex(shards).to_numpy() + 1
+    shard_paths = list(dict.fromkeys(paths))
+    counts = frame["index"].groupby(paths.to_numpy(), sort=False).max().reindex(shard_paths).to_numpy() + 1
     bases = np.concatenate([[0], np.cumsum(counts)[:-1]])
     # table[base of shard + record index] -> position of that record in the frame, -1 if unused
     table = np.full(int(counts.sum()), -1, dtype=np.int64)
-    base_of = dict(zip(shards, bases, strict=True))
+    base_of = dict(zip(shard_paths, bases, strict=True))
     table[paths.map(base_of).to_numpy() + frame["index"].to_numpy()] = np.arange(len(frame))
     table = tf.constant(table)
 
@@ -124,7 +130,7 @@ def _records(frame: pd.DataFrame):
         records = tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER).take(count).enumerate()
         return records.map(lambda i, record: (table[base + i], record))
 
-    ds = tf.data.Dataset.from_tensor_slices((shards, bases, counts)).flat_map(read_shard)
+    ds = tf.data.Dataset.from_tensor_slices((shard_paths, bases, counts)).flat_map(read_shard)
     return ds.filter(lambda position, record: position >= 0)
 
 
@@ -210,8 +216,6 @@ def damaged_record(frame: pd.DataFrame, decode: bool = True) -> InputError | Non
     """One InputError naming the shard, record and patch of the first damaged record the frame's
     pipeline reads (framing and checksums as TFRecordDataset checks them, then, with `decode`, image
     decoding), or None when every record is sound."""
-    from histoxai import shards
-
     path_column = LOCAL_SHARD if LOCAL_SHARD in frame.columns else "shard_uri"
     groups = list(frame.groupby(path_column, sort=False))
 

@@ -64,8 +64,7 @@ def sample_v73(arrays, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ingested(sample_v73, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "sample-a"
-    counts = ingest_sample(str(sample_v73), str(out), patch_size=PATCH, erosion=2, encoding="png",
-                           shard_size=25)
+    counts = ingest_sample(str(sample_v73), str(out), patch_size=PATCH, erosion=2, shard_size=25)
     return out, counts, manifest.read_manifest(str(out))
 
 
@@ -112,7 +111,7 @@ def _resized_block(arrays, row, col):
     return np.asarray(Image.fromarray(block).resize((PATCH, PATCH), Image.Resampling.BICUBIC))
 
 
-@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+@pytest.mark.parametrize("encoding", shards.ENCODINGS)
 def test_decoded_patches_equal_resized_blocks(arrays, sample_v73, tmp_path, encoding):
     ingest_sample(str(sample_v73), str(tmp_path / "o"), patch_size=PATCH, erosion=2, encoding=encoding,
                   shard_size=30)

@@ -18,7 +18,7 @@ from histoxai import dataset, storage
 from histoxai.cli import main
 from histoxai.errors import InputError
 from histoxai.manifest import read_manifest
-from histoxai.shards import decode_image, iter_records
+from histoxai.shards import ENCODINGS, decode_image, iter_records
 from histoxai.training import STOPPED_EXIT_CODE, train
 from tests.train_data import write_blob_manifest
 
@@ -82,7 +82,7 @@ def test_cli_rejects_bad_override_and_missing_data_in_one_line(tmp_path, capsys,
 
 # ---- input pipeline ----
 
-@pytest.mark.parametrize("encoding", ["png", "raw", "jpeg"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
 def test_patch_dataset_yields_each_patch_with_its_targets(tmp_path, encoding):
     manifest = write_blob_manifest(tmp_path, n=20, size=32, encoding=encoding, seed=2)
     frame = dataset.reading_order(read_manifest(manifest))
@@ -97,6 +97,18 @@ def test_patch_dataset_yields_each_patch_with_its_targets(tmp_path, encoding):
     else:
         np.testing.assert_array_equal(images, expected.astype(np.float32))
     np.testing.assert_allclose(labels, frame[["CC", "MD"]].to_numpy(np.float32))
+
+
+def test_patch_dataset_reads_old_png_shards_beside_new_zlib_ones(tmp_path):
+    """A manifest that pools samples ingested before and after the default encoding changed."""
+    frames = [read_manifest(write_blob_manifest(tmp_path / enc, n=10, size=32, encoding=enc, seed=k))
+              for k, enc in enumerate(("png", "zlib"))]
+    frame = dataset.reading_order(pd.concat(frames, ignore_index=True))
+    batches = dataset.patch_dataset(frame, image_size=32, batch_size=6).as_numpy_iterator()
+    images = np.concatenate(list(batches))
+    expected = [decode_image(list(iter_records(row.shard_uri))[row.index], row.encoding, 32)
+                for row in frame.itertuples()]
+    np.testing.assert_array_equal(images, np.stack(expected).astype(np.float32))
 
 
 def test_predict_returns_rows_in_the_callers_order_and_reads_gcs(tmp_path, gcs_bucket):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from histoxai.components.ingest.params import DEFAULTS, ENCODINGS
+from histoxai.components.ingest.params import DEFAULTS
+from histoxai.shards import ENCODINGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -195,10 +196,26 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         clock.add("encode_workers", None, time.thread_time() - cpu)
         return payload
 
-    workers = max(1, min(4, os.cpu_count() or 1))
+    # one encoder per core this process may use (taskset and container CPU sets shrink it): encoding
+    # is most of the work, and Pillow, zlib and NumPy release the GIL while the main thread reads and
+    # computes SA
+    workers = max(1, min(8, len(os.sched_getaffinity(0))))
     sa_stream = StructureStream(sample.he_shape, sample.grid, sample.block)
-    with ThreadPoolExecutor(workers) as pool, read_errors_named(sample):
-        for i in tqdm(range(rows), desc=f"ingest {sample_id}", unit="voxel row"):
+    # progress in patches (voxels that passed the grid rules; a few may still fail he_mask or NaN)
+    progress = tqdm(total=int((codes == _PASSED).sum()), desc=f"ingest {sample_id}", unit="patch")
+    pending: deque[tuple[int, np.ndarray, list]] = deque()  # rows whose patches are being encoded
+
+    def write_oldest() -> None:
+        i, kept_cols, futures = pending.popleft()
+        with clock.stage("encode"):  # only the wait that remains after the main thread's own work
+            payloads = [f.result() for f in futures]
+        with clock.stage("write"):
+            for j, payload in zip(kept_cols, payloads, strict=True):
+                records.append((i, int(j), *shard_set.append(payload)))
+        progress.update(len(kept_cols))
+
+    with ThreadPoolExecutor(workers) as pool, read_errors_named(sample), progress:
+        for i in range(rows):
             with clock.stage("read"):
                 # kept as h5py's strided view: blocks and SA each copy only what they need
                 band = sample.he.read_rows("HE", i * bh, (i + 1) * bh)
@@ -208,19 +225,20 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
                     inside = block_inside_mask(mask_band, cols, bw)
                     codes[i, candidates & ~inside] = RULES.index("he_mask")
                     codes[i, (codes[i] == _PASSED) & nan[i]] = RULES.index("nan_target")
+            progress.total -= int(candidates.sum() - (codes[i] == _PASSED).sum())  # he_mask/NaN drops
             kept_cols = np.flatnonzero(codes[i] == _PASSED)
-            # the pool resizes and encodes this row's patches while SA runs here (Pillow and NumPy
-            # release the GIL); the "encode" stage below is only the wait that remains
-            futures = [pool.submit(encode, band[:, j * bw:(j + 1) * bw]) for j in kept_cols]
+            # the pool encodes this row's patches while this thread computes SA and reads the next
+            # row; at most two rows are in flight, so memory stays at a few bands
+            pending.append((i, kept_cols, [pool.submit(encode, band[:, j * bw:(j + 1) * bw])
+                                           for j in kept_cols]))
             with clock.stage("structure"):
                 sa_stream.feed(band)
             with clock.stage("thumbnail"):
                 thumbnail.add_band(i, band, codes[i] == _PASSED, in_roi[i] & (codes[i] != _PASSED))
-            with clock.stage("encode"):
-                payloads = [f.result() for f in futures]
-            with clock.stage("write"):
-                for j, payload in zip(kept_cols, payloads, strict=True):
-                    records.append((i, int(j), *shard_set.append(payload)))
+            while len(pending) > 1:
+                write_oldest()
+        while pending:
+            write_oldest()
         # rows below the grid still shape the smoothed tensor of the last voxel row
         start = rows * bh
         while start < sa_stream.rows_needed:

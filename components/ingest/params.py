@@ -3,14 +3,12 @@ component and the pipeline read it from here."""
 
 import dataclasses
 
-ENCODINGS = ("png", "jpeg", "raw")
-
 
 @dataclasses.dataclass(frozen=True)
 class IngestParams:
     patch_size: int = 360  # side S of the S x S patches in pixels (the model's input follows it)
     erosion: int = 5  # ROI erosion in voxels (1 mm at 200 um)
-    encoding: str = "png"  # one of ENCODINGS
+    encoding: str = "zlib"  # one of histoxai.shards.ENCODINGS (its docstring compares them)
     shard_size: int = 1000  # patches per shard
 
 

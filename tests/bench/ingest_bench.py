@@ -1,5 +1,6 @@
 """Ingestion benchmark: a real-scale slide (80 x 80 voxels at 360 px, 28,800 px square) through
-phantom and ingest, and the shard reader's patches/s at S = 360 for each image encoding."""
+phantom and ingest (default encoding on every core, on one core, and PNG for the ratio), and the shard
+reader's patches/s at S = 360 for each encoding."""
 
 from __future__ import annotations
 
@@ -58,14 +59,26 @@ def bench_ingest(work: Path) -> dict:
     try:
         phantom = run_measured(_histoxai("phantom", "--out", str(work / "phantom"), "--samples", "3",
                                          "--crop", "80x80", "--pixels-per-voxel", "360"))
-        ingest = run_measured(_histoxai("ingest", str(work / "phantom" / "3"), "--out", str(work / "ingest"),
-                                        "--patch-size", "360"))
-        counts = json.loads((work / "ingest" / "ingest.json").read_text())
-        ingest["patches"] = counts["kept"]
-        ingest["patches_per_s"] = counts["kept"] / ingest["wall_s"]
+        sample = str(work / "phantom" / "3")
+        runs = {}
+        for name, prefix, extra in (("ingest", [], []), ("ingest_1_core", ["taskset", "-c", "0"], []),
+                                    ("ingest_png", [], ["--encoding", "png"])):
+            out = work / name
+            runs[name] = run_measured(prefix + _histoxai("ingest", sample, "--out", str(out),
+                                                         "--patch-size", "360", *extra))
+            counts = json.loads((out / "ingest.json").read_text())
+            # per second of the whole command, and of the step alone (without Python's and h5py's start)
+            runs[name].update(patches=counts["kept"], patches_per_s=counts["kept"] / runs[name]["wall_s"],
+                              patches_per_s_in_step=counts["kept"] / counts["timing"]["wall_s"]["total"],
+                              encoding=counts["encoding"], timing=counts["timing"],
+                              bytes_per_patch=sum(p.stat().st_size for p in out.glob("shards/*"))
+                              / counts["kept"])
+            if name != "ingest":
+                shutil.rmtree(out)
+        runs["speedup_2_cores_over_1"] = runs["ingest_1_core"]["wall_s"] / runs["ingest"]["wall_s"]
+        runs["speedup_over_png"] = runs["ingest_png"]["wall_s"] / runs["ingest"]["wall_s"]
         reader = _reader_throughput(work / "ingest", work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"case": "sample 3, 80 x 80 voxels at 360 px per voxel (28,800 px square slide), "
-                    "patches 360 px, png",
-            "phantom_render": phantom, "ingest": ingest, "reader_360px": reader}
+    return {"case": "sample 3, 80 x 80 voxels at 360 px per voxel (28,800 px square slide), patches 360 px",
+            "phantom_render": phantom, **runs, "reader_360px": reader}
