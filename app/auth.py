@@ -121,8 +121,12 @@ def verify_iap(token: str, audience: str, certs_url: str) -> str:
         raise InputError(f"{IAP_HEADER}: rejected ({err})") from err
     if float(claims["exp"]) <= time.time():  # decode() allowed the skew for exp too
         raise InputError(f"{IAP_HEADER}: rejected (token expired at {claims['exp']})")
-    if claims.get("iss") != "https://cloud.google.com/iap" or not claims.get("email"):
-        raise InputError(f"{IAP_HEADER}: not issued by IAP for a user (iss {claims.get('iss')!r})")
+    if claims.get("iss") != "https://cloud.google.com/iap":
+        raise InputError(f"{IAP_HEADER}: not issued by IAP for a user (iss {claims.get('iss')!r}, "
+                         "expected 'https://cloud.google.com/iap')")
+    if not claims.get("email"):
+        raise InputError(f"{IAP_HEADER}: not issued by IAP for a user (no email claim: a service "
+                         "account or a forged token)")
     return str(claims["email"])
 
 

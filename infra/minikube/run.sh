@@ -14,6 +14,11 @@ kfp_host="http://localhost:$API_PORT"
 [[ -x "$HISTOXAI" ]] || die "$HISTOXAI not found; run make install (or set HISTOXAI)"
 curl -fsS "$kfp_host/apis/v2beta1/healthz" >/dev/null || die "no KFP API at $kfp_host; run make minikube-up"
 
+# The pods read samples through the storage layer (local paths inside the pod, or gs://): give them a
+# bucket holding phantom samples (histoxai phantom --out gs://BUCKET/phantom) and credentials in the image
+# environment, e.g. with minikube's gcp-auth addon.
+[[ -n "${SAMPLES_URI:-}" ]] || die "set SAMPLES_URI to a gs:// folder of samples the cluster can read (see make minikube-run in docs/cloud.md)"
+
 # Images go straight into the cluster's container runtime; a tag other than :latest makes pods use them
 # without pulling.
 minikube -p "$PROFILE" image build -t "histoxai-cpu:$TAG" -f containers/cpu.Dockerfile .
@@ -23,10 +28,6 @@ if [[ "$GPU" == 1 ]]; then
   HISTOXAI_GPU_IMAGE="histoxai-gpu:$TAG"
 fi
 
-# The pods read samples through the storage layer (local paths inside the pod, or gs://): give them a
-# bucket holding phantom samples (histoxai phantom --out gs://BUCKET/phantom) and credentials in the image
-# environment, e.g. with minikube's gcp-auth addon.
-[[ -n "${SAMPLES_URI:-}" ]] || die "set SAMPLES_URI to a gs:// folder of samples the cluster can read (see make minikube-run in docs/cloud.md)"
 accelerator=none
 [[ "$GPU" == 1 ]] && accelerator=nvidia.com/gpu
 
