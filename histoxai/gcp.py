@@ -45,14 +45,16 @@ def first_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def vertex_errors(what: str, exists: type[InputError] = InputError, thing: str = "it") -> Iterator[None]:
-    """One InputError line for a failed Vertex AI call; an AlreadyExists answer raises `exists`
-    ("Vertex AI already has `thing`")."""
+    """One InputError line for a failed Vertex AI call; an ALREADY_EXISTS answer (see `already_exists`)
+    raises `exists` ("Vertex AI already has `thing`")."""
     from google.api_core import exceptions as api_exc
     from google.auth import exceptions as auth_exc
 
     try:
         yield
-    except api_exc.AlreadyExists as err:
+    except api_exc.Conflict as err:  # over REST, ALREADY_EXISTS arrives as a plain 409 Conflict
+        if not already_exists(err):
+            raise InputError(f"{what}: Vertex AI refused the request: {err.code} {first_line(err)}") from err
         raise exists(f"{what}: Vertex AI already has {thing} ({first_line(err)})") from err
     except auth_exc.DefaultCredentialsError as err:
         raise InputError(f"{what}: no Google Cloud credentials; run `gcloud auth application-default login` "
@@ -64,6 +66,19 @@ def vertex_errors(what: str, exists: type[InputError] = InputError, thing: str =
         raise InputError(f"{what}: Vertex AI refused the request: {err.code} {first_line(err)}") from err
     except (api_exc.RetryError, ConnectionError) as err:
         raise InputError(f"{what}: Vertex AI unreachable ({first_line(err)})") from err
+
+
+def already_exists(err: BaseException) -> bool:
+    """Whether a Google API error says ALREADY_EXISTS: as a gRPC status, or as a REST 409 whose JSON body
+    names it (the REST client maps every 409, ABORTED too, to Conflict and keeps the status only there)."""
+    from google.api_core import exceptions as api_exc
+
+    if isinstance(err, api_exc.AlreadyExists):
+        return True
+    try:
+        return err.response.json()["error"]["status"] == "ALREADY_EXISTS"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
 
 
 def label_value(text: object) -> str:

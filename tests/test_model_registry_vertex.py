@@ -39,6 +39,7 @@ class FakeModelRegistry:
         self.models: dict[str, dict] = {}  # id -> {"displayName", "versions": {n: version}}
         self.ids = itertools.count(9001)
         self.operations = itertools.count(1)
+        self.race_first_upload = False  # a test sets it: the next first upload meets a model made meanwhile
         self.service = FakeService({
             ("POST", "/token"): lambda m, b, q: {"access_token": "t", "expires_in": 3600,
                                                  "token_type": "Bearer"},
@@ -89,6 +90,9 @@ class FakeModelRegistry:
                 return _error(404, "NOT_FOUND", f"Model {parent} not found")
         else:
             model_id = body.get("modelId") or str(next(self.ids))
+            if self.race_first_upload:  # another registration creates the model first
+                self.race_first_upload = False
+                self.add(model_id, model["displayName"], {**model, "versionAliases": []})
             if model_id in self.models:
                 return _error(409, "ALREADY_EXISTS", f"Model {model_id} already exists")
         version = self.add(model_id, model["displayName"], model)
@@ -244,6 +248,17 @@ def test_register_versions_and_the_champion(vertex, gcs_bucket, version_dir, tmp
     dest = registry.fetch(registry.get(NAME, CHAMPION), tmp_path / "fetched")
     for file in VERSION_FILES:
         assert (dest / file).read_bytes() == (version_dir / file).read_bytes()
+
+
+def test_a_first_registration_that_loses_the_race_becomes_version_2(vertex, gcs_bucket, version_dir):
+    """Two first registrations at once: Vertex answers the second's create with a real HTTP 409
+    ALREADY_EXISTS; it becomes a version of the model the other created, not an error."""
+    vertex.race_first_upload = True
+    registered = _registry(vertex, gcs_bucket).register(NAME, version_dir, labels=LABELS,
+                                                        record={"run": "r"}, promote=False)
+    first, second = _uploads(vertex)
+    assert first["modelId"] == NAME and "parentModel" not in first
+    assert second["parentModel"].endswith(f"/models/{NAME}") and registered.version == 2
 
 
 def test_missing_models_versions_and_settings_are_one_line(vertex, gcs_bucket, version_dir, monkeypatch,

@@ -155,7 +155,6 @@ class VertexRegistry(Registry):
 
     def register(self, name: str, version_dir: Path, *, labels: dict[str, str], record: dict[str, Any],
                  promote: bool) -> ModelVersion:
-        from google.api_core import exceptions as api_exc
 
         check_name(name)
         version_dir = check_version_dir(version_dir)
@@ -186,7 +185,7 @@ class VertexRegistry(Registry):
                                             f"{record.get('run') or 'unknown'})",
                         sync=True, **self._where())
             except InputError as err:
-                if attempt or parent or not isinstance(err.__cause__, api_exc.AlreadyExists):
+                if attempt or parent or not gcp.already_exists(err.__cause__):
                     raise
                 continue  # another registration created the model meanwhile: add a version to it
             return self._version(name, uploaded.gca_resource, record)
