@@ -30,6 +30,11 @@ demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (abo
 compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)
 	$(BIN)/histoxai compile --out $(OUT)/pipeline.yaml
 
+.PHONY: docs
+docs: install  ## figures in README.md and docs/*.md from $(OUT)/bench, $(OUT)/demo (and its pictures), $(OUT)/demo-derived and a fresh histoxai baseline, via docs/figures/ (docs/development.md)
+	$(BIN)/histoxai baseline --out $(OUT)/baseline --overwrite > /dev/null
+	$(BIN)/python docs/render.py --bench $(OUT)/bench --demo $(OUT)/demo --demo-derived $(OUT)/demo-derived --baseline $(OUT)/baseline
+
 lint: install  ## ruff over the whole tree (CI runs it before the tests)
 	$(BIN)/ruff check .
 

@@ -99,8 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nThe report (open it in a browser): {run.report_html}")
     print(f"Every step's outputs:              {run.run_dir}")
     print(f"Full log:                          {run.log}")
-    print(f"Demo time: {time.perf_counter() - started:.0f} s (pipeline {run.seconds:.0f} s)")
+    seconds = time.perf_counter() - started
+    print(f"Demo time: {seconds:.0f} s (pipeline {run.seconds:.0f} s)")
+    write_timing(Path(args.out).resolve(), run, seconds, args.targets)
     return 0
+
+
+def write_timing(out: Path, run, seconds: float, targets: str) -> None:
+    """OUT/demo.json: the demo's time, its run folder and provenance (read by `make docs`, docs/render.py)."""
+    import json
+    import os
+
+    from histoxai.provenance import stamp
+
+    command = "make demo" if targets == "real" else f"python -m histoxai.pipelines.demo --targets {targets}"
+    record = {**stamp(command), "demo_s": round(seconds, 1), "pipeline_s": round(run.seconds, 1),
+              "load_average_15min": round(os.getloadavg()[2], 2),  # other work on the machine slows the demo
+              "run_dir": os.path.relpath(Path(run.run_dir).resolve(), out)}
+    temporary = out / "demo.json.tmp"
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(out / "demo.json")
 
 
 if __name__ == "__main__":

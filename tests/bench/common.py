@@ -1,23 +1,11 @@
-"""Helpers shared by the benchmarks: the device's name and peak memory of a child process."""
+"""Helpers shared by the benchmarks: wall time and peak memory of a child process."""
 
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import time
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def run_measured(args: list[str]) -> dict:

@@ -7,24 +7,26 @@ Select parts with --only (default: all).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
 from pathlib import Path
 
-from tests.bench.common import cpu_name
+from histoxai.provenance import stamp
 
 
 def _sections():
     from tests.bench.app_bench import bench_app
     from tests.bench.explain_bench import bench_explain
     from tests.bench.ingest_bench import bench_ingest
+    from tests.bench.layouts_bench import bench_layouts
     from tests.bench.predict import bench_predict
+    from tests.bench.scale_model import bench_scale
     from tests.bench.train_bench import bench_training
 
-    return {"ingest": bench_ingest, "training": bench_training, "explain": bench_explain,
-            "predict": bench_predict, "app": bench_app}
+    return {"ingest": bench_ingest, "layouts": bench_layouts, "training": bench_training,
+            "explain": bench_explain, "predict": bench_predict, "app": bench_app,
+            "scale": bench_scale}  # last: it reads the sections before it
 
 
 def _markdown(results: dict) -> str:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--only", default=None,
-                        help="comma list of sections (ingest, training, explain, predict, app)")
+                        help="comma list of sections (ingest, layouts, training, explain, predict, app)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in chosen if s not in sections]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; expected some of {list(sections)}")
-    results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-               "device": cpu_name(), "sections": {}}
+    provenance = stamp(f"python -m tests.bench.run --only {','.join(chosen)}" if args.only else "make bench")
+    results = {"date": provenance["date"], "device": provenance["device"], "sections": {}}
     results_file = out / "results.json"
     if results_file.exists():  # keep the other sections' figures when re-running one part
         results["sections"] = json.loads(results_file.read_text()).get("sections", {})
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results["sections"][name] = sections[name](out / f"work-{name}")
         results["sections"][name]["bench_wall_s"] = time.perf_counter() - start
+        results["sections"][name]["provenance"] = provenance  # per section: a later --only run keeps this one
         results_file.write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(_markdown(results))
     print(f"bench: results in {results_file} and {out / 'results.md'}")
