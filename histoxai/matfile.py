@@ -6,6 +6,7 @@ MATLAB stores arrays column-major, so h5py sees a v7.3 array of MATLAB shape (H,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ class MatFile:
         self.path = path
         self._h5 = None
         self._v5: dict | None = None
+        self._ranged = fileobj is not None
+        self._readers: dict = {}  # variable -> histoxai.chunked band reader, made at its first read_rows
+        self._scratch = contextlib.ExitStack()
         try:
             import h5py
 
@@ -47,7 +51,8 @@ class MatFile:
                     raise InputError(f"{path}: not a MATLAB v7.3 (HDF5) file; expected one to read by ranges")
                 self._h5 = h5py.File(fileobj, "r")
             elif h5py.is_hdf5(path):
-                self._h5 = h5py.File(path, "r", rdcc_nbytes=64 * 2**20)
+                # HDF5's chunk cache stays small: histoxai.chunked reads whole chunks and caches rows itself
+                self._h5 = h5py.File(path, "r")
             else:
                 import scipy.io
 
@@ -64,6 +69,10 @@ class MatFile:
         return "7.3" if self._h5 is not None else "5"
 
     def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        self._scratch.close()
         if self._h5 is not None:
             self._h5.close()
 
@@ -123,15 +132,39 @@ class MatFile:
             return tuple(reversed(self._h5[name].shape))
         return np.shape(self._v5[name])
 
+    def dtype(self, name: str) -> np.dtype:
+        """Element type of a variable without reading it."""
+        self._require(name)
+        if self._h5 is not None:
+            return self._h5[name].dtype
+        return np.asarray(self._v5[name]).dtype
+
+    def band_reader(self, name: str):
+        """The histoxai.chunked reader behind `read_rows` for a v7.3 variable (its strategy and counts)."""
+        self._require(name)
+        if name not in self._readers:
+            from histoxai import chunked, outputs
+
+            node = self._h5[name]
+            if not hasattr(node, "shape"):
+                raise InputError(f"{self.path}: '{name}' is a struct, expected an array")
+            folder = None
+            if chunked.needs_scratch(node, ranged=self._ranged):
+                folder = str(self._scratch.enter_context(outputs.scratch_dir("matfile")))
+            self._readers[name] = chunked.band_reader(node, f"{self.path} ({name})", ranged=self._ranged,
+                                                      folder=folder)
+        return self._readers[name]
+
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a variable (MATLAB orientation), reading only that band from disk."""
+        """Rows [start, stop) of a variable (MATLAB orientation). Read top to bottom in bands, each stored
+        chunk is decompressed about once whatever the file's chunk layout (histoxai.chunked)."""
         self._require(name)
         if self._h5 is None:
             return np.asarray(self._v5[name])[start:stop]
-        node = self._h5[name]
-        index = (slice(None),) * (node.ndim - 1) + (slice(start, stop),)
         try:
-            return np.asarray(node[index]).T
+            return self.band_reader(name).rows(start, stop)
+        except InputError:
+            raise
         except Exception as err:
             raise InputError(f"{self.path}: cannot read rows {start}-{stop} of '{name}' ({err})") from err
 

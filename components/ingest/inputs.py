@@ -157,7 +157,7 @@ def _check_slide(he: MatFile, uri: str, grid: tuple[int, int]) -> tuple[int, int
     shape = he.shape("HE")
     if len(shape) != 3 or shape[2] != 3:
         raise InputError(f"{uri}: HE has shape {shape}; expected an RGB image H x W x 3")
-    dtype = he.read_rows("HE", 0, 1).dtype
+    dtype = he.dtype("HE")  # from the header: a probe read could unpack a whole-height chunk
     if dtype != np.uint8:
         raise InputError(f"{uri}: HE is {dtype}; expected uint8 RGB")
     if shape[0] < grid[0] or shape[1] < grid[1]:

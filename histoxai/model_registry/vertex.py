@@ -155,7 +155,6 @@ class VertexRegistry(Registry):
 
     def register(self, name: str, version_dir: Path, *, labels: dict[str, str], record: dict[str, Any],
                  promote: bool) -> ModelVersion:
-
         check_name(name)
         version_dir = check_version_dir(version_dir)
         if not self.staging_uri or not storage.is_gcs(self.staging_uri):

@@ -11,11 +11,14 @@ Examples:
   histoxai phantom --out data/phantom --samples 3,4 --pixels-per-voxel 64
   histoxai phantom --out gs://bucket/phantom --samples 3 --pixels-per-voxel 360 --crop 80x80
   histoxai phantom --out /tmp/ph --samples 7 --targets derived --mat-format v5
+  histoxai phantom --out /tmp/ph --samples 3 --mat-layout matlab   # gzip, MATLAB-like chunks
 """
 
 from __future__ import annotations
 
 import argparse
+
+from histoxai.matlayout import DEFAULT_PHANTOM_LAYOUT, PHANTOM_LAYOUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(clamped to the grid)")
     parser.add_argument("--mat-format", choices=("v7.3", "v5"), default="v7.3",
                         help="MAT-file version of MR/HE/HE_mask (v5 only for images under 2 GB)")
+    parser.add_argument("--mat-layout", choices=PHANTOM_LAYOUTS, default=DEFAULT_PHANTOM_LAYOUT,
+                        help="how v7.3 HE.mat and HE_mask.mat store their images: rows = uncompressed chunks "
+                             "one voxel row tall (suits ingestion); matlab = as MATLAB's save -v7.3 does, "
+                             "deflate level 3 with small automatic chunks (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing sample folders")
 
 
@@ -47,6 +54,6 @@ def run(args: argparse.Namespace) -> None:
     uris = render_phantom(
         args.out, args.samples, pixels_per_voxel=args.pixels_per_voxel, n_max=args.n_max,
         targets=args.targets, seed=args.seed, crop=args.crop, mat_format=args.mat_format,
-        summary=args.summary, overwrite=args.overwrite)
+        mat_layout=args.mat_layout, summary=args.summary, overwrite=args.overwrite)
     for uri in uris:
         print(uri)

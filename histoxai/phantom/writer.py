@@ -13,6 +13,7 @@ import numpy as np
 from histoxai import layout, outputs, storage
 from histoxai.errors import InputError
 from histoxai.matfile import MatWriterV73, write_v5
+from histoxai.matlayout import DEFAULT_PHANTOM_LAYOUT, PHANTOM_LAYOUTS, relayout_in_place
 from histoxai.phantom import nuclei as nu
 from histoxai.phantom.summary import MR_FIELDS, SampleMaps, load_summary
 
@@ -31,6 +32,7 @@ class PhantomOptions:
     seed: int
     crop: tuple[int, int] | None
     mat_format: str
+    mat_layout: str = DEFAULT_PHANTOM_LAYOUT
 
 
 def parse_samples(samples) -> list[int]:
@@ -62,7 +64,8 @@ def parse_crop(crop) -> tuple[int, int] | None:
     return rows, cols
 
 
-def resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format) -> PhantomOptions:
+def resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format,
+                    mat_layout=DEFAULT_PHANTOM_LAYOUT) -> PhantomOptions:
     """Check every option, raising InputError with the option's name and what it must be."""
     if not isinstance(pixels_per_voxel, int | np.integer) or not (
             MIN_PIXELS_PER_VOXEL <= pixels_per_voxel <= MAX_PIXELS_PER_VOXEL):
@@ -80,18 +83,24 @@ def resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format) ->
         raise InputError(f"--seed {seed!r}: expected an integer from 0 to 2^32 - 1")
     if mat_format not in MAT_FORMATS:
         raise InputError(f"--mat-format {mat_format!r}: expected one of {', '.join(MAT_FORMATS)}")
-    return PhantomOptions(size, int(n_max), targets, int(seed), parse_crop(crop), mat_format)
+    if mat_layout not in PHANTOM_LAYOUTS:
+        raise InputError(f"--mat-layout {mat_layout!r}: expected one of {', '.join(PHANTOM_LAYOUTS)}")
+    if mat_layout != DEFAULT_PHANTOM_LAYOUT and mat_format != "v7.3":
+        raise InputError(f"--mat-layout {mat_layout} with --mat-format {mat_format}: a chunk layout "
+                         "exists only in v7.3 files; expected --mat-format v7.3")
+    return PhantomOptions(size, int(n_max), targets, int(seed), parse_crop(crop), mat_format, mat_layout)
 
 
 def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 64, n_max: int | None = None,
                    targets: str = "real", seed: int = 0, crop=None, mat_format: str = "v7.3",
-                   summary: str | os.PathLike | None = None, overwrite: bool = False) -> list[str]:
+                   mat_layout: str = DEFAULT_PHANTOM_LAYOUT, summary: str | os.PathLike | None = None,
+                   overwrite: bool = False) -> list[str]:
     """Render the chosen samples of summary.mat into OUT/<n>/ (local or gs://); returns their URIs.
 
     Every option is checked and every output folder looked at before the first sample renders.
     Each sample folder is built aside and published whole, so a failure leaves no partial sample.
     """
-    options = resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format)
+    options = resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format, mat_layout)
     numbers = parse_samples(samples)
     source = load_summary(summary)
     sample_maps = [source.sample(n) for n in numbers]
@@ -163,6 +172,9 @@ def write_sample(folder: Path, maps: SampleMaps, options: PhantomOptions, proven
             tables.append(band.nuclei)
         if v73:
             mask_file.write("dHE_mask", coarse_mask)
+    if options.mat_layout != "rows":  # rendered in voxel-row chunks, then stored as MATLAB would
+        for name in ("he", "mask"):
+            relayout_in_place(paths[name], options.mat_layout)
     if not v73:
         write_v5(paths["he"], {"HE": he_full})
         del he_full
