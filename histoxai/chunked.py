@@ -11,14 +11,21 @@ writer chunked the array:
   cache cannot hold a strip whose chunks lie all over the file): `ScratchRows` decodes each chunk once,
   in file order, into a local unlinked scratch file laid out so that a band is one plain read per
   column group, and serves bands from it with pread (no memmap: its pages would count as resident).
+Chunks compressed by deflate alone (MATLAB's and h5py's gzip) are read raw and inflated by a pool of
+threads (zlib releases the GIL), so decompression uses every core instead of HDF5's one thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import tempfile
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,6 +33,39 @@ from histoxai.errors import InputError
 
 STRIP_BUDGET = 192 * 2**20  # bytes of decoded rows a StripCache may hold for one chunk strip
 SCRATCH_PIECE = 32 * 2**20  # contiguous arrays: bytes copied into the scratch file per read
+
+
+def _deflate_only(ds) -> bool:
+    """Whether every stored chunk is plain deflate (or, when its filter mask says so, stored raw)."""
+    if not ds.chunks or ds.compression != "gzip":
+        return False
+    return ds.id.get_create_plist().get_nfilters() == 1  # no shuffle, checksum or scale-offset filter
+
+
+def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
+    """The chunks at `origins` (HDF5 chunk offsets), decoded and clipped to the array, in that order."""
+    def extent(origin) -> tuple[slice, ...]:  # edge chunks are stored whole: clip them to the array
+        return tuple(slice(0, min(c, n - o)) for c, n, o in zip(ds.chunks, ds.shape, origin, strict=True))
+
+    if not _deflate_only(ds):
+        for origin in origins:
+            yield ds[tuple(slice(o, o + s.stop) for o, s in zip(origin, extent(origin), strict=True))]
+        return
+
+    def inflate(raw: bytes, mask: int, origin) -> np.ndarray:
+        data = raw if mask & 1 else zlib.decompress(raw)  # bit 0 set: HDF5 skipped deflate for this chunk
+        return np.frombuffer(data, ds.dtype).reshape(ds.chunks)[extent(origin)]
+
+    workers = max(1, len(os.sched_getaffinity(0)))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for origin in origins:
+            mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
+            pending.append(pool.submit(inflate, raw, mask, origin))
+            if len(pending) > 2 * workers:  # a few chunks in flight: memory stays at a few chunks
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _clamp(start: int, stop: int, height: int) -> tuple[int, int]:
@@ -62,11 +102,22 @@ class StripCache:
             block[..., keep_lo - lo: keep_hi - lo] = self._block[..., keep_lo - self._lo: keep_hi - self._lo]
             pieces = [(lo, keep_lo), (keep_hi, hi)]
         for a, b in pieces:  # both ends chunk-aligned: every chunk read whole, once
-            if a < b:
+            if a < b and _deflate_only(self._ds):
+                self._read_deflated(block, lo, a, b)
+            elif a < b:
                 self._ds.read_direct(block, np.s_[..., a:b], np.s_[..., a - lo: b - lo])
-                self.chunks_read += self._columns * -(-(b - a) // step)
+            self.chunks_read += self._columns * -(-(b - a) // step)
         block.flags.writeable = False  # bands are views of it
         self._block, self._lo, self._hi = block, lo, hi
+
+    def _read_deflated(self, block: np.ndarray, lo: int, a: int, b: int) -> None:
+        """Rows [a, b) into block (whose row 0 is `lo`), chunks inflated by threads."""
+        ds = self._ds
+        axes = [range(0, n, c) for n, c in zip(ds.shape[:-1], ds.chunks[:-1], strict=True)]
+        origins = [(*lead, r) for lead in itertools.product(*axes) for r in range(a, b, ds.chunks[-1])]
+        for origin, data in zip(origins, decoded_chunks(ds, origins), strict=True):
+            where = tuple(slice(o, o + n) for o, n in zip(origin[:-1], data.shape[:-1], strict=True))
+            block[(*where, slice(origin[-1] - lo, origin[-1] - lo + data.shape[-1]))] = data
 
     def close(self) -> None:
         self._block = None
@@ -135,11 +186,16 @@ class ScratchRows:
         selections = self._selections()
         self._file = tempfile.TemporaryFile(dir=self._folder)  # unlinked at once: gone even if killed
         fd = self._file.fileno()
+        if self._ds.chunks:
+            origins = [(c0, x0, r0) if self._ds.ndim == 3 else (x0, r0) for c0, _, x0, _, r0, _ in selections]
+            pieces = decoded_chunks(self._ds, origins)
+        else:  # contiguous: HDF5 reads each piece's bytes once
+            pieces = (self._ds[(slice(c0, c1), slice(x0, x1), slice(r0, r1)) if self._ds.ndim == 3
+                               else (slice(x0, x1), slice(r0, r1))] for c0, c1, x0, x1, r0, r1 in selections)
         try:
-            for c0, c1, x0, x1, r0, r1 in tqdm(selections, desc=f"unpacking {self._label}", unit="chunk",
-                                               leave=False, disable=len(selections) < 64):
-                sel = (slice(x0, x1), slice(r0, r1))
-                data = self._ds[(slice(c0, c1), *sel) if self._ds.ndim == 3 else sel]
+            bar = tqdm(zip(selections, pieces, strict=True), total=len(selections), unit="chunk",
+                       desc=f"unpacking {self._label}", leave=False, disable=len(selections) < 64)
+            for (c0, c1, x0, x1, r0, r1), data in bar:
                 data = data.reshape(c1 - c0, x1 - x0, r1 - r0)
                 self.chunks_read += 1
                 for k in range(c1 - c0):
