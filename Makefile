@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-test: install tools  ## run the whole test suite
-	$(BIN)/python -m pytest
+# One worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
+# (trained models, ingested phantoms) are built once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
+test: install tools  ## run the whole test suite (on every core)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (about 4 min on 2 cores), into $(OUT)/demo
 	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo

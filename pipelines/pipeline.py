@@ -26,6 +26,7 @@ NVIDIA_TESLA_T4, ...; open-source KFP wants a Kubernetes resource such as nvidia
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at runtime.
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -151,6 +152,7 @@ class Outputs(NamedTuple):
     summary: Artifact
 
 
+@functools.lru_cache(maxsize=8)  # kfp builds the graph in seconds; a built pipeline can be called again
 def build_pipeline(options: CompileOptions = CompileOptions()):
     """The pipeline function for `options` (compile it, or call it under kfp.local)."""
     from histoxai.components.evaluate.component import evaluate_models

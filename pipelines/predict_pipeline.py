@@ -9,6 +9,8 @@ the training pipeline: `histoxai compile --pipeline predict`, `histoxai submit -
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at runtime.
+import functools
+
 from kfp import dsl
 
 from histoxai.pipelines.pipeline import CompileOptions, TaskSettings
@@ -17,6 +19,7 @@ PREDICT_PIPELINE_NAME = "histoxai-predict"
 PREDICT_DESCRIPTION = "Predicted MD, FA and cell-count maps for new H&E slides, from histology alone"
 
 
+@functools.lru_cache(maxsize=8)  # as build_pipeline: built once per options
 def build_predict_pipeline(options: CompileOptions | None = None):
     """The prediction pipeline function for `options` (compile it, or call it under kfp.local)."""
     from histoxai.components.predict.component import list_slides, predict_slide

@@ -341,7 +341,8 @@ def test_submit_the_prediction_pipeline_to_vertex(vertex, gcs_bucket, tmp_path, 
     done = _histoxai(["compile", "--pipeline", "predict", "--out", str(package)], REGISTRY_IMAGES)
     assert done.returncode == 0, done.stderr
     args = ["submit", "--package", str(package), "--project", "histoxai-test", "--region", "europe-west4",
-            "--pipeline-root", f"{gcs_bucket}-predict/root", "--api-endpoint", vertex.url,
+            "--pipeline-root", f"{gcs_bucket}-predict/root", "--service-account", RUNNER,
+            "--api-endpoint", vertex.url,
             "--param", f"slides_uri={gcs_bucket}/new-slides",
             "--param", "model=registry:histoxai-multitask@champion",
             "--param", "model_registry=vertex://histoxai-test/europe-west4"]
