@@ -28,17 +28,53 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 # --- make bench ------------------------------------------------------------------------------------------
 
 def bench_ingest(f: dict) -> str:
-    phantom, ingest, reader = f["phantom_render"], f["ingest"], f["reader_360px"]
+    phantom, reader = f["phantom_render"], f["reader_360px"]
     encodings = list(reader)
+
+    def run(label: str, r: dict) -> list[str]:
+        return [f"ingest of that slide, {label}: {num(r['patches'], 0)} patches of 360 px, {r['encoding']}",
+                f"{num(r['patches_per_s'], 0)} patches/s ({num(r['patches_per_s_in_step'], 0)} in the step "
+                f"alone), {num(r['bytes_per_patch'] / 1000, 0)} kB per patch, peak RSS "
+                f"{num(r['peak_rss_mib'], 0)} MiB"]
+
     return table(["case", "figure"], [
         [f"phantom: {f['case_phantom']}", f"{num(phantom['wall_s'], 0)} s, peak RSS "
                                           f"{num(phantom['peak_rss_mib'], 0)} MiB"],
-        [f"ingest of that slide, the step's defaults: {num(ingest['patches'], 0)} patches of 360 px",
-         f"{num(ingest['patches_per_s'], 0)} patches/s, peak RSS {num(ingest['peak_rss_mib'], 0)} MiB"],
+        run("the step's defaults, 2 cores", f["ingest"]),
+        run("1 core (`taskset -c 0`)", f["ingest_1_core"]),
+        run("`--encoding png`, 2 cores", f["ingest_png"]),
+        ["ingest speed-up: 2 cores over 1 / default over png", f"{num(f['speedup_2_cores_over_1'], 2)}x / "
+                                                                f"{num(f['speedup_over_png'], 2)}x"],
         [f"shard reader (`histoxai.dataset`), 360 px: {' / '.join(encodings)}",
          " / ".join(num(reader[e]["patches_per_s"], 0) for e in encodings) + " patches/s; "
          + " / ".join(num(reader[e]["bytes_per_patch"] / 1000, 0) for e in encodings) + " kB per patch"],
     ])
+
+
+def bench_layouts(f: dict) -> str:
+    rows = [[f"`{name}`", f"{num(r['he_mat_mib'], 0)} MiB", f"{num(r['wall_s'], 1)} s",
+             f"{num(r['read_wall_s'], 1)} s", f"{num(r['peak_rss_mib'], 0)} MiB"]
+            for name, r in f["layouts"].items()]
+    times = [r["wall_s"] for r in f["layouts"].values()]
+    rows.append(["slowest / fastest", "", f"{num(max(times) / min(times), 2)}x", "", ""])
+    return table(["HE.mat layout (`histoxai/matlayout.py`)", "HE.mat size", "ingest time", "of which reading",
+                  "peak RSS"], rows)
+
+
+def bench_scale(f: dict) -> str:
+    def hours(low, high) -> str:
+        return "n/a" if low is None else (f"{num(low, 1)} h" if abs(high - low) < 1e-9 else
+                                          f"{num(low, 1)} to {num(high, 1)} h")
+
+    rows = []
+    for r in f["rows"]:
+        rows.append([r["step"], f"{num(r['work'], 0)} {r['unit']}", r["machine"], rate(r["rate_here"]),
+                     hours(r.get("hours_here"), r.get("hours_here")),
+                     "n/a" if r.get("rate_compiled_low") is None else
+                     f"{rate(r['rate_compiled_low'])} to {rate(r['rate_compiled_high'])}",
+                     hours(r.get("hours_compiled_low"), r.get("hours_compiled_high"))])
+    return table(["step", "work", "compiled machine", "per s here (2 CPU cores)", "time here",
+                  "per s on the compiled machine", "time there"], rows)
 
 
 def bench_training(f: dict) -> str:
@@ -194,6 +230,8 @@ def baseline(f: dict) -> str:
 # key -> (source, sections, function of the sections' figures)
 BLOCKS = {
     "bench-ingest": ("bench", ("ingest",), bench_ingest),
+    "bench-layouts": ("bench", ("layouts",), bench_layouts),
+    "bench-scale": ("bench", ("scale",), bench_scale),
     "bench-training": ("bench", ("training",), bench_training),
     "bench-explain": ("bench", ("explain",), bench_explain),
     "bench-predict": ("bench", ("predict",), bench_predict),

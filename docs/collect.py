@@ -18,12 +18,27 @@ def bench_section(name: str, s: dict) -> dict | None:
     if name == "ingest":
         reader = {e: {"patches_per_s": _round(r["patches_per_s"], 1),
                       "bytes_per_patch": round(r["bytes_per_patch"])} for e, r in s["reader_360px"].items()}
-        ingest = s["ingest"]
+        runs = {k: {"patches": s[k]["patches"], "encoding": s[k]["encoding"],
+                    "patches_per_s": _round(s[k]["patches_per_s"], 1),
+                    "patches_per_s_in_step": _round(s[k]["patches_per_s_in_step"], 1),
+                    "bytes_per_patch": round(s[k]["bytes_per_patch"]),
+                    "peak_rss_mib": _round(s[k]["peak_rss_mib"], 1)}
+                for k in ("ingest", "ingest_1_core", "ingest_png")}
         return {"case_phantom": s["case"].split(", patches")[0].replace(" per voxel", ""),
                 "phantom_render": {k: _round(s["phantom_render"][k], 1) for k in ("wall_s", "peak_rss_mib")},
-                "ingest": {"patches": ingest["patches"], "patches_per_s": _round(ingest["patches_per_s"], 1),
-                           "peak_rss_mib": _round(ingest["peak_rss_mib"], 1)},
-                "reader_360px": reader}
+                **runs, "speedup_2_cores_over_1": _round(s["speedup_2_cores_over_1"], 2),
+                "speedup_over_png": _round(s["speedup_over_png"], 2), "reader_360px": reader}
+    if name == "layouts":
+        return {"case": s["case"], "layouts": {
+            k: {"wall_s": _round(r["wall_s"], 1), "peak_rss_mib": _round(r["peak_rss_mib"], 1),
+                "read_wall_s": _round(r["read_wall_s"], 1), "he_mat_mib": _round(r["he_mat_mib"], 0)}
+            for k, r in s["ingest_per_layout"].items()}}
+    if name == "scale":
+        return {"flops_per_patch_360": s["flops_per_patch"]["360"],
+                "pooled_train_val_test": s["pooled_train_val_test"],
+                "patches_total": sum(s["patches_per_sample"].values()), "assumptions": s["assumptions"],
+                "published": s["published"], "rows": [{k: _round(v, 4) if isinstance(v, float) else v
+                                                       for k, v in r.items()} for r in s["rows"]]}
     if name == "training":
         cases = [{"backbone": c["backbone"], "image_size": c["image_size"], "precision": c["precision"],
                   "jit_compile": c.get("jit_compile", c.get("jit")), "status": c["status"],

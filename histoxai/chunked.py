@@ -60,8 +60,14 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for origin in origins:
-            mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
-            pending.append(pool.submit(inflate, raw, mask, origin))
+            try:
+                mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
+            except (RuntimeError, OSError, ValueError, KeyError):  # a chunk never written: its fill value
+                done = pool.submit(lambda o=origin: ds[tuple(slice(a, a + e.stop) for a, e in
+                                                             zip(o, extent(o), strict=True))])
+                pending.append(done)
+            else:
+                pending.append(pool.submit(inflate, raw, mask, origin))
             if len(pending) > 2 * workers:  # a few chunks in flight: memory stays at a few chunks
                 yield pending.popleft().result()
         while pending:

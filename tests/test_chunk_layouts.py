@@ -180,3 +180,20 @@ def test_phantom_layout_option_is_checked(tmp_path):
         render_phantom(tmp_path / "b", [SAMPLE], pixels_per_voxel=P, crop=CROP, mat_layout="matlab",
                        mat_format="v5")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_chunks_never_written_read_as_the_fill_value(tmp_path):
+    """HDF5 allocates no chunk a writer never touched (a MATLAB mask that is zero over a region can
+    lack chunks): the threaded reader gives the fill value there, as HDF5's own reads do."""
+    from histoxai.chunked import decoded_chunks
+
+    with h5py.File(tmp_path / "sparse.h5", "w") as f:
+        data = f.create_dataset("mask", shape=(100, 90), dtype="u1", chunks=(30, 40), compression="gzip")
+        data[0:30, 0:40] = 7
+    with h5py.File(tmp_path / "sparse.h5") as f:
+        data = f["mask"]
+        origins = [(r, c) for r in range(0, 100, 30) for c in range(0, 90, 40)]
+        got = list(decoded_chunks(data, origins))
+        for origin, chunk in zip(origins, got, strict=True):
+            expected = data[origin[0]:origin[0] + 30, origin[1]:origin[1] + 40]
+            np.testing.assert_array_equal(chunk, expected)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench.common import run_measured
+from tests.bench.common import real_scale_phantom, run_measured
 
 READER_PATCHES = 1000  # patches re-encoded per encoding for the reader comparison
 READER_BATCH = 32
@@ -57,9 +57,7 @@ def _reader_throughput(ingest_dir: Path, work: Path) -> dict:
 def bench_ingest(work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     try:
-        phantom = run_measured(_histoxai("phantom", "--out", str(work / "phantom"), "--samples", "3",
-                                         "--crop", "80x80", "--pixels-per-voxel", "360"))
-        sample = str(work / "phantom" / "3")
+        sample, phantom = real_scale_phantom(work)
         runs = {}
         for name, prefix, extra in (("ingest", [], []), ("ingest_1_core", ["taskset", "-c", "0"], []),
                                     ("ingest_png", [], ["--encoding", "png"])):

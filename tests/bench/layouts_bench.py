@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.bench.common import run_measured
+from tests.bench.common import real_scale_phantom, run_measured
 
 
 def _histoxai(*args: str) -> list[str]:
@@ -23,9 +23,12 @@ def bench_layouts(work: Path, crop: str = "80x80", pixels_per_voxel: int = 360) 
     work.mkdir(parents=True, exist_ok=True)
     figures = {}
     try:
-        phantom = run_measured(_histoxai("phantom", "--out", str(work / "phantom"), "--samples", "3",
-                                         "--crop", crop, "--pixels-per-voxel", str(pixels_per_voxel)))
-        source = work / "phantom" / "3"
+        if (crop, pixels_per_voxel) == ("80x80", 360):
+            source, phantom = real_scale_phantom(work)
+        else:
+            phantom = run_measured(_histoxai("phantom", "--out", str(work / "phantom"), "--samples", "3",
+                                             "--crop", crop, "--pixels-per-voxel", str(pixels_per_voxel)))
+            source = work / "phantom" / "3"
         for name in LAYOUTS:
             folder = source if name == "rows" else work / name / "3"
             if name != "rows":
@@ -46,5 +49,5 @@ def bench_layouts(work: Path, crop: str = "80x80", pixels_per_voxel: int = 360) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"case": f"sample 3, {crop} voxels at {pixels_per_voxel} px per voxel, patches "
-                    f"{pixels_per_voxel} px, png; HE.mat and HE_mask.mat re-stored per layout",
+                    f"{pixels_per_voxel} px, default encoding; HE.mat and HE_mask.mat re-stored per layout",
             "phantom_render": phantom, "ingest_per_layout": figures}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from histoxai.provenance import stamp
+from tests.bench.common import REAL_SCALE_FOLDER
 
 
 def _sections():
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"][name]["provenance"] = provenance  # per section: a later --only run keeps this one
         results_file.write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(_markdown(results))
+    shutil.rmtree(out / REAL_SCALE_FOLDER, ignore_errors=True)  # 2.5 GB of pixels
     print(f"bench: results in {results_file} and {out / 'results.md'}")
     return 0
 
