@@ -25,7 +25,7 @@ from histoxai.manifest import SPLITS
 CACHE_MEMORY_FRACTION = 0.25  # cache="auto" keeps decoded patches in memory below this share of free RAM
 LOCAL_SHARD = "shard_path"    # column added by `local_shards`: a local path TensorFlow can open
 READ_BUFFER = 1 << 20         # bytes read ahead per shard
-DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape|zlib|inflate", re.IGNORECASE)  # TensorFlow failed on a patch
+DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape|zlib|inflate", re.IGNORECASE)  # a patch failed
 
 
 def select_split(frame: pd.DataFrame, split: str, source: str = "manifest") -> pd.DataFrame:
