@@ -25,7 +25,7 @@ import tempfile
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -44,8 +44,13 @@ def _deflate_only(ds) -> bool:
 
 def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
     """The chunks at `origins` (HDF5 chunk offsets), decoded and clipped to the array, in that order."""
+    # Only this thread calls HDF5, even for a dataset's shape or dtype: h5py's HDF5 is not built
+    # thread-safe, and such calls from the inflating threads failed at random ("no VOL object wrap
+    # context", a double free)
+    chunks, shape, dtype = ds.chunks, ds.shape, ds.dtype
+
     def extent(origin) -> tuple[slice, ...]:  # edge chunks are stored whole: clip them to the array
-        return tuple(slice(0, min(c, n - o)) for c, n, o in zip(ds.chunks, ds.shape, origin, strict=True))
+        return tuple(slice(0, min(c, n - o)) for c, n, o in zip(chunks, shape, origin, strict=True))
 
     if not _deflate_only(ds):
         for origin in origins:
@@ -54,19 +59,21 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
 
     def inflate(raw: bytes, mask: int, origin) -> np.ndarray:
         data = raw if mask & 1 else zlib.decompress(raw)  # bit 0 set: HDF5 skipped deflate for this chunk
-        return np.frombuffer(data, ds.dtype).reshape(ds.chunks)[extent(origin)]
+        return np.frombuffer(data, dtype).reshape(chunks)[extent(origin)]
+
+    def fill(origin) -> Future:  # a chunk never written (MATLAB leaves some) reads as the fill value
+        done: Future = Future()
+        done.set_result(np.full(tuple(e.stop for e in extent(origin)), ds.fillvalue, dtype))
+        return done
 
     workers = max(1, len(os.sched_getaffinity(0)))
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for origin in origins:
-            try:
-                mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
-            except (RuntimeError, OSError, ValueError, KeyError):  # a chunk never written: its fill value
-                done = pool.submit(lambda o=origin: ds[tuple(slice(a, a + e.stop) for a, e in
-                                                             zip(o, extent(o), strict=True))])
-                pending.append(done)
+            if ds.id.get_chunk_info_by_coord(origin).byte_offset is None:
+                pending.append(fill(origin))
             else:
+                mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
                 pending.append(pool.submit(inflate, raw, mask, origin))
             if len(pending) > 2 * workers:  # a few chunks in flight: memory stays at a few chunks
                 yield pending.popleft().result()
