@@ -63,14 +63,21 @@ def bench_layouts(f: dict) -> str:
 
 def bench_scale(f: dict) -> str:
     def hours(low, high) -> str:
-        return "n/a" if low is None else (f"{num(low, 1)} h" if abs(high - low) < 1e-9 else
-                                          f"{num(low, 1)} to {num(high, 1)} h")
+        if low is None:
+            return "n/a"
+        if high < 1:  # under an hour: minutes
+            low, high, unit, digits = low * 60, high * 60, "min", 0 if low >= 1 else 1
+        else:
+            unit, digits = "h", 1
+        return (f"{num(low, digits)} {unit}" if abs(high - low) < 1e-9 else
+                f"{num(low, digits)} to {num(high, digits)} {unit}")
 
     rows = []
     for r in f["rows"]:
         rows.append([r["step"], f"{num(r['work'], 0)} {r['unit']}", r["machine"], rate(r["rate_here"]),
                      hours(r.get("hours_here"), r.get("hours_here")),
-                     "n/a" if r.get("rate_compiled_low") is None else
+                     "n/a" if r.get("rate_compiled_low") is None else rate(r["rate_compiled_low"])
+                     if r["rate_compiled_low"] == r["rate_compiled_high"] else
                      f"{rate(r['rate_compiled_low'])} to {rate(r['rate_compiled_high'])}",
                      hours(r.get("hours_compiled_low"), r.get("hours_compiled_high"))])
     return table(["step", "work", "compiled machine", "per s here (2 CPU cores)", "time here",
@@ -101,10 +108,14 @@ def bench_explain(f: dict) -> str:
             rows.append([f"explain, {f['image_size']} px, {name}, {method}",
                          f"{rate(m['maps_per_s'])}{versus}"])
         low, high = measured["speedup_range"]
-        difference = measured.get("max_abs_difference")
+        difference, smooth = measured.get("max_abs_difference"), measured.get("smoothgrad_difference")
         rows.append([f"explain, {f['image_size']} px, {name}: speed-up over tf-keras-vis, all methods",
                      f"{num(low, 1)}x to {num(high, 1)}x" + ("" if difference is None else
-                                                           f"; largest map difference {difference:.0e}")])
+                                                           f"; largest map difference {difference:.0e}"
+                                                           " (methods without noise)")
+                     + ("" if not smooth else
+                        f"; SmoothGrad {smooth['max_abs_difference']:.0e} against tf-keras-vis's own "
+                        f"{smooth['tf_keras_vis_seed_to_seed_difference']:.0e} from seed to seed")])
     return table(["case (maps/s: step vs tf-keras-vis one batch at a time)", "figure"], rows)
 
 

@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from histoxai import gcs
+from tests.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +25,7 @@ def gcs_emulator(tmp_path_factory):
     STORAGE_EMULATOR_HOST is set for the test process and its children, so the real
     google-cloud-storage client (and every `histoxai` subprocess) talks to it.
     """
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("gcs-emulator")
     log = open(workdir / "emulator.log", "wb")
     proc = subprocess.Popen(  # the emulator with GCS's write preconditions (tests/gcs_emulator.py)
@@ -76,3 +71,12 @@ def gcs_bucket(gcs_emulator):
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs.Client(project="histoxai-test").create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    """bin/ of the linters' environment (.venv-tools: `make tools`, pinned in infra/requirements-tools.txt and
+    installed by hash), brought up to date when missing or stale, so the infrastructure tests also run
+    under a bare `pytest`."""
+    subprocess.run(["make", "-s", "tools"], cwd=REPO, check=True)
+    return REPO / ".venv-tools" / "bin"

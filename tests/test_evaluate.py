@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from PIL import Image
 
 from histoxai import artifacts, colour, dataset, prediction, storage
@@ -201,6 +200,21 @@ def test_predictions_are_reused_when_the_model_hash_matches(setup, monkeypatch):
     assert json.loads(pq.read_table(stale).schema.metadata[prediction.CACHE_KEY])["model_sha256"] != "0" * 64
 
 
+def test_predictions_are_recomputed_when_the_patches_change(setup, tmp_path):
+    """Sample 7 ingested again with other pixels (same voxels; its records move in the shard): its
+    stamped predictions no longer match its patches, so evaluate predicts it again; the rest are reused."""
+    out = tmp_path / "out"
+    shutil.copytree(setup["out"], out)
+    again = _extra_sample(tmp_path / "s7", "7", 12, seed=17, MD=1.25)
+    data = [again if Path(uri).name == "s7" else uri for uri in setup["data"]]
+    before = pd.read_parquet(out / ev.PREDICTIONS_DIR / "a" / "7.parquet")
+    result = ev.evaluate([f"a={setup['model']}", f"b={setup['model']}"], [str(uri) for uri in data], str(out),
+                         baseline_summary="", overwrite=True, progress=False)
+    assert {key for key, n in result["predicted_here"].items() if n} == {("a", "7"), ("b", "7")}
+    after = pd.read_parquet(out / ev.PREDICTIONS_DIR / "a" / "7.parquet")
+    assert len(after) == len(before) and not np.allclose(after["MD_predicted"], before["MD_predicted"])
+
+
 def _stamp(path) -> dict:
     return json.loads(pq.read_table(path).schema.metadata[prediction.CACHE_KEY])
 
@@ -313,52 +327,6 @@ def test_bad_inputs_fail_with_one_clear_line(setup, tmp_path, capsys):
     assert main(setup["args"]) == 2  # an existing OUT is kept unless --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
-
-
-def test_headline_metrics_are_flat_names():
-    table = pd.DataFrame({"model": ["m", "m", "m"], "target": ["CC"] * 3,
-                          "kind": ["sample", "sample", "split"], "group": ["3", "8", "test"],
-                          "r2": pd.array([0.5, pd.NA, 0.9], dtype="Float64")})
-    assert ev.headline_metrics(table) == {"r2_m_CC_sample_3": 0.5, "r2_m_CC_test": 0.9}
-
-
-def test_kfp_component_compiles(tmp_path):
-    from kfp import compiler
-
-    from histoxai.components.evaluate.component import evaluate_models
-    from histoxai.images import CPU_IMAGE
-
-    path = tmp_path / "evaluate.yaml"
-    compiler.Compiler().compile(evaluate_models, str(path))
-    spec = yaml.safe_load(path.read_text())
-    inputs = spec["root"]["inputDefinitions"]["artifacts"]
-    outputs = spec["root"]["outputDefinitions"]["artifacts"]
-    assert inputs["split"]["artifactType"]["schemaTitle"] == "system.Dataset"
-    assert inputs["single_task_model"].get("isOptional") is True
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
-        "evaluation": "system.Dataset", "metrics": "system.Metrics", "report_html": "system.HTML",
-        "report_markdown": "system.Markdown"}
-    executor = next(iter(spec["deploymentSpec"]["executors"].values()))
-    assert executor["container"]["image"] == CPU_IMAGE
-
-
-def test_predict_component_runs_on_the_gpu_image(tmp_path):
-    from kfp import compiler
-
-    from histoxai.components.predict.component import predict_model
-    from histoxai.images import GPU_IMAGE
-
-    path = tmp_path / "predict.yaml"
-    compiler.Compiler().compile(predict_model, str(path))
-    spec = yaml.safe_load(path.read_text())
-    inputs = spec["root"]["inputDefinitions"]
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in inputs["artifacts"].items()} == {
-        "model": "system.Model", "data": "system.Dataset"}
-    assert set(inputs["parameters"]) == {"name", "batch_size"}
-    assert spec["root"]["outputDefinitions"]["artifacts"]["predictions"]["artifactType"][
-        "schemaTitle"] == "system.Dataset"
-    executor = next(iter(spec["deploymentSpec"]["executors"].values()))
-    assert executor["container"]["image"] == GPU_IMAGE
 
 
 def test_kfp_component_runs_locally(setup, tmp_path):

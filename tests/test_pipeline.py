@@ -252,65 +252,6 @@ def test_parameters_are_checked_against_the_pipeline(tmp_path):
             parameters(*argv)
 
 
-def _sample_folders(root: Path, *ids: str) -> None:
-    """Sample folders that hold only an empty MR.mat at the layout's path."""
-    from histoxai.layout import MR_MAT
-
-    for sample in ids:
-        (root / sample / MR_MAT).parent.mkdir(parents=True)
-        (root / sample / MR_MAT).touch()
-
-
-def test_run_local_checks_every_sample_before_it_starts(tmp_path, capsys):
-    samples, runs = tmp_path / "samples", tmp_path / "runs"
-    _sample_folders(samples, "3", "4", "5")
-    (samples / "6").mkdir()  # a folder without MR.mat is no sample
-    for argv, message in [
-        (["--samples", "3,7"], f"--samples: sample 7 not found under {samples} (expected "
-                               f"{samples}/7/coreg_fine/ver1/MR.mat); found samples 3, 4, 5"),
-        (["--samples", "3,6,4,12"], f"--samples: samples 6, 12 not found under {samples} (expected "
-                                    f"{samples}/<id>/coreg_fine/ver1/MR.mat); found samples 3, 4, 5"),
-        ([], f"--samples: samples 1, 2, {', '.join(str(n) for n in range(6, 17))} not found under {samples}"),
-        (["--samples", "3,4,5", "--train-samples", "3,9"],
-         "--train-samples: 9 not among --samples 3, 4, 5; expected a subset of the samples to ingest"),
-        (["--samples", "5"], "--train-samples: 3, 4 not among --samples 5"),  # the default 3, 4
-        (["--samples", "3,../../etc"], "--samples: sample id '../../etc' is not a usable sample id"),
-    ]:
-        code = histoxai_main(["run-local", "--samples-uri", str(samples), "--out", str(runs), *argv])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1, err
-        assert err.startswith(f"histoxai run-local: error: {message}"), err
-        assert not runs.exists()  # no run folder, no log
-    empty = tmp_path / "nothing"
-    code = histoxai_main(["run-local", "--samples-uri", str(empty), "--samples", "3", "--out", str(runs)])
-    assert code == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"(expected {empty}/3/coreg_fine/ver1/MR.mat); found no sample folder there")
-    assert not runs.exists()
-
-
-def test_run_local_checks_samples_in_a_bucket(gcs_bucket, tmp_path, capsys):
-    from histoxai.layout import MR_MAT
-
-    samples = storage.join(gcs_bucket, "samples")
-    for sample in ("3", "4"):
-        storage.write_bytes(storage.join(samples, sample, MR_MAT), b"")
-    storage.write_bytes(storage.join(samples, "5", "notes.txt"), b"no MR.mat here")
-    code = histoxai_main(["run-local", "--samples-uri", samples, "--samples", "3,4,5",
-                          "--out", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err == (f"histoxai run-local: error: --samples: sample 5 not found under {samples} "
-                                 f"(expected {samples}/5/coreg_fine/ver1/MR.mat); found samples 3, 4")
-    assert not (tmp_path / "runs").exists()
-
-
-def test_run_local_refuses_a_gs_pipeline_root(capsys):
-    code = histoxai_main(["run-local", "--samples-uri", "x", "--out", "gs://bucket/runs"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "a local run needs a local folder" in err and "--publish" in err
-
-
 @pytest.mark.slow
 def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
     """The whole DAG under kfp.local (no tuning: the demo runs that branch) on a 20 x 20 voxel phantom
@@ -396,17 +337,3 @@ def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
         assert not text.apply(lambda c: c.str.contains(str(tmp_path))).any().any(), table
     with pytest.raises(InputError, match="already exists"):
         publish_run(run, storage.join(gcs_bucket, "runs"))
-
-
-def test_local_run_names_the_failing_task(tmp_path, capsys):
-    samples = tmp_path / "samples"
-    _sample_folders(samples, "3")  # passes the check before the run; ingest finds MR.mat empty
-    code = histoxai_main(["run-local", "--samples-uri", str(samples), "--samples", "3",
-                          "--train-samples", "3", "--config", "demo", "--out", str(tmp_path / "runs")])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2
-    # ingest refuses the only (training) sample without failing; split then has nothing to train on
-    assert re.fullmatch(r"histoxai run-local: error: pipeline task split failed: InputError: "
-                        r"train_samples 3: "
-                        rf"every training sample was refused by ingestion \(3: {samples}/3/"
-                        r"coreg_fine/ver1/MR.mat: .*\(full log: .*\.log\)", err), err

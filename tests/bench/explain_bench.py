@@ -8,8 +8,9 @@ as the step names it (top_activation), so that the two sets of maps are the same
 timed after a warm-up call (tracing / first-call overhead reported separately). The largest
 difference between the two sets of maps is taken after applying tf-keras-vis's own normalisation to
 the step's raw maps; for SmoothGrad, whose noise differs, beside the difference between two
-tf-keras-vis runs with different seeds (the Monte-Carlo noise floor). IG has no tf-keras-vis
-counterpart and is timed alone. On a GPU the same runs at 360 px.
+tf-keras-vis runs with different seeds (the Monte-Carlo noise floor). IG and LayerCAM fused over
+several layers (the step's default) have no tf-keras-vis counterpart and are timed alone. On a GPU
+the same runs at 360 px.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ IMAGE_SIZE = 128
 BATCH = 16
 # patches timed per method and backbone (SmoothGrad and IG pass 30-32 images per patch)
 PATCHES = {"tiny": {"cheap": 64, "costly": 32}, "EfficientNetV2S": {"cheap": 32, "costly": 8}}
-METHODS = ("gradcam++", "layercam", "vanilla", "smoothgrad:sigma=0.2,n=30", "ig:steps=32")
+# LayerCAM twice: on the CAM layer alone (what tf-keras-vis computes) and with the step's default
+# fusion of stage layers, which has no tf-keras-vis counterpart (like IG) and is timed alone
+METHODS = ("gradcam++", "layercam:layers={cam_layer}", "layercam", "vanilla", "smoothgrad:sigma=0.2,n=30",
+           "ig:steps=32")
+
+
+def _has_counterpart(spec, cam_layer: str) -> bool:
+    """Whether tf-keras-vis computes the same maps: not IG, not LayerCAM fused over several layers."""
+    if spec.method == "layercam":
+        return tuple(spec.get("layers")) == (cam_layer,)
+    return spec.method != "ig"
 
 
 def _patches(count: int, size: int) -> np.ndarray:
@@ -81,7 +92,7 @@ def _backbone(backbone: str, size: int) -> dict:
     images = _patches(max(PATCHES[backbone].values()), size)
     out = {}
     for text in METHODS:
-        spec = parse_method(text).with_layers(layer)
+        spec = parse_method(text.format(cam_layer=layer)).with_layers(layer)
         count = PATCHES[backbone]["costly" if spec.method in ("smoothgrad", "ig") else "cheap"]
         batch = images[:count]
         keys = np.arange(count, dtype=np.int64)
@@ -94,7 +105,7 @@ def _backbone(backbone: str, size: int) -> dict:
         warmup = time.perf_counter() - tick
         maps, seconds = _timed(ours, batch)
         row = {"patches": count, "maps_per_s": round(count / seconds, 2), "warmup_s": round(warmup, 1)}
-        if spec.method != "ig":
+        if _has_counterpart(spec, layer):
             library = _library_call(spec.method, single, layer)
             tick = time.perf_counter()
             library(batch[:2])

@@ -136,11 +136,16 @@ def scale_model(sections: dict) -> dict:
     ingest_4 = None
     if here["ingest"]:
         ingest_4 = here["ingest"] * sections["ingest"]["speedup_2_cores_over_1"]
+    from histoxai.components.tune.params import DEFAULTS as TUNE  # noqa: I001  (bench code may cross layers)
+
+    default_trials = TUNE.tuning_trials
     steps = [
         ("ingest: largest sample (all 16 in parallel)", "4 vCPU", max(patches.values()), here["ingest"],
          ingest_4 and (ingest_4, ingest_4), "patches"),
         ("tune: 250 trials, one after another", "1 x L4", THESIS["tuning_trials"] * per_trial, train_here,
          l4_train_fe, "forward equivalents"),
+        (f"tune: {default_trials} trials (the pipeline's default)", "1 x L4", default_trials * per_trial,
+         train_here, l4_train_fe, "forward equivalents"),
         ("train: 2 models, in parallel", "1 x L4 each", per_model, train_here, l4_train_fe,
          "forward equivalents"),
         ("predict: every patch of 16 samples, 2 models", "1 x L4", THESIS["models"] * sum(patches.values()),
