@@ -114,8 +114,8 @@ def bench_explain(f: dict) -> str:
                                                            f"; largest map difference {difference:.0e}"
                                                            " (methods without noise)")
                      + ("" if not smooth else
-                        f"; SmoothGrad {smooth['max_abs_difference']:.0e} against tf-keras-vis's own "
-                        f"{smooth['tf_keras_vis_seed_to_seed_difference']:.0e} from seed to seed")])
+                        f"; SmoothGrad {smooth['max_abs_difference']:.1e} against tf-keras-vis's own "
+                        f"{smooth['tf_keras_vis_seed_to_seed_difference']:.1e} from seed to seed")])
     return table(["case (maps/s: step vs tf-keras-vis one batch at a time)", "figure"], rows)
 
 
