@@ -6,8 +6,8 @@ A record holds only the encoded image; labels and keys live in the Parquet manif
 each patch's shard, record index and byte offset.
 
 Encodings (the manifest names each patch's): 'zlib' (the default) is the bare pixel buffer deflated at
-zlib level 1: lossless, encoded about twice as fast as PNG and decoded in the TensorFlow graph
-(`tf.io.decode_compressed`) about twice as fast, for 10 % more bytes (docs/steps.md, shard format).
+zlib level 1: lossless; per patch it encodes and decodes (in the TensorFlow graph,
+`tf.io.decode_compressed`) about twice as fast as PNG, for 10 % more bytes (docs/steps.md, shard format).
 'png' and 'jpeg' are image files (JPEG is lossy); 'raw' is the bare buffer, fastest and largest.
 """
 
