@@ -62,23 +62,22 @@ def bench_layouts(f: dict) -> str:
 
 
 def bench_scale(f: dict) -> str:
-    def hours(low, high) -> str:
+    def span(low, high, show) -> str:  # one figure, or "low to high"; n/a where none was derived
         if low is None:
             return "n/a"
-        if high < 1:  # under an hour: minutes
-            low, high, unit, digits = low * 60, high * 60, "min", 0 if low >= 1 else 1
-        else:
-            unit, digits = "h", 1
-        return (f"{num(low, digits)} {unit}" if abs(high - low) < 1e-9 else
-                f"{num(low, digits)} to {num(high, digits)} {unit}")
+        return show(low) if abs(high - low) < 1e-9 else f"{show(low)} to {show(high)}"
+
+    def hours(low, high) -> str:
+        if low is not None and high < 1:  # under an hour: minutes
+            digits = 0 if low * 60 >= 1 else 1
+            return span(low * 60, high * 60, lambda m: num(m, digits)) + " min"
+        return span(low, high, lambda h: num(h, 1)) + ("" if low is None else " h")
 
     rows = []
     for r in f["rows"]:
         rows.append([r["step"], f"{num(r['work'], 0)} {r['unit']}", r["machine"], rate(r["rate_here"]),
                      hours(r.get("hours_here"), r.get("hours_here")),
-                     "n/a" if r.get("rate_compiled_low") is None else rate(r["rate_compiled_low"])
-                     if r["rate_compiled_low"] == r["rate_compiled_high"] else
-                     f"{rate(r['rate_compiled_low'])} to {rate(r['rate_compiled_high'])}",
+                     span(r.get("rate_compiled_low"), r.get("rate_compiled_high"), rate),
                      hours(r.get("hours_compiled_low"), r.get("hours_compiled_high"))])
     return table(["step", "work", "compiled machine", "per s here (2 CPU cores)", "time here",
                   "per s on the compiled machine", "time there"], rows)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from histoxai import gcs
-from tests.loopback import free_port
+from tests.loopback import free_port, wait_until_listening
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,19 +31,7 @@ def gcs_emulator(tmp_path_factory):
          "--port", str(port), "--in-memory", "-q"],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError as err:
-            if proc.poll() is not None:
-                log_text = (workdir / "emulator.log").read_text()
-                raise RuntimeError(f"gcs emulator exited: {log_text}") from err
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("gcs emulator did not start within 30 s")
+    wait_until_listening(port, proc, "gcs emulator", workdir / "emulator.log", timeout_s=30)
     host = f"http://127.0.0.1:{port}"
     old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
     os.environ["STORAGE_EMULATOR_HOST"] = host

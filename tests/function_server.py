@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import requests
 
-from tests.loopback import free_port
+from tests.loopback import free_port, wait_until_listening
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "histoxai-test"
@@ -30,16 +28,7 @@ class FunctionServer:
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "retrain_server.py"), str(self.port), str(record)],
             env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"function server exited: {log.read_text()}") from None
-                time.sleep(0.2)
-        raise RuntimeError(f"function server did not start: {log.read_text()}")
+        wait_until_listening(self.port, self.proc, "function server", log, timeout_s=120)
 
     def deliver(self, bucket: str, name: str, event_id: str | None = None) -> requests.Response:
         """A storage finalize CloudEvent (binary mode, as Eventarc sends it) for the object as it is now."""
