@@ -48,6 +48,14 @@ def bench_ingest(f: dict) -> str:
         [f"shard reader (`histoxai.dataset`), 360 px: {' / '.join(encodings)}",
          " / ".join(num(reader[e]["patches_per_s"], 0) for e in encodings) + " patches/s; "
          + " / ".join(num(reader[e]["bytes_per_patch"] / 1000, 0) for e in encodings) + " kB per patch"],
+        *([["shard reader, zlib: ISA-L inflating in tf.data's threads / `tf.io.decode_compressed` "
+            "in the graph (the reader before)",
+            f"{num(reader['zlib']['patches_per_s'], 0)} / {num(reader['zlib']['patches_per_s_graph_inflate'], 0)} "
+            f"patches/s ({num(reader['zlib']['patches_per_s'] / reader['zlib']['patches_per_s_graph_inflate'], 2)}x)"]]
+          if "patches_per_s_graph_inflate" in reader.get("zlib", {}) else []),
+        *[[f"codec on one core, per 360 px patch: {name}",
+           f"encode {num(c['encode_ms'], 2)} ms, decode {num(c['decode_ms'], 2)} ms, "
+           f"{num(c['bytes_per_patch'] / 1000, 0)} kB"] for name, c in f.get("codecs_360px", {}).items()],
     ])
 
 

@@ -12,7 +12,8 @@ writer chunked the array:
   in file order, into a local unlinked scratch file laid out so that a band is one plain read per
   column group, and serves bands from it with pread (no memmap: its pages would count as resident).
 Chunks compressed by deflate alone (MATLAB's and h5py's gzip) are read raw and inflated by a pool of
-threads (zlib releases the GIL), so decompression uses every core instead of HDF5's one thread.
+threads with ISA-L (the `isal` package; it releases the GIL for the whole call, where CPython's zlib
+scaled to 1.1x on two threads here), so decompression uses every core instead of HDF5's one thread.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import itertools
 import math
 import os
 import tempfile
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+from isal import isal_zlib
 
 from histoxai.errors import InputError
 
@@ -58,7 +59,7 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
         return
 
     def inflate(raw: bytes, mask: int, origin) -> np.ndarray:
-        data = raw if mask & 1 else zlib.decompress(raw)  # bit 0 set: HDF5 skipped deflate for this chunk
+        data = raw if mask & 1 else isal_zlib.decompress(raw)  # bit 0 set: HDF5 skipped deflate for this chunk
         return np.frombuffer(data, dtype).reshape(chunks)[extent(origin)]
 
     def fill(origin) -> Future:  # a chunk never written (MATLAB leaves some) reads as the fill value

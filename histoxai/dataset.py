@@ -76,6 +76,12 @@ def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
         yield frame.assign(**{LOCAL_SHARD: frame["shard_uri"].map(paths)})
 
 
+def _inflate(payload: bytes) -> np.ndarray:
+    # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core; in the graph,
+    # tf.io.decode_compressed inflated at about half the speed (make bench, section ingest: reader)
+    return np.frombuffer(shards.inflate(payload), np.uint8)
+
+
 def _decoder(frame: pd.DataFrame, image_size: int):
     """A graph function (position, record bytes) -> uint8 image_size x image_size x 3."""
     import tensorflow as tf
@@ -92,14 +98,15 @@ def _decoder(frame: pd.DataFrame, image_size: int):
     def decode(position, record):
         size = sizes[position]
 
-        def pixels(buffer):
-            return tf.reshape(tf.io.decode_raw(buffer, tf.uint8), tf.stack([size, size, 3]))
+        def pixels(flat):
+            return tf.reshape(flat, tf.stack([size, size, 3]))
 
         def image_file():
             return tf.io.decode_image(record, channels=3, expand_animations=False)
 
-        branches = {"zlib": lambda: pixels(tf.io.decode_compressed(record, "ZLIB")),
-                    "png": image_file, "jpeg": image_file, "raw": lambda: pixels(record)}
+        branches = {"zlib": lambda: pixels(tf.numpy_function(_inflate, [record], tf.uint8, stateful=False)),
+                    "png": image_file, "jpeg": image_file,
+                    "raw": lambda: pixels(tf.io.decode_raw(record, tf.uint8))}
         image = tf.switch_case(codes[position], [branches[name] for name in shards.ENCODINGS])
         if need_resize:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from histoxai import dataset, outputs
 from histoxai.cli import main
 from histoxai.errors import InputError
 from histoxai.manifest import read_manifest
-from histoxai.shards import ShardWriter, iter_records
+from histoxai.shards import ShardWriter, encode_image, iter_records
 from tests.test_split import make_manifest
 from tests.train_data import write_blob_manifest
 
@@ -193,6 +194,22 @@ def test_the_reader_names_the_damaged_record(inputs, tmp_path, damage, why):
     with pytest.raises(InputError, match=rf"{DAMAGED_SHARD}: record {int(rows['index'].iloc[3])} .*{why}"):
         with dataset.read_errors(frame):
             for _ in ds:
+                pass
+
+
+def test_a_zlib_record_that_does_not_inflate_is_named(tmp_path):
+    # zlib records are inflated outside TensorFlow's graph (ISA-L): its error must still name the record
+    shard, rows = tmp_path / "zlib.tfrecord", []
+    with ShardWriter(shard) as writer:
+        for k in range(6):
+            payload = b"garbage" if k == 3 else encode_image(np.full((32, 32, 3), k, np.uint8), "zlib")
+            index, offset = writer.append(payload)
+            rows.append({"shard_uri": str(shard), "index": index, "offset": offset, "encoding": "zlib",
+                         "patch_size": 32, "sample": "2", "row": 0, "col": k})
+    frame = pd.DataFrame(rows)
+    with pytest.raises(InputError, match=r"zlib.tfrecord: record 3 .*not a readable zlib image"):
+        with dataset.read_errors(frame):
+            for _ in dataset.patch_dataset(frame, image_size=32, batch_size=4, cache="none"):
                 pass
 
 

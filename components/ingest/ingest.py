@@ -196,11 +196,10 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         clock.add("encode_workers", None, time.thread_time() - cpu)
         return payload
 
-    # one encoder per core this process may use (taskset and container CPU sets shrink it): encoding
-    # is most of the work, and Pillow, zlib and NumPy release the GIL while the main thread reads and
-    # computes SA
+    # one worker per core this process may use (taskset and container CPU sets shrink it): they encode
+    # patches and compute SA's gradient products (ISA-L, Pillow and NumPy release the GIL) while the
+    # main thread reads the next row and adds finished products into the voxel tensors
     workers = max(1, min(8, len(os.sched_getaffinity(0))))
-    sa_stream = StructureStream(sample.he_shape, sample.grid, sample.block)
     # progress in patches (voxels that passed the grid rules; a few may still fail he_mask or NaN)
     progress = tqdm(total=int((codes == _PASSED).sum()), desc=f"ingest {sample_id}", unit="patch")
     pending: deque[tuple[int, np.ndarray, list]] = deque()  # rows whose patches are being encoded
@@ -215,6 +214,7 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         progress.update(len(kept_cols))
 
     with ThreadPoolExecutor(workers) as pool, read_errors_named(sample), progress:
+        sa_stream = StructureStream(sample.he_shape, sample.grid, sample.block, pool=pool)
         for i in range(rows):
             with clock.stage("read"):
                 # kept as h5py's strided view: blocks and SA each copy only what they need
@@ -227,8 +227,8 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
                     codes[i, (codes[i] == _PASSED) & nan[i]] = RULES.index("nan_target")
             progress.total -= int(candidates.sum() - (codes[i] == _PASSED).sum())  # he_mask/NaN drops
             kept_cols = np.flatnonzero(codes[i] == _PASSED)
-            # the pool encodes this row's patches while this thread computes SA and reads the next
-            # row; at most two rows are in flight, so memory stays at a few bands
+            # the pool encodes this row's patches and its SA products while this thread reads the
+            # next row; at most two rows are in flight, so memory stays at a few bands
             pending.append((i, kept_cols, [pool.submit(encode, band[:, j * bw:(j + 1) * bw])
                                            for j in kept_cols]))
             with clock.stage("structure"):

@@ -25,6 +25,7 @@ strong edge along the border); the sigma-30 smoothings zero-pad as the original'
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -157,10 +158,13 @@ class StructureStream:
 
     Only rows up to `rows_needed` influence the grid's voxels; feeding may stop there.
     Holds a few hundred full-resolution rows at most, whatever the slide's size.
+    With a `pool`, the gradient products of each band (most of the work) run on its threads while
+    the caller goes on; a band's products join the tensor at the next feed (or at `finish`), so at
+    most one band is in flight. The result is the same with or without a pool.
     """
 
     def __init__(self, he_shape: tuple[int, int], grid: tuple[int, int], block: tuple[int, int],
-                 downsample: int = DOWNSAMPLE, row_step: int = ROW_STEP):
+                 downsample: int = DOWNSAMPLE, row_step: int = ROW_STEP, pool: Executor | None = None):
         self.height, self.width = he_shape
         if downsample % row_step:
             raise ValueError(f"row_step {row_step} must divide downsample {downsample}")
@@ -182,7 +186,9 @@ class StructureStream:
         self._bright = np.empty((0, n_cols))  # coarse rows [_bright_start, ...) of the bright fraction
         self._bright_start = 0
         self._grad_done = 0  # full-res rows whose gradient products are computed
-        self._products = np.empty((3, 0, n_cols))  # coarse rows [_added, _grad_done / f)
+        self._products = np.empty((3, 0, n_cols))  # coarse rows [_added, ...) whose products are known
+        self._in_flight: list[Future] = []  # then those being computed, up to _grad_done / f
+        self._pool = pool
         self._added = 0  # coarse rows already added into the voxel tensors
 
     def feed(self, rgb: np.ndarray) -> None:
@@ -208,16 +214,31 @@ class StructureStream:
     def _advance(self, at_end: bool) -> None:
         grad_end = self.height if at_end else (self._fed - GRADIENT_RADIUS) // self.f * self.f
         step = self.f * max(1, _SUB_BAND // self.f)
-        products = [gradient_products(self._padded_grey(start, min(grad_end, start + step)), self.f,
-                                      self.row_step)
-                    for start in range(self._grad_done, grad_end, step)]
-        if products:
-            self._products = np.concatenate([self._products, *products], axis=1)
-            self._grad_done = grad_end
+        earlier = len(self._in_flight)
+        for start in range(self._grad_done, grad_end, step):
+            grey = self._padded_grey(start, min(grad_end, start + step))
+            if self._pool is None:
+                done: Future = Future()
+                done.set_result(gradient_products(grey, self.f, self.row_step))
+                self._in_flight.append(done)
+            else:
+                self._in_flight.append(self._pool.submit(gradient_products, grey, self.f, self.row_step))
+        self._grad_done = max(self._grad_done, grad_end)
         keep_from = max(0, self._grad_done - GRADIENT_RADIUS)
         self._grey = self._grey[keep_from - self._grey_start:]
         self._grey_start = keep_from
+        # this band's products join at the next feed, unless this is the last band or nothing runs aside
+        self._collect(len(self._in_flight) if at_end or self._pool is None else earlier)
+        self._add_known(at_end)
 
+    def _collect(self, count: int) -> None:
+        """Append the first `count` bands in flight (waiting for them) to the known products."""
+        if count:
+            ready = [future.result() for future in self._in_flight[:count]]
+            self._products = np.concatenate([self._products, *ready], axis=1)
+            del self._in_flight[:count]
+
+    def _add_known(self, at_end: bool) -> None:
         known = self._bright_start + len(self._bright)
         mask_end = known if at_end else known - self._mask_halo
         mask_end = min(mask_end, self._added + self._products.shape[1])
@@ -252,6 +273,8 @@ class StructureStream:
 
     def finish(self) -> np.ndarray:
         """SA per voxel (NaN where the tensor is zero, e.g. a voxel deep in a blank area)."""
+        self._collect(len(self._in_flight))
+        self._add_known(self._fed >= self.height)
         if self._fed < self.rows_needed or self._added <= self._last_cell:
             raise ValueError(f"only {self._fed} of the {self.rows_needed} rows that SA needs were fed")
         return anisotropy(self.tensor)
