@@ -30,6 +30,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def bench_ingest(f: dict) -> str:
     phantom, reader = f["phantom_render"], f["reader_360px"]
     encodings = list(reader)
+    zlib = reader.get("zlib", {})
 
     def run(label: str, r: dict) -> list[str]:
         return [f"ingest of that slide, {label}: {num(r['patches'], 0)} patches of 360 px, {r['encoding']}",
@@ -50,9 +51,9 @@ def bench_ingest(f: dict) -> str:
          + " / ".join(num(reader[e]["bytes_per_patch"] / 1000, 0) for e in encodings) + " kB per patch"],
         *([["shard reader, zlib: ISA-L inflating in tf.data's threads / `tf.io.decode_compressed` "
             "in the graph (the reader before)",
-            f"{num(reader['zlib']['patches_per_s'], 0)} / {num(reader['zlib']['patches_per_s_graph_inflate'], 0)} "
-            f"patches/s ({num(reader['zlib']['patches_per_s'] / reader['zlib']['patches_per_s_graph_inflate'], 2)}x)"]]
-          if "patches_per_s_graph_inflate" in reader.get("zlib", {}) else []),
+            f"{num(zlib['patches_per_s'], 0)} / {num(zlib['patches_per_s_graph_inflate'], 0)} patches/s "
+            f"({num(zlib['patches_per_s'] / zlib['patches_per_s_graph_inflate'], 2)}x)"]]
+          if "patches_per_s_graph_inflate" in zlib else []),
         *[[f"codec on one core, per 360 px patch: {name}",
            f"encode {num(c['encode_ms'], 2)} ms, decode {num(c['decode_ms'], 2)} ms, "
            f"{num(c['bytes_per_patch'] / 1000, 0)} kB"] for name, c in f.get("codecs_360px", {}).items()],

@@ -59,7 +59,8 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
         return
 
     def inflate(raw: bytes, mask: int, origin) -> np.ndarray:
-        data = raw if mask & 1 else isal_zlib.decompress(raw)  # bit 0 set: HDF5 skipped deflate for this chunk
+        # bit 0 of the filter mask set: HDF5 skipped deflate for this chunk
+        data = raw if mask & 1 else isal_zlib.decompress(raw)
         return np.frombuffer(data, dtype).reshape(chunks)[extent(origin)]
 
     def fill(origin) -> Future:  # a chunk never written (MATLAB leaves some) reads as the fill value

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+
 import numpy as np
 from isal import isal_zlib
 

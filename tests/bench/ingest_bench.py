@@ -66,7 +66,8 @@ def _graph_inflate_reader(frame) -> float:
     size = int(frame["patch_size"].iloc[0])
 
     def decode(_position, record):
-        return tf.reshape(tf.io.decode_raw(tf.io.decode_compressed(record, "ZLIB"), tf.uint8), (size, size, 3))
+        pixels = tf.io.decode_raw(tf.io.decode_compressed(record, "ZLIB"), tf.uint8)
+        return tf.reshape(pixels, (size, size, 3))
 
     timings = []
     for _ in range(2):
