@@ -192,8 +192,14 @@ def test_compile_checks_accelerator_names(tmp_path, capsys):
         assert "NVIDIA_L4, " in err and err.endswith(
             ", a Kubernetes resource such as nvidia.com/gpu, or none")
         assert not out.exists()
-    for given, compiled in [("NVIDIA_L4", "NVIDIA_L4"), ("nvidia_tesla_t4", "NVIDIA_TESLA_T4"),
-                            ("nvidia.com/gpu", "nvidia.com/gpu"), ("amd.com/gpu", "amd.com/gpu"),
+    from histoxai.pipelines.pipeline import CompileOptions
+
+    names = [("NVIDIA_L4", "NVIDIA_L4"), ("nvidia_tesla_t4", "NVIDIA_TESLA_T4"),
+             ("nvidia.com/gpu", "nvidia.com/gpu"), ("amd.com/gpu", "amd.com/gpu"), ("none", "none")]
+    for given, named in names:
+        assert CompileOptions(accelerator_type=given).accelerator_type == named, given
+    # one compile per kind of name (each builds the whole graph, seconds in a busy test process)
+    for given, compiled in [("nvidia_tesla_t4", "NVIDIA_TESLA_T4"), ("nvidia.com/gpu", "nvidia.com/gpu"),
                             ("none", None)]:
         assert histoxai_main(["compile", "--out", str(out), "--accelerator-type", given]) == 0, given
         assert "images: cpu " in capsys.readouterr().out
