@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ import pytest
 import yaml
 
 from histoxai import config as configs
-from histoxai import dataset, storage
+from histoxai import dataset, shards, storage
 from histoxai.cli import main
 from histoxai.errors import InputError
 from histoxai.manifest import read_manifest
-from histoxai.shards import ENCODINGS, decode_image, iter_records
+from histoxai.shards import ENCODINGS, ShardWriter, decode_image, iter_records
 from histoxai.training import STOPPED_EXIT_CODE, train
 from tests.train_data import write_blob_manifest
 
@@ -109,6 +110,27 @@ def test_patch_dataset_reads_old_png_shards_beside_new_zlib_ones(tmp_path):
     expected = [decode_image(list(iter_records(row.shard_uri))[row.index], row.encoding, 32)
                 for row in frame.itertuples()]
     np.testing.assert_array_equal(images, np.stack(expected).astype(np.float32))
+
+
+def test_zlib_shards_written_by_cpythons_zlib_read_the_same(tmp_path):
+    """Shards from before ISA-L (CPython's zlib at level 1) read unchanged: both are zlib streams."""
+    frame = dataset.reading_order(read_manifest(write_blob_manifest(tmp_path / "new", n=10, size=32,
+                                                                    encoding="zlib", seed=4)))
+    def read(manifest):
+        batches = dataset.patch_dataset(manifest, image_size=32, batch_size=4).as_numpy_iterator()
+        return np.concatenate(list(batches))
+
+    expected = read(frame)
+    old_offsets = {}
+    for shard in frame["shard_uri"].unique():
+        payloads = list(iter_records(shard))
+        with ShardWriter(shard) as writer:
+            for index, payload in enumerate(payloads):
+                old_offsets[(shard, index)] = writer.append(zlib.compress(shards.inflate(payload), 1))[1]
+    old = frame.assign(offset=[old_offsets[(r.shard_uri, r.index)] for r in frame.itertuples()])
+    assert (old["offset"] != frame["offset"]).any()  # other bytes: the records really were rewritten
+    np.testing.assert_array_equal(read(old), expected)
+    assert dataset.damaged_record(old) is None
 
 
 def test_predict_returns_rows_in_the_callers_order_and_reads_gcs(tmp_path, gcs_bucket):
