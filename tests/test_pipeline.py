@@ -1,10 +1,8 @@
-"""The KFP pipeline: the compiled package (KFP loader, Vertex AI PipelineJob built offline), its
-parameters, and a local run over the subprocess runner with samples in the GCS emulator.
-Submission is in tests/test_submit.py."""
+"""The KFP pipeline: the compiled package (KFP loader, Vertex AI PipelineJob built offline) and its
+parameters. A whole local run is in tests/test_pipeline_local_run.py, submission in tests/test_submit.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from histoxai import layout, storage
 from histoxai.cli import main as histoxai_main
 from histoxai.errors import InputError
 
@@ -256,90 +253,3 @@ def test_parameters_are_checked_against_the_pipeline(tmp_path):
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             parameters(*argv)
-
-
-@pytest.mark.slow
-def test_local_run_reads_samples_from_the_bucket(gcs_bucket, tmp_path, capsys):
-    """The whole DAG under kfp.local (no tuning: the demo runs that branch) on a 20 x 20 voxel phantom
-    crop of samples 3 and 4, read from the emulator bucket; then the run is published there."""
-    from histoxai.phantom import render_phantom
-    from histoxai.pipelines.local_run import publish_run, run_local
-
-    samples = storage.join(gcs_bucket, "samples")
-    render_phantom(samples, [3, 4], pixels_per_voxel=16, n_max=8, crop=(20, 20), seed=1)
-    # sample 5: sample 4 with its slide cut short (as an interrupted upload leaves it): ingestion refuses
-    # it, and the run goes on with the others
-    for uri in storage.list_files(f"{samples}/4"):
-        data = storage.read_bytes(uri)
-        storage.write_bytes(uri.replace(f"{samples}/4/", f"{samples}/5/"),
-                            data[: len(data) * 6 // 10] if uri.endswith(layout.HE_MAT) else data)
-    arguments = {
-        "samples_uri": samples, "samples": ["3", "4", "5"], "patch_size": 32, "erosion": 2,
-        "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(),
-        "config_overrides": ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32"],
-        "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 4,
-        "explain_trust_patches": 2, "explain_phantom_dir": samples,
-    }
-    run = run_local(arguments, str(tmp_path / "runs"))
-    captured = capsys.readouterr()
-    assert captured.out.count("  done ") == 18 and "for-loop-1-iteration-1/ingest" in captured.out
-    assert "pipeline: 100%" in captured.err  # the progress bar
-
-    summary = run.summary
-    assert [(s["sample"], s["source"]) for s in summary["samples"]] == [
-        ("3", f"{samples}/3"), ("4", f"{samples}/4")]
-    assert all(s["patches"] > 50 for s in summary["samples"])
-    (refused,) = summary["rejected"]
-    assert refused["sample"] == "5" and "truncated file" in refused["reason"], refused
-    assert "Samples left out: ingestion refused them" in run.report_html.read_text()
-    rows = [r["data"] for r in summary["r2_table"]]
-    assert rows == ["sample 3 *", "sample 4 *", "train set", "validation set", "test set"]
-    assert set(summary["r2_table"][0]) == {"data", "MD (multitask)", "FA (multitask)", "CC (single_task)"}
-    trust = {(r["model"], r["target"]) for r in summary["trust_table"]}
-    assert trust == {("multitask", "MD"), ("multitask", "FA"), ("single_task", "CC")}
-    assert summary["parameters"]["tuning"] == "off" and "image_size: 32" in summary["config"]
-    page = run.report_html.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "sample 4 *" in page and "Can the saliency maps" in page
-
-    outputs = json.loads((run.run_dir / "train-model" / "executor_output.json").read_text())["artifacts"]
-    model = outputs["model"]["artifacts"][0]["metadata"]
-    assert model["targets"] == ["MD", "FA"] and model["backbone"] == "tiny"
-    assert model["training_samples"] == ["3", "4"] and model["framework"].startswith("tensorflow")
-    assert re.fullmatch(r"[0-9a-f]{16}", model["config_hash"]) and model["code_version"].startswith("0.1.0")
-    metrics = outputs["metrics"]["artifacts"][0]["metadata"]
-    assert {"r2_test_MD", "r2_test_FA", "n_train"} <= set(metrics)
-    assert (run.run_dir / "train-model" / "model" / "model.keras").is_file()
-    import pandas as pd
-
-    # evaluate predicted nothing itself: every patch came from the predict steps' stamped files
-    evaluated = json.loads((run.run_dir / "evaluate-models" / "executor_output.json").read_text())
-    evaluated = evaluated["artifacts"]["evaluation"]["artifacts"][0]["metadata"]
-    assert evaluated["predicted_here"] == 0
-    assert evaluated["predicted_here_by_model"] == {"multitask": 0, "single_task": 0}
-    predicted = json.loads((run.run_dir / "predict-model" / "executor_output.json").read_text())
-    predicted = predicted["artifacts"]["predictions"]["artifacts"][0]["metadata"]
-    assert predicted["model"] == "multitask" and predicted["samples"] == ["3", "4"]
-    assert predicted["n"] == len(pd.read_parquet(run.run_dir / "split" / "data" / "split.parquet"))
-    ingest = run.run_dir / "for-loop-1-iteration-0" / "ingest"
-    assert (ingest / "data" / "manifest.parquet").is_file() and (ingest / "qc").read_text().startswith("# ")
-
-    published = publish_run(run, storage.join(gcs_bucket, "runs"))
-    files = storage.list_files(published)
-    assert f"{published}/report.html" in files and f"{published}/run.log" in files
-    assert f"{published}/train-model/model/model.keras" in files
-    # the published tables locate the published shards and maps, not this machine's copies
-    for name in ("split/data/split.parquet",):
-        local = pd.read_parquet(run.run_dir / name)
-        with storage.local_copy(f"{published}/{name}") as copy:
-            remote = pd.read_parquet(copy)
-        assert remote["shard_uri"].tolist() == [
-            uri.replace(f"{run.run_dir}/", f"{published}/") for uri in local["shard_uri"]]
-        assert all(uri.startswith(f"{published}/for-loop-1-iteration-") for uri in remote["shard_uri"])
-    tables = [f for f in files if f.endswith(".parquet")]
-    for table in tables:
-        with storage.local_copy(table) as copy:
-            frame = pd.read_parquet(copy)
-        text = frame.select_dtypes(include=["object", "string"]).astype(str)
-        assert not text.apply(lambda c: c.str.contains(str(tmp_path))).any().any(), table
-    with pytest.raises(InputError, match="already exists"):
-        publish_run(run, storage.join(gcs_bucket, "runs"))
