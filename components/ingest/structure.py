@@ -144,6 +144,14 @@ def tissue_mask(bright: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return ~grown
 
 
+def masked_tensor_rows(bright: np.ndarray, offset: int, kernel: np.ndarray, products: np.ndarray,
+                       rows_w: np.ndarray, col_w: np.ndarray) -> np.ndarray:
+    """(3, voxel rows, voxel cols): what coarse rows [offset, offset + len(products[0])) of the bright
+    window add to the voxel tensors, with their tissue mask decided from the whole window."""
+    mask = tissue_mask(bright, kernel)[offset: offset + products.shape[1]]
+    return np.stack([rows_w @ ((products[ab] * mask) @ col_w.T) for ab in range(3)])
+
+
 def anisotropy(tensor: np.ndarray) -> np.ndarray:
     """SA = (l1 - l2) / (l1 + l2) of [[J11, J12], [J12, J22]]; NaN where the tensor is zero."""
     j11, j12, j22 = tensor
@@ -158,9 +166,10 @@ class StructureStream:
 
     Only rows up to `rows_needed` influence the grid's voxels; feeding may stop there.
     Holds a few hundred full-resolution rows at most, whatever the slide's size.
-    With a `pool`, the gradient products of each band (most of the work) run on its threads while
-    the caller goes on; a band's products join the tensor at the next feed (or at `finish`), so at
-    most one band is in flight. The result is the same with or without a pool.
+    With a `pool`, each band's gradient products and then its masked contribution to the tensors (all
+    but the grey conversion) run on its threads while the caller goes on; each joins at the next feed
+    (or at `finish`), in order, so at most one band is in flight and the result is the same, to the
+    bit, with or without a pool.
     """
 
     def __init__(self, he_shape: tuple[int, int], grid: tuple[int, int], block: tuple[int, int],
@@ -188,6 +197,7 @@ class StructureStream:
         self._grad_done = 0  # full-res rows whose gradient products are computed
         self._products = np.empty((3, 0, n_cols))  # coarse rows [_added, ...) whose products are known
         self._in_flight: list[Future] = []  # then those being computed, up to _grad_done / f
+        self._additions: list[Future] = []  # contributions to `tensor` being computed, in row order
         self._pool = pool
         self._added = 0  # coarse rows already added into the voxel tensors
 
@@ -195,11 +205,10 @@ class StructureStream:
         """The next rows of the slide, uint8 (n, width, 3), any memory layout."""
         if rgb.ndim != 3 or rgb.shape[1:] != (self.width, 3):
             raise ValueError(f"expected rows of shape (n, {self.width}, 3), got {rgb.shape}")
-        # rgb may be a strided view (h5py's transposed band): summing channels first keeps the one
-        # copy into row order at a third of the bytes
-        grey_sum = np.add(rgb[..., 0], rgb[..., 1], dtype=np.uint16)
+        # rgb may be a strided view (h5py's transposed band): the channel sum is written in row order
+        # directly, the one copy of the band at a third of its bytes
+        grey_sum = np.add(rgb[..., 0], rgb[..., 1], dtype=np.uint16, order="C")
         grey_sum += rgb[..., 2]
-        grey_sum = np.ascontiguousarray(grey_sum)
         self._fed += len(rgb)
         at_end = self._fed >= self.height
         pending = np.concatenate([self._bright_pending, grey_sum > BRIGHT_GREY_SUM])
@@ -217,19 +226,30 @@ class StructureStream:
         earlier = len(self._in_flight)
         for start in range(self._grad_done, grad_end, step):
             grey = self._padded_grey(start, min(grad_end, start + step))
-            if self._pool is None:
-                done: Future = Future()
-                done.set_result(gradient_products(grey, self.f, self.row_step))
-                self._in_flight.append(done)
-            else:
-                self._in_flight.append(self._pool.submit(gradient_products, grey, self.f, self.row_step))
+            self._in_flight.append(self._submit(gradient_products, grey, self.f, self.row_step))
         self._grad_done = max(self._grad_done, grad_end)
         keep_from = max(0, self._grad_done - GRADIENT_RADIUS)
         self._grey = self._grey[keep_from - self._grey_start:]
         self._grey_start = keep_from
         # this band's products join at the next feed, unless this is the last band or nothing runs aside
-        self._collect(len(self._in_flight) if at_end or self._pool is None else earlier)
+        last = at_end or self._pool is None
+        self._collect(len(self._in_flight) if last else earlier)
+        added_before = len(self._additions)
         self._add_known(at_end)
+        self._apply(len(self._additions) if last else added_before)
+
+    def _submit(self, function, *args) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(function, *args)
+        done: Future = Future()
+        done.set_result(function(*args))
+        return done
+
+    def _apply(self, count: int) -> None:
+        """Add the first `count` contributions in flight (waiting for them) into the tensors, in order."""
+        for future in self._additions[:count]:
+            self.tensor += future.result()
+        del self._additions[:count]
 
     def _collect(self, count: int) -> None:
         """Append the first `count` bands in flight (waiting for them) to the known products."""
@@ -259,11 +279,11 @@ class StructureStream:
         start = self._added
         window_lo = max(0, start - self._mask_halo)
         bright = self._bright[window_lo - self._bright_start: known - self._bright_start]
-        mask = tissue_mask(bright, self._kernel)[start - window_lo: stop - window_lo]
         count = stop - start
-        rows_w = self._row_w[:, start:stop]
-        for ab in range(3):
-            self.tensor[ab] += rows_w @ ((self._products[ab, :count] * mask) @ self._col_w.T)
+        # the arguments are views of arrays this stream only replaces, never writes: safe on a thread
+        self._additions.append(self._submit(masked_tensor_rows, bright, start - window_lo, self._kernel,
+                                            self._products[:, :count], self._row_w[:, start:stop],
+                                            self._col_w))
         self._products = self._products[:, count:]
         self._added = stop
         drop = max(0, stop - self._mask_halo) - self._bright_start
@@ -275,6 +295,7 @@ class StructureStream:
         """SA per voxel (NaN where the tensor is zero, e.g. a voxel deep in a blank area)."""
         self._collect(len(self._in_flight))
         self._add_known(self._fed >= self.height)
+        self._apply(len(self._additions))
         if self._fed < self.rows_needed or self._added <= self._last_cell:
             raise ValueError(f"only {self._fed} of the {self.rows_needed} rows that SA needs were fed")
         return anisotropy(self.tensor)
