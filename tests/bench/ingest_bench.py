@@ -22,10 +22,12 @@ def _histoxai(*args: str) -> list[str]:
     return [sys.executable, "-m", "histoxai.cli", *args]
 
 
-def _reader_throughput(ingest_dir: Path, work: Path) -> dict:
-    """patches/s of histoxai.dataset.patch_dataset (decode + batch, no cache) per encoding,
-    on the same patches re-encoded: the median of READER_PASSES timed passes after one untimed pass
-    (the files then sit in the page cache; single passes moved by up to 2x on a shared machine)."""
+def _reader_throughput(ingest_dir: Path, work: Path) -> tuple[dict, dict]:
+    """patches/s of histoxai.dataset.patch_dataset (decode + batch, no cache) per encoding, on the same
+    patches re-encoded, and of the reader before ISA-L on the zlib file; each the median of
+    READER_PASSES timed passes after one untimed one (the files then sit in the page cache). The
+    passes go round the readers in turn, so a slow spell of this shared machine (single passes
+    moved by up to 2x) falls on all of them alike instead of on one."""
     import pandas as pd
 
     from histoxai import shards
@@ -36,7 +38,7 @@ def _reader_throughput(ingest_dir: Path, work: Path) -> dict:
     images = [shards.decode_image(shards.read_record(r.shard_uri, r.offset), r.encoding, r.patch_size)
               for r in source.itertuples()]
     size = int(source["patch_size"].iloc[0])
-    results = {}
+    frames, readers = {}, {}
     for encoding in shards.ENCODINGS:
         path = work / f"reader-{encoding}.tfrecord"
         rows = []
@@ -45,23 +47,28 @@ def _reader_throughput(ingest_dir: Path, work: Path) -> dict:
                 index, offset = writer.append(shards.encode_image(image, encoding))
                 rows.append({"shard_uri": str(path), "index": index, "offset": offset,
                              "encoding": encoding, "patch_size": size})
-        frame = pd.DataFrame(rows)
-        timings = []
-        for _ in range(1 + READER_PASSES):
+        frames[encoding] = frame = pd.DataFrame(rows)
+        readers[encoding] = (lambda f=frame: patch_dataset(f, image_size=size, batch_size=READER_BATCH,
+                                                           cache="none"))
+    readers["zlib_graph_inflate"] = lambda: _graph_inflate_reader(frames["zlib"])
+    timings = {name: [] for name in readers}
+    for _ in range(1 + READER_PASSES):
+        for name, reader in readers.items():
             start = time.perf_counter()
-            for _batch in patch_dataset(frame, image_size=size, batch_size=READER_BATCH, cache="none"):
+            for _batch in reader():
                 pass
-            timings.append(time.perf_counter() - start)
-        results[encoding] = {"patches_per_s": len(frame) / statistics.median(timings[1:]),
-                             "bytes_per_patch": path.stat().st_size / len(frame)}
-        if encoding == "zlib":
-            results[encoding]["patches_per_s_graph_inflate"] = _graph_inflate_reader(frame)
+            timings[name].append(time.perf_counter() - start)
+    rate = {name: len(images) / statistics.median(t[1:]) for name, t in timings.items()}
+    results = {encoding: {"patches_per_s": rate[encoding],
+                          "bytes_per_patch": (work / f"reader-{encoding}.tfrecord").stat().st_size
+                          / len(images)} for encoding in shards.ENCODINGS}
+    results["zlib"]["patches_per_s_graph_inflate"] = rate["zlib_graph_inflate"]
     return results, _codecs(images)
 
 
-def _graph_inflate_reader(frame) -> float:
-    """patches/s of the reader before ISA-L: the same record stream, zlib inflated in the graph by
-    tf.io.decode_compressed, then the same batching and cast (timed as above)."""
+def _graph_inflate_reader(frame):
+    """The reader before ISA-L: the same record stream, zlib inflated in the graph by
+    tf.io.decode_compressed, then the same batching and cast."""
     import tensorflow as tf
 
     from histoxai.dataset import _records
@@ -72,16 +79,9 @@ def _graph_inflate_reader(frame) -> float:
         pixels = tf.io.decode_raw(tf.io.decode_compressed(record, "ZLIB"), tf.uint8)
         return tf.reshape(pixels, (size, size, 3))
 
-    timings = []
-    for _ in range(1 + READER_PASSES):
-        ds = (_records(frame).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-              .batch(READER_BATCH).map(lambda images: tf.cast(images, tf.float32),
-                                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
-        start = time.perf_counter()
-        for _batch in ds:
-            pass
-        timings.append(time.perf_counter() - start)
-    return len(frame) / statistics.median(timings[1:])
+    return (_records(frame).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(READER_BATCH).map(lambda images: tf.cast(images, tf.float32),
+                                     num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 def _codecs(images: list) -> dict:
