@@ -77,8 +77,8 @@ def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
 
 
 def _inflate(payload: bytes) -> np.ndarray:
-    # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core; in the graph,
-    # tf.io.decode_compressed inflated at about half the speed (make bench, section ingest: reader)
+    # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core; the graph's
+    # tf.io.decode_compressed read slower (make bench, section ingest: the reader-before row)
     return np.frombuffer(shards.inflate(payload), np.uint8)
 
 
