@@ -49,14 +49,24 @@ def gcs_emulator(tmp_path_factory):
     log.close()
 
 
-@pytest.fixture
-def gcs_bucket(gcs_emulator):
-    """A fresh, empty bucket in the emulator; yields 'gs://<name>'."""
+def _new_bucket() -> str:
     from google.cloud import storage as gcs
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs.Client(project="histoxai-test").create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+    """A fresh, empty bucket in the emulator; yields 'gs://<name>'."""
+    return _new_bucket()
+
+
+@pytest.fixture(scope="module")
+def gcs_module_bucket(gcs_emulator):
+    """A fresh, empty bucket shared by one module's tests (for module-scoped fixtures)."""
+    return _new_bucket()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import re
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,16 +30,13 @@ GIVEN = ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32
 
 
 @pytest.fixture(scope="module")
-def bucket_run(gcs_emulator, tmp_path_factory):
+def bucket_run(gcs_module_bucket, tmp_path_factory):
     """Phantom samples 3 and 4 (a 20 x 20 voxel crop) in a fresh emulator bucket, and 5: sample 4 with
     its slide cut short, which ingestion refuses while the run goes on; one tuning trial of one epoch."""
-    from google.cloud import storage as gcs
-
     from histoxai.phantom import render_phantom
     from histoxai.pipelines.local_run import run_local
 
-    bucket = f"gs://test-{uuid.uuid4().hex[:12]}"
-    gcs.Client(project="histoxai-test").create_bucket(bucket.removeprefix("gs://"))
+    bucket = gcs_module_bucket
     samples = storage.join(bucket, "samples")
     render_phantom(samples, [3, 4], pixels_per_voxel=16, n_max=8, crop=(20, 20), seed=1)
     for uri in storage.list_files(f"{samples}/4"):
