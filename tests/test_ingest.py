@@ -175,7 +175,7 @@ def test_structure_anisotropy_follows_the_original_recipe(arrays, ingested):
         stream.feed(arrays.he[start:stop])
         start = stop
     np.testing.assert_allclose(stream.finish(), reference, atol=1e-5)
-    # ingest runs the 4x coarser variant, its gradient products on a pool of threads: the same
+    # ingest runs the 4x coarser variant, most of its work on a pool of threads: the same
     # whatever the band height and with or without the pool, close to the full-resolution recipe,
     # and it varies
     frame = ingested[2]

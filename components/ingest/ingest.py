@@ -197,8 +197,8 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
         return payload
 
     # one worker per core this process may use (taskset and container CPU sets shrink it): they encode
-    # patches and compute SA's gradient products (ISA-L, Pillow and NumPy release the GIL) while the
-    # main thread reads the next row and adds finished products into the voxel tensors
+    # patches and do most of SA's work (ISA-L, Pillow and NumPy release the GIL) while the main thread
+    # reads the next row and adds SA's finished contributions into the voxel tensors
     workers = max(1, min(8, len(os.sched_getaffinity(0))))
     # progress in patches (voxels that passed the grid rules; a few may still fail he_mask or NaN)
     progress = tqdm(total=int((codes == _PASSED).sum()), desc=f"ingest {sample_id}", unit="patch")
@@ -227,7 +227,7 @@ def _stream(sample: Sample, stage: Path, sample_id: str, codes: np.ndarray, nan:
                     codes[i, (codes[i] == _PASSED) & nan[i]] = RULES.index("nan_target")
             progress.total -= int(candidates.sum() - (codes[i] == _PASSED).sum())  # he_mask/NaN drops
             kept_cols = np.flatnonzero(codes[i] == _PASSED)
-            # the pool encodes this row's patches and its SA products while this thread reads the
+            # the pool encodes this row's patches and does its SA work while this thread reads the
             # next row; at most two rows are in flight, so memory stays at a few bands
             pending.append((i, kept_cols, [pool.submit(encode, band[:, j * bw:(j + 1) * bw])
                                            for j in kept_cols]))
