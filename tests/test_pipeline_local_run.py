@@ -85,7 +85,7 @@ def test_local_run_reads_samples_from_the_bucket(bucket_run):
     page = run.report_html.read_text()
     assert page.startswith("<!DOCTYPE html>") and "sample 4 *" in page and "Can the saliency maps" in page
 
-    outputs = json.loads((run.run_dir / "train-model" / "executor_output.json").read_text())["artifacts"]
+    outputs = _executor_output(run.run_dir, "train-model")
     model = outputs["model"]["artifacts"][0]["metadata"]
     assert model["targets"] == ["MD", "FA"] and model["backbone"] == "tiny"
     assert model["training_samples"] == ["3", "4"] and model["framework"].startswith("tensorflow")
@@ -96,12 +96,10 @@ def test_local_run_reads_samples_from_the_bucket(bucket_run):
     import pandas as pd
 
     # evaluate predicted nothing itself: every patch came from the predict steps' stamped files
-    evaluated = json.loads((run.run_dir / "evaluate-models" / "executor_output.json").read_text())
-    evaluated = evaluated["artifacts"]["evaluation"]["artifacts"][0]["metadata"]
+    evaluated = _executor_output(run.run_dir, "evaluate-models")["evaluation"]["artifacts"][0]["metadata"]
     assert evaluated["predicted_here"] == 0
     assert evaluated["predicted_here_by_model"] == {"multitask": 0, "single_task": 0}
-    predicted = json.loads((run.run_dir / "predict-model" / "executor_output.json").read_text())
-    predicted = predicted["artifacts"]["predictions"]["artifacts"][0]["metadata"]
+    predicted = _executor_output(run.run_dir, "predict-model")["predictions"]["artifacts"][0]["metadata"]
     assert predicted["model"] == "multitask" and predicted["samples"] == ["3", "4"]
     assert predicted["n"] == len(pd.read_parquet(run.run_dir / "split" / "data" / "split.parquet"))
     ingest = run.run_dir / "for-loop-1-iteration-0" / "ingest"
