@@ -1,8 +1,9 @@
 """Run the whole pipeline on this machine (kfp.local, subprocess runner, this environment), and publish it.
 
 kfp.local runs every task as a subprocess of the current Python (SubprocessRunner(use_venv=False):
-no Docker, no per-task virtual environment) and writes each output under
-OUT/<pipeline>-<timestamp>/<task>/<output>, the layout a KFP pipeline root has. Its verbose
+no Docker, no per-task virtual environment), each as soon as its upstream tasks have finished
+(pipelines/local_scheduler.py; kfp's own local runner runs them one after another), and writes each
+output under OUT/<pipeline>-<timestamp>/<task>/<output>, the layout a KFP pipeline root has. Its verbose
 per-task log goes to OUT/<pipeline>-<timestamp>.log; the terminal gets a progress bar, one line per
 finished task and, on failure, the failing task with its error in one line. The report is also
 copied to OUT/<pipeline>-<timestamp>/report.html, to open in a browser.
@@ -149,6 +150,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     from kfp import local
     from tqdm import tqdm
 
+    from histoxai.pipelines.local_scheduler import concurrent_tasks
     from histoxai.pipelines.params import check_parameters
     from histoxai.pipelines.pipeline import CompileOptions, build_pipeline, task_count
 
@@ -176,7 +178,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
         task_log, progress = _TaskLog(log_file), _Progress(root, bar, terminal)
         progress.start()
         try:
-            with contextlib.redirect_stdout(task_log), warnings.catch_warnings():
+            with contextlib.redirect_stdout(task_log), warnings.catch_warnings(), concurrent_tasks():
                 # accelerator, retry and image settings only mean something on a cluster
                 warnings.filterwarnings("ignore", module=r"kfp\.local")
                 task = pipeline_func(**arguments)

@@ -1,0 +1,136 @@
+"""kfp.local's DAG runner, changed to start every task as soon as its upstream tasks have finished.
+
+kfp 2.17's local orchestrators (kfp.local.orchestrator: dag_orchestrator.run_dag for a DAG without
+control flow, enhanced_dag_orchestrator.run_enhanced_dag for any other) run a DAG's tasks one after
+another in a topological order; only the iterations of a dsl.ParallelFor overlap. In this pipeline the
+two models' branches (train, predict, explain, register) are independent, and one TensorFlow task keeps
+about 1.4 of 2 cores busy, so a local run left much of the machine idle. `concurrent_tasks()` swaps in
+`run_dag` below for the duration of one run: the same task kinds, the same outputs, and the enhanced
+runner's handling of a failure (its dependents are skipped, the other tasks still run, the DAG fails);
+only the order in time differs. A DAG with an exit handler is handed to kfp's own runner unchanged
+(this pipeline has none). Tasks whose command holds a pip install still run one at a time (kfp
+serialises them); the project's components install nothing (install_kfp_package=False).
+
+It reads private names of kfp.local's orchestrator (kfp is pinned in constraints.txt);
+tests/test_local_scheduler.py runs two tasks that each wait for the other, which only a concurrent
+runner can finish, so an upgrade that breaks this fails there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import threading
+
+_SWAP_LOCK = threading.Lock()
+
+
+def default_parallel_tasks() -> int:
+    """Tasks that may run at once: one per core, at least two (one TensorFlow task rarely fills two)."""
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
+
+
+@contextlib.contextmanager
+def concurrent_tasks(max_parallel: int | None = None):
+    """Within this block kfp.local runs independent tasks at the same time, at most `max_parallel`
+    per DAG level (default: default_parallel_tasks())."""
+    from kfp.local.orchestrator import dag_orchestrator as kfp_plain
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as kfp_dag
+
+    limit = max_parallel or default_parallel_tasks()
+    # kfp runs a DAG without control flow with its plain runner, any other with the enhanced one
+    originals = (kfp_plain.run_dag, kfp_dag.run_enhanced_dag)
+
+    def run(**kwargs):
+        return run_dag(kfp_dag, originals[1], limit, **kwargs)
+
+    with _SWAP_LOCK:
+        kfp_plain.run_dag = kfp_dag.run_enhanced_dag = run
+        try:
+            yield
+        finally:
+            kfp_plain.run_dag, kfp_dag.run_enhanced_dag = originals
+
+
+def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_component_spec, components,
+            executors, dag_arguments, pipeline_root, runner, unique_pipeline_id, fail_stack,
+            parent_io_store=None):
+    """run_enhanced_dag's contract (its keyword arguments, (outputs, status)), tasks started when ready."""
+    from kfp.local import graph_utils, io, status
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    kwargs = dict(pipeline_resource_name=pipeline_resource_name, dag_component_spec=dag_component_spec,
+                  components=components, executors=executors, dag_arguments=dag_arguments,
+                  pipeline_root=pipeline_root, runner=runner, unique_pipeline_id=unique_pipeline_id,
+                  fail_stack=fail_stack, parent_io_store=parent_io_store)
+    strategies = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy
+    all_completed = strategies.ALL_UPSTREAM_TASKS_COMPLETED
+    tasks = dict(dag_component_spec.dag.tasks.items())
+    if any(spec.trigger_policy.strategy == all_completed and kfp_dag._has_task_final_status_input(spec)
+           for spec in tasks.values()):
+        return original(**kwargs)  # exit handlers: kfp's own order
+
+    io_store = io.IOStore(parent=parent_io_store)
+    arguments = OrchestratorUtils.join_user_inputs_and_defaults(
+        dag_arguments=dag_arguments, dag_inputs_spec=dag_component_spec.input_definitions)
+    for key, value in arguments.items():
+        io_store.put_parent_input(key, value)
+    shared = dict(pipeline_resource_name=pipeline_resource_name, components=components,
+                  executors=executors, io_store=io_store, pipeline_root=pipeline_root, runner=runner,
+                  unique_pipeline_id=unique_pipeline_id, fail_stack=fail_stack)
+    conditions, loops = kfp_dag.ConditionEvaluator(), kfp_dag.ParallelExecutor()
+
+    def execute(name, spec):
+        """(outputs or None, succeeded); a ParallelFor writes its iterations' outputs itself."""
+        if spec.trigger_policy.condition:
+            if not conditions.evaluate_condition(spec.trigger_policy.condition, io_store):
+                return None, True  # a branch not taken: its dependents go on (dsl.OneOf, dsl.Else)
+        elif spec.WhichOneof("iterator") and kfp_dag._has_valid_iterator(spec):
+            return None, not kfp_dag._run_parallel_for_task(task_name=name, task_spec=spec,
+                                                             parallel_executor=loops, **shared)
+        outputs, task_status = kfp_dag.execute_task(task_name=name, task_spec=spec, **shared)
+        return outputs, task_status == status.Status.SUCCESS
+
+    # kfp's order decides which ready task starts first: the end of its stack is its next task
+    order = {name: rank for rank, name in enumerate(reversed(graph_utils.topological_sort_tasks(tasks)))}
+    waiting = sorted(tasks, key=order.__getitem__)
+    upstream = {name: set(spec.dependent_tasks) & tasks.keys() for name, spec in tasks.items()}
+    finished, failed, running = set(), set(), {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="kfp-task") as pool:
+        while waiting or running:
+            ready = [n for n in waiting if upstream[n] <= finished | failed]
+            if not ready and not running:
+                raise RuntimeError(f"tasks {', '.join(waiting)} wait for tasks that never run")
+            for name in ready:
+                if len(running) >= limit:
+                    break
+                waiting.remove(name)
+                spec = tasks[name]
+                if upstream[name] & failed and spec.trigger_policy.strategy != all_completed:
+                    failed.add(name)  # as kfp: skipped because an upstream task failed
+                    io_store.put_task_status(name, "FAILED")
+                    continue
+                running[pool.submit(execute, name, spec)] = name
+            if not running:
+                continue  # only skipped tasks were ready: look again
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                outputs, succeeded = future.result()
+                if not succeeded:
+                    if not tasks[name].WhichOneof("iterator"):
+                        fail_stack.append(name)
+                    failed.add(name)
+                    io_store.put_task_status(name, "FAILED")
+                    continue
+                finished.add(name)
+                if outputs is not None:
+                    io_store.put_task_status(name, "SUCCEEDED")
+                    for key, value in outputs.items():
+                        io_store.put_task_output(name, key, value)
+    if failed:
+        return {}, status.Status.FAILURE
+    return OrchestratorUtils.get_dag_outputs(dag_outputs_spec=dag_component_spec.dag.outputs,
+                                             io_store=io_store), status.Status.SUCCESS
