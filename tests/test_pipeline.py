@@ -253,3 +253,30 @@ def test_parameters_are_checked_against_the_pipeline(tmp_path):
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             parameters(*argv)
+
+
+def test_the_cheap_caller_lookup_names_the_kfp_method_that_refuses():
+    """TaskSettings replaces kfp's inspect.stack() lookup of a set_* method's name: a set_* on a task
+    that is not a single step must still be refused with its own name."""
+    from kfp import dsl
+
+    from histoxai.pipelines.pipeline import _cheap_caller_names
+
+    @dsl.component(base_image="python:3.11", install_kfp_package=False)
+    def step():  # no annotations: this module's are strings (from __future__), which kfp cannot read
+        pass
+
+    @dsl.pipeline(name="inner")
+    def inner():
+        step()
+
+    refused = []
+
+    @dsl.pipeline(name="outer")
+    def outer():
+        task = inner()
+        with _cheap_caller_names(), pytest.raises(ValueError) as error:
+            task.set_cpu_request("1")
+        refused.append(str(error.value))
+
+    assert refused and refused[0].startswith("set_cpu_request can only be used on single-step components")
