@@ -24,9 +24,7 @@ def predict_model(
     """
     from histoxai.artifacts import location
     from histoxai.components.predict.split import predict_split
-    from histoxai.console import import_tensorflow
 
-    import_tensorflow()
     # overwrite: a retried task may find an earlier attempt's output (its valid files are reused)
     info = predict_split(location(model), location(data), location(predictions), name=name,
                          batch_size=batch_size, overwrite=True, progress=False)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from histoxai import artifacts, outputs, storage
 from histoxai.components.predict.params import DEFAULTS
+from histoxai.console import import_tensorflow
 from histoxai.errors import InputError
 from histoxai.manifest import natural_key
 from histoxai.prediction import (
@@ -58,6 +59,7 @@ def predict_split(model_dir: str, data: str | Sequence[str], out: str, *, name: 
         if _no_champion(model_dir):
             info["note"] = "no champion: the registry holds none to predict with"
         else:
+            import_tensorflow()  # here, not before: a task without a champion needs no TensorFlow
             frame = read_patches(inputs)
             with contextlib.ExitStack() as stack:
                 model = open_model(f"{name}={model_dir}", stack)
