@@ -82,12 +82,17 @@ def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_compon
                   unique_pipeline_id=unique_pipeline_id, fail_stack=fail_stack)
     conditions, loops = kfp_dag.ConditionEvaluator(), kfp_dag.ParallelExecutor()
 
+    def kind(spec) -> str:  # as kfp classifies a task
+        if spec.trigger_policy.condition:
+            return "condition"
+        return "loop" if spec.WhichOneof("iterator") and kfp_dag._has_valid_iterator(spec) else "task"
+
     def execute(name, spec):
         """(outputs or None, succeeded); a ParallelFor writes its iterations' outputs itself."""
-        if spec.trigger_policy.condition:
-            if not conditions.evaluate_condition(spec.trigger_policy.condition, io_store):
-                return None, True  # a branch not taken: its dependents go on (dsl.OneOf, dsl.Else)
-        elif spec.WhichOneof("iterator") and kfp_dag._has_valid_iterator(spec):
+        if kind(spec) == "condition" and not conditions.evaluate_condition(spec.trigger_policy.condition,
+                                                                           io_store):
+            return None, True  # a branch not taken: its dependents go on (dsl.OneOf, dsl.Else)
+        if kind(spec) == "loop":
             return None, not kfp_dag._run_parallel_for_task(task_name=name, task_spec=spec,
                                                              parallel_executor=loops, **shared)
         outputs, task_status = kfp_dag.execute_task(task_name=name, task_spec=spec, **shared)
@@ -120,7 +125,7 @@ def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_compon
                 name = running.pop(future)
                 outputs, succeeded = future.result()
                 if not succeeded:
-                    if not tasks[name].WhichOneof("iterator"):
+                    if kind(tasks[name]) != "loop":  # as kfp: a loop's failed iteration is named instead
                         fail_stack.append(name)
                     failed.add(name)
                     io_store.put_task_status(name, "FAILED")
