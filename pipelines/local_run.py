@@ -82,7 +82,11 @@ class _Progress(threading.Thread):
         self.stopping = threading.Event()
 
     def poll(self) -> None:
-        for path in sorted(self.root.glob("*/**/executor_output.json")):
+        try:
+            found = sorted(self.root.glob("*/**/executor_output.json"))
+        except FileNotFoundError:  # a step renamed its staging folder during the walk: look again later
+            return
+        for path in found:
             if path not in self.seen and path.stat().st_mtime >= self.started:
                 self.seen.add(path)
                 task = path.parent.relative_to(self.root).as_posix().split("/", 1)[-1]

@@ -1,9 +1,12 @@
 """`histoxai run-local`'s checks before a run starts (samples on disk and in a bucket, the pipeline
-root), and a failing task named in its one error line."""
+root), a failing task named in its one error line, and its progress while steps stage their outputs."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import threading
+import time
 from pathlib import Path
 
 from histoxai import storage
@@ -81,3 +84,44 @@ def test_local_run_names_the_failing_task(tmp_path, capsys):
                         r"train_samples 3: "
                         rf"every training sample was refused by ingestion \(3: {samples}/3/"
                         r"coreg_fine/ver1/MR.mat: .*\(full log: .*\.log\)", err), err
+
+
+def test_progress_survives_steps_that_rename_their_staging_folders(tmp_path):
+    """Steps build outputs in a staging folder and rename it; the progress poll walks the run folder
+    meanwhile, and a folder gone mid-walk must not end the progress thread (it did, with
+    FileNotFoundError, about 1,400 times in 3 s of this churn before the fix)."""
+    from histoxai.pipelines.local_run import _Progress
+
+    task = tmp_path / "run" / "task"
+    task.mkdir(parents=True)
+    (task / "executor_output.json").write_text("{}")
+    finished = []
+
+    class Bar:
+        def update(self, n):
+            finished.append(n)
+
+        def write(self, *args, **kwargs):
+            pass
+
+    stop = threading.Event()
+
+    def churn():
+        for i in range(10**9):
+            if stop.is_set():
+                return
+            (task / f"stage{i % 4}" / "a" / "b").mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(task / f"stage{i % 4}")
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    progress = _Progress(tmp_path, Bar(), None)
+    progress.started = 0.0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            progress.poll()
+    finally:
+        stop.set()
+        churner.join()
+    assert finished == [1]  # the one finished task, counted once
