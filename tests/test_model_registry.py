@@ -1,5 +1,6 @@
-"""The folder model registry, the promotion rule, and two pipeline runs that register and gate through
-the real local runner (the Vertex AI backend: tests/test_model_registry_vertex.py)."""
+"""The folder model registry and the promotion rule (the Vertex AI backend:
+tests/test_model_registry_vertex.py; two pipeline runs that register and gate through the real local
+runner: tests/test_pipeline_local_run.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from histoxai.model_registry import (
 )
 from histoxai.model_registry.folder import FolderRegistry
 
-REPO = Path(__file__).resolve().parents[1]
 RULE = gate.PromotionRule(metric="r2", margin=0.01, tolerance=0.02)
 
 
@@ -176,70 +176,3 @@ def test_the_rule_margin_and_tolerance():
         gate.PromotionRule(metric="mae", margin=0.0, tolerance=0.0)
     with pytest.raises(InputError, match="promotion margin -1"):
         gate.PromotionRule(metric="r2", margin=-1, tolerance=0.0)
-
-
-@pytest.mark.slow
-def test_two_runs_register_and_gate_through_the_local_runner(tmp_path, capsys):
-    """Run 1 registers version 1 of both models and promotes them; run 2 scores version 1 beside its own
-    models in the same evaluate step, registers version 2, and moves the champion only by the rule."""
-    from histoxai.phantom import render_phantom
-    from histoxai.pipelines.local_run import run_local
-
-    samples = str(tmp_path / "samples")
-    render_phantom(samples, [3, 4, 5], pixels_per_voxel=16, n_max=8, crop=(14, 14), seed=1)
-    registry = str(tmp_path / "registry")
-    arguments = {
-        "samples_uri": samples, "samples": ["3", "4", "5"], "patch_size": 32, "erosion": 2,
-        "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(),
-        "config_overrides": ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32"],
-        "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 2,
-        "explain_trust_patches": 2, "explain_phantom_dir": samples, "model_registry": registry,
-    }
-    first = run_local(arguments, str(tmp_path / "runs"))
-    assert "register-model" in capsys.readouterr().out
-    second = run_local({**arguments, "promotion_margin": 0.0, "promotion_tolerance": 0.0},
-                       str(tmp_path / "runs"))
-
-    target = open_registry(registry)
-    assert target.names() == ["histoxai-multitask", "histoxai-single-task"]
-    tasks = (("histoxai-multitask", "register-model"), ("histoxai-single-task", "register-model-2"))
-    for name, task in tasks:
-        one, two = target.versions(name)
-        assert one.record["verdict"] == "promoted" and one.record["run"] == first.run_dir.name
-        assert two.record["run"] == second.run_dir.name and two.record["champion_before"] == 1
-        assert one.labels["training-samples"] == "3-4" and len(one.labels["config-hash"]) == 16
-        outputs = json.loads((second.run_dir / task / "executor_output.json").read_text())["artifacts"]
-        promoted = outputs["metrics"]["artifacts"][0]["metadata"]["promoted"] == 1.0
-        assert (two.record["verdict"] == "promoted") == promoted == two.champion == (not one.champion)
-        # the rule's verdict from the scores the evaluate step wrote
-        scores = two.record["scores"]
-        assert promoted == (scores["challenger"] >= scores["champion"]
-                            and all(t["challenger"] >= t["champion"] for t in scores["per_target"].values()))
-        model = outputs["vertex_model"]["artifacts"][0]
-        assert model["metadata"]["resourceName"] == two.resource_name
-        page = (second.run_dir / task / "comparison").read_text()
-        assert page.startswith(f"## {name}: challenger version 2")
-        assert (Path(two.uri) / SAVED_MODEL_DIR / "saved_model.pb").is_file()
-    evaluation = second.run_dir / "evaluate-models" / "evaluation"
-    comparison = json.loads((evaluation / "comparison.json").read_text())
-    assert set(comparison) == {"multitask", "single_task"}
-    assert comparison["multitask"]["basis"] == "held-out samples"
-    assert comparison["multitask"]["groups"] == ["5"] and comparison["multitask"]["champion"]["version"] == 1
-    table = pd.read_parquet(evaluation / "evaluation.parquet")
-    assert {"multitask", "multitask_champion", "single_task", "single_task_champion"} == set(table["model"])
-    # the champions, too, were predicted by the predict steps: evaluate loaded no model
-    evaluated = json.loads((second.run_dir / "evaluate-models" / "executor_output.json").read_text())
-    assert evaluated["artifacts"]["evaluation"]["artifacts"][0]["metadata"]["predicted_here_by_model"] == {
-        "multitask": 0, "multitask_champion": 0, "single_task": 0, "single_task_champion": 0}
-
-    capsys.readouterr()
-    assert histoxai_main(["models", "list", "--registry", registry]) == 0
-    listing = capsys.readouterr().out
-    assert "histoxai-multitask" in listing and "[champion]" in listing
-    assert histoxai_main(["models", "promote", "histoxai-multitask@2", "--registry", registry,
-                          "--reason", "reviewed"]) == 0
-    assert target.champion("histoxai-multitask").version == 2
-    assert histoxai_main(["models", "rollback", "histoxai-multitask", "--registry", registry]) == 0
-    assert target.champion("histoxai-multitask").version == 1
-    assert histoxai_main(["models", "show", "histoxai-multitask", "--registry", registry]) == 0
-    assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["version"] == 1

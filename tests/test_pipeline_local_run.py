@@ -1,8 +1,9 @@
-"""One local run of the whole DAG under kfp.local, shared by the tests below: samples read from the
-GCS emulator (one of them truncated, as an interrupted upload leaves it), the tuning-on branch
-(dsl.If -> tune -> dsl.OneOf -> train), then the run published to the bucket. The tuning-off branch
-runs in tests/test_model_registry.py's two registering runs. One run serves both checks because each
-run costs a minute or more of two cores, most of it its tasks' TensorFlow start-ups."""
+"""Two local runs of the whole DAG under kfp.local, shared by the tests below. The first: samples read from
+the GCS emulator (one of them truncated, as an interrupted upload leaves it), the tuning-on branch
+(dsl.If -> tune -> dsl.OneOf -> train), both models registered as version 1 in a folder registry, then
+the run published to the bucket. The second, with the tuning-off branch on local samples with a held-out
+one, scores version 1 beside its own models and registers version 2, promoted only by the rule. Runs are
+shared because each costs a minute or more of two cores, most of it its tasks' TensorFlow start-ups."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import pytest
 import yaml
 
 from histoxai import layout, storage
+from histoxai.cli import main as histoxai_main
 from histoxai.errors import InputError
+from histoxai.model_registry import SAVED_MODEL_DIR, open_registry
 
 REPO = Path(__file__).resolve().parents[1]
 # the search space of one trial: every value differs from the given config, so a training that got the
@@ -32,7 +35,8 @@ GIVEN = ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32
 @pytest.fixture(scope="module")
 def bucket_run(gcs_module_bucket, tmp_path_factory):
     """Phantom samples 3 and 4 (a 20 x 20 voxel crop) in a fresh emulator bucket, and 5: sample 4 with
-    its slide cut short, which ingestion refuses while the run goes on; one tuning trial of one epoch."""
+    its slide cut short, which ingestion refuses while the run goes on; one tuning trial of one epoch;
+    both models registered in a fresh folder registry."""
     from histoxai.phantom import render_phantom
     from histoxai.pipelines.local_run import run_local
 
@@ -49,6 +53,7 @@ def bucket_run(gcs_module_bucket, tmp_path_factory):
         "tuning": True, "tuning_trials": 1, "tuning_startup_trials": 1, "tuning_search_space": SPACE,
         "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 4,
         "explain_trust_patches": 2, "explain_phantom_dir": samples,
+        "model_registry": str(tmp_path_factory.mktemp("registry")),
     }
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -66,7 +71,7 @@ def test_local_run_reads_samples_from_the_bucket(bucket_run):
     from histoxai.pipelines.local_run import publish_run
 
     run, samples, gcs_bucket = bucket_run.run, bucket_run.samples, bucket_run.bucket
-    assert bucket_run.out.count("  done ") == 19 and "for-loop-1-iteration-1/ingest" in bucket_run.out
+    assert bucket_run.out.count("  done ") == 21 and "for-loop-1-iteration-1/ingest" in bucket_run.out
     assert "pipeline: 100%" in bucket_run.err  # the progress bar
 
     summary = run.summary
@@ -162,3 +167,73 @@ def test_local_run_with_tuning_trains_the_studys_best_config(bucket_run):
     assert (run_dir / "resolve-config-2").is_dir() and not (run_dir / "resolve-config-3").exists()
     assert run.summary["parameters"]["tuning"].startswith("on")
     assert "dense_units: 64" not in run.summary["config"]
+
+
+@pytest.mark.slow
+def test_a_second_run_registers_and_gates_beside_the_first_runs_champions(bucket_run, tmp_path, capsys):
+    """The first run registered version 1 of both models and promoted them; a second run scores version
+    1 beside its own models in the same evaluate step, registers version 2, and moves the champion only
+    by the rule."""
+    import pandas as pd
+
+    from histoxai.phantom import render_phantom
+    from histoxai.pipelines.local_run import run_local
+
+    first, registry = bucket_run.run, bucket_run.arguments["model_registry"]
+    assert "done register-model" in bucket_run.out and "done register-model-2" in bucket_run.out
+    samples = str(tmp_path / "samples")
+    render_phantom(samples, [3, 4, 5], pixels_per_voxel=16, n_max=8, crop=(14, 14), seed=1)
+    arguments = {
+        "samples_uri": samples, "samples": ["3", "4", "5"], "patch_size": 32, "erosion": 2,
+        "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(), "config_overrides": GIVEN,
+        "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 2,
+        "explain_trust_patches": 2, "explain_phantom_dir": samples, "model_registry": registry,
+        "promotion_margin": 0.0, "promotion_tolerance": 0.0,
+    }
+    second = run_local(arguments, str(tmp_path / "runs"))
+
+    target = open_registry(registry)
+    assert target.names() == ["histoxai-multitask", "histoxai-single-task"]
+    tasks = (("histoxai-multitask", "register-model"), ("histoxai-single-task", "register-model-2"))
+    for name, task in tasks:
+        one, two = target.versions(name)
+        assert one.record["verdict"] == "promoted" and one.record["run"] == first.run_dir.name
+        assert two.record["run"] == second.run_dir.name and two.record["champion_before"] == 1
+        assert one.labels["training-samples"] == "3-4" and len(one.labels["config-hash"]) == 16
+        outputs = _executor_output(second.run_dir, task)
+        promoted = outputs["metrics"]["artifacts"][0]["metadata"]["promoted"] == 1.0
+        assert (two.record["verdict"] == "promoted") == promoted == two.champion == (not one.champion)
+        # the rule's verdict from the scores the evaluate step wrote
+        scores = two.record["scores"]
+        assert promoted == (scores["challenger"] >= scores["champion"]
+                            and all(t["challenger"] >= t["champion"] for t in scores["per_target"].values()))
+        model = outputs["vertex_model"]["artifacts"][0]
+        assert model["metadata"]["resourceName"] == two.resource_name
+        page = (second.run_dir / task / "comparison").read_text()
+        assert page.startswith(f"## {name}: challenger version 2")
+        assert (Path(two.uri) / SAVED_MODEL_DIR / "saved_model.pb").is_file()
+    evaluation = second.run_dir / "evaluate-models" / "evaluation"
+    comparison = json.loads((evaluation / "comparison.json").read_text())
+    assert set(comparison) == {"multitask", "single_task"}
+    assert comparison["multitask"]["basis"] == "held-out samples"
+    assert comparison["multitask"]["groups"] == ["5"] and comparison["multitask"]["champion"]["version"] == 1
+    table = pd.read_parquet(evaluation / "evaluation.parquet")
+    assert {"multitask", "multitask_champion", "single_task", "single_task_champion"} == set(table["model"])
+    # the champions, too, were predicted by the predict steps: evaluate loaded no model
+    evaluated = _executor_output(second.run_dir, "evaluate-models")["evaluation"]["artifacts"][0]["metadata"]
+    assert evaluated["predicted_here_by_model"] == {
+        "multitask": 0, "multitask_champion": 0, "single_task": 0, "single_task_champion": 0}
+    # the tuning-off branch: the given config's resolve ran, the tuned branch's did not
+    assert (second.run_dir / "resolve-config-3").is_dir() and not (second.run_dir / "tune-step").exists()
+
+    capsys.readouterr()
+    assert histoxai_main(["models", "list", "--registry", registry]) == 0
+    listing = capsys.readouterr().out
+    assert "histoxai-multitask" in listing and "[champion]" in listing
+    assert histoxai_main(["models", "promote", "histoxai-multitask@2", "--registry", registry,
+                          "--reason", "reviewed"]) == 0
+    assert target.champion("histoxai-multitask").version == 2
+    assert histoxai_main(["models", "rollback", "histoxai-multitask", "--registry", registry]) == 0
+    assert target.champion("histoxai-multitask").version == 1
+    assert histoxai_main(["models", "show", "histoxai-multitask", "--registry", registry]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["version"] == 1
