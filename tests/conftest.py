@@ -1,4 +1,4 @@
-"""Shared fixtures: a real GCS emulator on loopback, and small phantom samples."""
+"""Shared fixtures: a real GCS emulator on loopback, and small phantom samples; slow files run first."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from histoxai import gcs
 from tests.loopback import free_port, wait_until_listening
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items):
+    """Files that hold a test marked slow go first (in their own order): under `--dist loadfile` a file
+    runs whole on one worker, and the longest one, started last, left the other worker idle at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
