@@ -183,13 +183,9 @@ def test_a_second_run_registers_and_gates_beside_the_first_runs_champions(bucket
     assert "done register-model" in bucket_run.out and "done register-model-2" in bucket_run.out
     samples = str(tmp_path / "samples")
     render_phantom(samples, [3, 4, 5], pixels_per_voxel=16, n_max=8, crop=(14, 14), seed=1)
-    arguments = {
-        "samples_uri": samples, "samples": ["3", "4", "5"], "patch_size": 32, "erosion": 2,
-        "config": (REPO / "histoxai" / "configs" / "demo.yaml").read_text(), "config_overrides": GIVEN,
-        "evaluate_baseline_summary": "", "explain_methods": ["vanilla"], "explain_max_patches": 2,
-        "explain_trust_patches": 2, "explain_phantom_dir": samples, "model_registry": registry,
-        "promotion_margin": 0.0, "promotion_tolerance": 0.0,
-    }
+    # the first run's parameters (config, sizes, registry), on local samples, with the given config
+    arguments = {**bucket_run.arguments, "samples_uri": samples, "explain_phantom_dir": samples,
+                 "tuning": False, "promotion_margin": 0.0, "promotion_tolerance": 0.0}
     second = run_local(arguments, str(tmp_path / "runs"))
 
     target = open_registry(registry)
