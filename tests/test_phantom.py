@@ -62,6 +62,15 @@ def test_same_options_give_byte_identical_files(rendered, tmp_path):
     assert other_seed[layout.HE_MAT] != first[layout.HE_MAT]
 
 
+def test_samples_rendered_in_parallel_processes_are_the_samples_rendered_one_by_one(tmp_path):
+    options = {"pixels_per_voxel": 16, "n_max": 8, "crop": "4x5", "seed": 1}
+    alone = render_phantom(tmp_path / "alone", "3,6", **options)
+    together = render_phantom(tmp_path / "together", "3,6", workers=2, **options)
+    for one, other in zip(alone, together, strict=True):
+        assert _files(Path(one)) == _files(Path(other))
+    assert len(alone) == 2 and Path(together[1]).name == "6"
+
+
 def test_layout_shapes_and_pixels(rendered, maps, truth):
     rows, cols = CROP
     with open_mat(rendered / layout.HE_MAT) as mat:
@@ -233,6 +242,7 @@ def test_output_to_gcs(gcs_bucket):
     ({"n_max": 10_000}, r"--n-max 10000: expected an integer from 1 to 225"),
     ({"targets": "fake"}, r"--targets 'fake'"),
     ({"mat_format": "v7"}, r"--mat-format 'v7'"),
+    ({"workers": 0}, r"--workers 0: expected a whole number of processes, at least 1"),
 ])
 def test_bad_options_raise_input_error(tmp_path, options, message):
     kwargs = {"samples": [3], "pixels_per_voxel": P, "crop": "2x2", **options}

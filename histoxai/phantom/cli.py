@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how v7.3 HE.mat and HE_mask.mat store their images: rows = uncompressed chunks "
                              "one voxel row tall (suits ingestion); matlab = as MATLAB's save -v7.3 does, "
                              "deflate level 3 with small automatic chunks (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="render N samples at once, one process each (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing sample folders")
 
 
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
     uris = render_phantom(
         args.out, args.samples, pixels_per_voxel=args.pixels_per_voxel, n_max=args.n_max,
         targets=args.targets, seed=args.seed, crop=args.crop, mat_format=args.mat_format,
-        mat_layout=args.mat_layout, summary=args.summary, overwrite=args.overwrite)
+        mat_layout=args.mat_layout, summary=args.summary, overwrite=args.overwrite,
+        workers=args.workers)
     for uri in uris:
         print(uri)

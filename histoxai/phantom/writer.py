@@ -94,13 +94,17 @@ def resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format,
 def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 64, n_max: int | None = None,
                    targets: str = "real", seed: int = 0, crop=None, mat_format: str = "v7.3",
                    mat_layout: str = DEFAULT_PHANTOM_LAYOUT, summary: str | os.PathLike | None = None,
-                   overwrite: bool = False) -> list[str]:
+                   overwrite: bool = False, workers: int = 1) -> list[str]:
     """Render the chosen samples of summary.mat into OUT/<n>/ (local or gs://); returns their URIs.
 
     Every option is checked and every output folder looked at before the first sample renders.
     Each sample folder is built aside and published whole, so a failure leaves no partial sample.
+    workers > 1 renders that many samples at once, each in its own process (a sample renders on one
+    core; the process start costs about a second, so it pays only for full-size samples).
     """
     options = resolve_options(pixels_per_voxel, n_max, targets, seed, crop, mat_format, mat_layout)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers {workers}: expected a whole number of processes, at least 1")
     numbers = parse_samples(samples)
     source = load_summary(summary)
     sample_maps = [source.sample(n) for n in numbers]
@@ -117,14 +121,32 @@ def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 6
         if not overwrite and storage.list_files(uri):
             raise InputError(f"{uri}: output already exists; pass --overwrite to replace it")
     provenance = {"summary": source.label, "summary_sha256": source.sha256}
-    for maps, uri in zip(sample_maps, uris, strict=True):
-        with outputs.staged(uri, overwrite=overwrite, commit_last=layout.TRUTH_TARGETS) as folder:
-            write_sample(folder, maps, options, provenance)
+    jobs = [(uri, maps, options, provenance, overwrite, position)
+            for position, (maps, uri) in enumerate(zip(sample_maps, uris, strict=True))]
+    if workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            _publish_sample(*job)
+        return uris
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn, not fork: the caller may hold TensorFlow's threads, which a forked child inherits broken
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(_publish_sample, *job) for job in jobs]:
+            future.result()  # the first failure is raised; every other sample is still published whole
     return uris
 
 
-def write_sample(folder: Path, maps: SampleMaps, options: PhantomOptions, provenance: dict) -> None:
-    """Render one sample into a local folder in the dataset's layout."""
+def _publish_sample(uri: str, maps: SampleMaps, options: PhantomOptions, provenance: dict, overwrite: bool,
+                    position: int = 0) -> None:
+    with outputs.staged(uri, overwrite=overwrite, commit_last=layout.TRUTH_TARGETS) as folder:
+        write_sample(folder, maps, options, provenance, position)
+
+
+def write_sample(folder: Path, maps: SampleMaps, options: PhantomOptions, provenance: dict,
+                 position: int = 0) -> None:
+    """Render one sample into a local folder in the dataset's layout (position: its progress bar's line)."""
     import h5py
     from tqdm import tqdm
 
@@ -159,7 +181,8 @@ def write_sample(folder: Path, maps: SampleMaps, options: PhantomOptions, proven
         labels = label_file.create_dataset(
             "labels", shape=(height, width), dtype=np.uint32, chunks=(size, chunk_cols), compression="gzip",
             compression_opts=1, shuffle=True, track_times=False)
-        bands = tqdm(renderer.bands(), total=rows, desc=f"phantom sample {maps.sample}", unit="voxel row")
+        bands = tqdm(renderer.bands(), total=rows, desc=f"phantom sample {maps.sample}", unit="voxel row",
+                     position=position)
         for band in bands:
             y0 = band.row * size
             if v73:
