@@ -21,6 +21,9 @@ PREPROCESS_MODULES = {
     "MobileNetV3Large": "mobilenet_v3", "ConvNeXtTiny": "convnext", "ConvNeXtSmall": "convnext",
     "DenseNet121": "densenet", "EfficientNetV2S": "efficientnet_v2",
 }
+# ConvNeXtSmall is ConvNeXtTiny's code with a deeper third stage: its eager training step (15 s here,
+# twice Tiny's) would test nothing Tiny's does not, so it is built and checked but not stepped
+NOT_STEPPED = {"ConvNeXtSmall"}
 
 
 def small_config(**values):
@@ -40,9 +43,10 @@ def test_backbone_builds_and_trains_one_step(backbone):
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     y = {"MD": np.linspace(0.5, 1.5, 4, dtype="float32")[:, None],
          "FA": np.linspace(0.1, 0.4, 4, dtype="float32")[:, None]}
-    logs = net.train_on_batch(x, y, return_dict=True)
-    assert np.isfinite(logs["loss"])
-    assert not np.allclose(net.get_layer("MD").kernel.numpy(), head), "one step must move the head"
+    if backbone not in NOT_STEPPED:
+        logs = net.train_on_batch(x, y, return_dict=True)
+        assert np.isfinite(logs["loss"])
+        assert not np.allclose(net.get_layer("MD").kernel.numpy(), head), "one step must move the head"
     assert set(net.output_names) == {"MD", "FA"}
     assert float(net.get_layer("MD").bias.numpy()[0]) == pytest.approx(1.0, abs=0.01)  # started at mean
     # The CAM layer: each backbone's last activation, reachable by its fixed name, 4-D.

@@ -158,9 +158,10 @@ def test_predict_returns_rows_in_the_callers_order_and_reads_gcs(tmp_path, gcs_b
 # ---- training ----
 
 def test_demo_config_learns_cell_count_and_writes_every_output(tmp_path, capsys):
-    manifest = write_blob_manifest(tmp_path / "data", n=400, size=48, seed=4)
+    # 32 px and 15 epochs: test R² 0.90 in 13 s here (48 px and 25 epochs: 0.89 in 32 s)
+    manifest = write_blob_manifest(tmp_path / "data", n=400, size=32, seed=4)
     config = configs.load_config("demo",
-                                 {"targets": ["CC"], "image_size": 48, "finetune_epochs": 25})
+                                 {"targets": ["CC"], "image_size": 32, "finetune_epochs": 15})
     metrics = train(config, str(manifest), str(tmp_path / "out"))
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "history.csv", "metrics.json",
@@ -175,7 +176,7 @@ def test_demo_config_learns_cell_count_and_writes_every_output(tmp_path, capsys)
     assert {"loss", "CC_r2", "val_loss", "val_CC_r2", "learning_rate"} <= set(history.columns)
     assert configs.load_config(str(out / "config.yaml")) == config
     assert any((out / "tensorboard" / "validation").iterdir())
-    assert "[finetune] epoch 3/25" in capsys.readouterr().out
+    assert "[finetune] epoch 3/15" in capsys.readouterr().out
     with pytest.raises(InputError, match="already holds a finished training"):
         train(config, str(manifest), str(out))
 
