@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nrun folder  {result.run_dir}")
     print(f"report      {result.report_html}")
     print(f"log         {result.log}")
-    print(f"took        {result.seconds:.0f} s")
+    print(f"took        {result.seconds:.0f} s ({result.step_times()})")
     if args.publish:
         print(f"published   {publish_run(result, args.publish)}")

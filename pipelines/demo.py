@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Every step's outputs:              {run.run_dir}")
     print(f"Full log:                          {run.log}")
     seconds = time.perf_counter() - started
+    print(f"Step times (steps run at the same time where they can): {run.step_times()}")
     print(f"Demo time: {seconds:.0f} s (pipeline {run.seconds:.0f} s)")
     write_timing(Path(args.out).resolve(), run, seconds, args.targets)
     return 0
@@ -117,7 +118,9 @@ def write_timing(out: Path, run, seconds: float, targets: str) -> None:
     command = "make demo" if targets == "real" else f"python -m histoxai.pipelines.demo --targets {targets}"
     record = {**stamp(command), "demo_s": round(seconds, 1), "pipeline_s": round(run.seconds, 1),
               "load_average_15min": round(os.getloadavg()[2], 2),  # other work on the machine slows the demo
-              "run_dir": os.path.relpath(Path(run.run_dir).resolve(), out)}
+              "run_dir": os.path.relpath(Path(run.run_dir).resolve(), out),
+              "steps": [{"task": task, "started_s": start, "seconds": length}
+                        for task, start, length in run.steps]}
     temporary = out / "demo.json.tmp"
     temporary.write_text(json.dumps(record, indent=2) + "\n")
     temporary.replace(out / "demo.json")

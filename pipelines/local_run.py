@@ -42,6 +42,11 @@ class LocalRun:
     summary: dict  # the report step's summary.json
     log: Path
     seconds: float
+    steps: tuple = ()  # (task, started after s, seconds) per executed task, in order of start
+
+    def step_times(self) -> str:
+        """'task N s, ...' for the tasks that took at least a second, in order of start."""
+        return ", ".join(f"{task} {seconds:.0f} s" for task, _, seconds in self.steps if seconds >= 1)
 
 
 class _TaskLog:
@@ -154,7 +159,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     from kfp import local
     from tqdm import tqdm
 
-    from histoxai.pipelines.local_scheduler import concurrent_tasks
+    from histoxai.pipelines.local_scheduler import StepTime, concurrent_tasks
     from histoxai.pipelines.params import check_parameters
     from histoxai.pipelines.pipeline import CompileOptions, build_pipeline, task_count
 
@@ -173,6 +178,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     log = root / f"{pipeline_func.name}-{time.strftime('%Y-%m-%d-%H-%M-%S')}.log"
     # no kfp.local cache: its keys hold the artifacts' URIs, which are new in every run
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    step_times: list[StepTime] = []
     started = time.perf_counter()
     terminal, print_function = sys.stdout, builtins.print
     root_logger = logging.getLogger()
@@ -182,7 +188,8 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
         task_log, progress = _TaskLog(log_file), _Progress(root, bar, terminal)
         progress.start()
         try:
-            with contextlib.redirect_stdout(task_log), warnings.catch_warnings(), concurrent_tasks():
+            with contextlib.redirect_stdout(task_log), warnings.catch_warnings(), \
+                    concurrent_tasks(step_times=step_times):
                 # accelerator, retry and image settings only mean something on a cluster
                 warnings.filterwarnings("ignore", module=r"kfp\.local")
                 task = pipeline_func(**arguments)
@@ -205,8 +212,10 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     report_html = run_dir / artifacts.REPORT_HTML
     shutil.copyfile(report_artifact, report_html)
     summary = json.loads(Path(task.outputs["summary"].uri).read_text())
+    steps = tuple((t.task, round(t.started - started, 1), round(t.seconds, 1))
+                  for t in sorted(step_times, key=lambda t: t.started))
     return LocalRun(run_dir=run_dir, report_html=report_html, summary=summary, log=log,
-                    seconds=time.perf_counter() - started)
+                    seconds=time.perf_counter() - started, steps=steps)
 
 
 def _relocated_table(table: Path, old_prefix: str, new_prefix: str, out: Path) -> bool:

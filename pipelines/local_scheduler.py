@@ -20,10 +20,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import threading
+import time
 
 _SWAP_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    """One executed task (not a loop or sub-DAG): its name, when it started and how long it took."""
+    task: str
+    started: float  # time.perf_counter() at its start
+    seconds: float
 
 
 def default_parallel_tasks() -> int:
@@ -32,9 +42,10 @@ def default_parallel_tasks() -> int:
 
 
 @contextlib.contextmanager
-def concurrent_tasks(max_parallel: int | None = None):
+def concurrent_tasks(max_parallel: int | None = None, step_times: list[StepTime] | None = None):
     """Within this block kfp.local runs independent tasks at the same time, at most `max_parallel`
-    per DAG level (default: default_parallel_tasks())."""
+    per DAG level (default: default_parallel_tasks()); each executed task's StepTime is appended to
+    `step_times` when given."""
     from kfp.local.orchestrator import dag_orchestrator as kfp_plain
     from kfp.local.orchestrator import enhanced_dag_orchestrator as kfp_dag
 
@@ -43,7 +54,7 @@ def concurrent_tasks(max_parallel: int | None = None):
     originals = (kfp_plain.run_dag, kfp_dag.run_enhanced_dag)
 
     def run(**kwargs):
-        return run_dag(kfp_dag, originals[1], limit, **kwargs)
+        return run_dag(kfp_dag, originals[1], limit, step_times=step_times, **kwargs)
 
     with _SWAP_LOCK:
         kfp_plain.run_dag = kfp_dag.run_enhanced_dag = run
@@ -55,8 +66,9 @@ def concurrent_tasks(max_parallel: int | None = None):
 
 def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_component_spec, components,
             executors, dag_arguments, pipeline_root, runner, unique_pipeline_id, fail_stack,
-            parent_io_store=None):
-    """run_enhanced_dag's contract (its keyword arguments, (outputs, status)), tasks started when ready."""
+            parent_io_store=None, step_times=None):
+    """run_enhanced_dag's contract (its keyword arguments, (outputs, status)), tasks started when ready;
+    step_times (a list or None) receives a StepTime for each task that runs an executor."""
     from kfp.local import graph_utils, io, status
     from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -95,7 +107,11 @@ def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_compon
         if kind(spec) == "loop":
             return None, not kfp_dag._run_parallel_for_task(task_name=name, task_spec=spec,
                                                              parallel_executor=loops, **shared)
+        started = time.perf_counter()
         outputs, task_status = kfp_dag.execute_task(task_name=name, task_spec=spec, **shared)
+        runs_an_executor = components[spec.component_ref.name].WhichOneof("implementation") != "dag"
+        if step_times is not None and runs_an_executor:
+            step_times.append(StepTime(name, started, time.perf_counter() - started))
         return outputs, task_status == status.Status.SUCCESS
 
     # kfp's order decides which ready task starts first: the end of its stack is its next task

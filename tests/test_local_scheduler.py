@@ -3,7 +3,7 @@
 import pytest
 from kfp import dsl, local
 
-from histoxai.pipelines.local_scheduler import concurrent_tasks
+from histoxai.pipelines.local_scheduler import StepTime, concurrent_tasks
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)  # no pip: kfp would serialise the tasks
@@ -54,10 +54,18 @@ def local_root(tmp_path):
 
 
 def test_two_independent_tasks_run_at_the_same_time(local_root):
-    with concurrent_tasks(max_parallel=2):
+    step_times: list[StepTime] = []
+    with concurrent_tasks(max_parallel=2, step_times=step_times):
         task = meeting(folder=str(local_root))
     assert task.output == "a-b"
     assert (local_root / "a-b").read_text() == "done"  # the task after both ran with both outputs
+    # each executed task timed once; the two meetings overlap and the mark starts after both ended
+    times = {t.task: t for t in step_times}
+    assert sorted(times) == ["mark", "meet", "meet-2"] and len(step_times) == 3
+    first, second, last = times["meet"], times["meet-2"], times["mark"]
+    assert max(first.started, second.started) < min(first.started + first.seconds,
+                                                     second.started + second.seconds)
+    assert last.started >= max(first.started + first.seconds, second.started + second.seconds)
 
 
 def test_a_failed_task_skips_its_dependents_and_not_the_others(local_root):

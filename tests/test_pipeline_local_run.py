@@ -73,6 +73,11 @@ def test_local_run_reads_samples_from_the_bucket(bucket_run):
     run, samples, gcs_bucket = bucket_run.run, bucket_run.samples, bucket_run.bucket
     assert bucket_run.out.count("  done ") == 21 and "for-loop-1-iteration-1/ingest" in bucket_run.out
     assert "pipeline: 100%" in bucket_run.err  # the progress bar
+    # every executed task timed, the three ingest iterations among them, in order of start
+    tasks = [task for task, _, _ in run.steps]
+    assert len(tasks) == 21 and tasks.count("ingest") == 3 and tasks[-1] == "report"
+    assert tasks.index("tune-step") < tasks.index("train-model")
+    assert all(seconds > 0 for _, _, seconds in run.steps) and "tune-step " in run.step_times()
 
     summary = run.summary
     assert [(s["sample"], s["source"]) for s in summary["samples"]] == [
