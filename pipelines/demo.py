@@ -54,7 +54,7 @@ def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
     started = time.perf_counter()
     phantom = str(Path(out) / "phantom")
     # the samples take about as long each, so all three at once end together even on 2 cores
-    # (14-15 s against 23-26 s one after another on the 2-core CPU of docs/benchmarks.md)
+    # (14-15 s against 23-26 s one after another on a 2-core AMD EPYC)
     render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL, seed=seed,
                    targets=targets, overwrite=True, workers=len(DEMO_SAMPLES))
     print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")

@@ -121,8 +121,7 @@ def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 6
         if not overwrite and storage.list_files(uri):
             raise InputError(f"{uri}: output already exists; pass --overwrite to replace it")
     provenance = {"summary": source.label, "summary_sha256": source.sha256}
-    jobs = [(uri, maps, options, provenance, overwrite, position)
-            for position, (maps, uri) in enumerate(zip(sample_maps, uris, strict=True))]
+    jobs = [(uri, maps, options, provenance, overwrite) for maps, uri in zip(sample_maps, uris, strict=True)]
     if workers <= 1 or len(jobs) == 1:
         for job in jobs:
             _publish_sample(*job)
@@ -133,7 +132,8 @@ def render_phantom(out: str | os.PathLike, samples, *, pixels_per_voxel: int = 6
     # spawn, not fork: the caller may hold TensorFlow's threads, which a forked child inherits broken
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)),
                                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(_publish_sample, *job) for job in jobs]:
+        # position: each sample's progress bar keeps its own line
+        for future in [pool.submit(_publish_sample, *job, position) for position, job in enumerate(jobs)]:
             future.result()  # the first failure is raised; every other sample is still published whole
     return uris
 
