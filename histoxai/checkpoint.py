@@ -122,7 +122,8 @@ class CheckpointStore:
         _assign(model.weights, weights, f"{storage.join(self.uri, state['last'])} (weights)")
         if optimizer:
             saved = self._arrays(state["last"], "o")
-            model.optimizer.build(model.trainable_variables)
+            if not model.optimizer.built:  # a loss-scale optimizer would add its variables twice
+                model.optimizer.build(model.trainable_variables)
             _assign(model.optimizer.variables, saved, f"{storage.join(self.uri, state['last'])} (optimizer)")
 
 

@@ -317,6 +317,8 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
         if max_epochs > state["phase_epochs"] and not stopped_early:
             callback = _epoch_callback(store, state, config, phase, max_epochs, stop_after_epochs, counter,
                                        on_epoch_end)
+            with strategy.scope():
+                models.build_training_state(net, train_ds.element_spec)
             net.fit(train_ds, validation_data=val_ds, epochs=max_epochs, shuffle=False,
                     initial_epoch=state["phase_epochs"], verbose=0, callbacks=[callback])
         best = store.best_weights(state)

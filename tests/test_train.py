@@ -181,7 +181,13 @@ def test_demo_config_learns_cell_count_and_writes_every_output(tmp_path, capsys)
         train(config, str(manifest), str(out))
 
 
-def test_same_config_twice_gives_the_same_metrics(tmp_path, blobs32):
+def test_same_config_twice_gives_the_same_metrics(tmp_path, blobs32, monkeypatch):
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traces = []  # the train step's Python body runs once per trace of the train function
+    original = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step",
+                        lambda net, data: traces.append(1) or original(net, data))
     frame = read_manifest(blobs32)
     frame.loc[frame.index[::7], "FAIP"] = np.nan  # a target missing for some patches is left out
     manifest = tmp_path / "faip.parquet"
@@ -190,6 +196,8 @@ def test_same_config_twice_gives_the_same_metrics(tmp_path, blobs32):
     first = train(config, str(manifest), str(tmp_path / "a"))
     second = train(config, str(manifest), str(tmp_path / "b"))
     assert first == second
+    # one trace per phase and training (histoxai.model.build_training_state): Keras alone traces twice
+    assert len(traces) == 2 * 2
     assert first["n"]["train"] == int(((frame["split"] == "train") & frame["FAIP"].notna()).sum())
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "history.csv").drop(columns="seconds"),
                                   pd.read_csv(tmp_path / "b" / "history.csv").drop(columns="seconds"))
