@@ -97,9 +97,12 @@ def bench_training(f: dict) -> str:
     for case in f["cases"]:
         name = "tiny CNN" if case["backbone"] == "tiny" else case["backbone"]
         speed = (f"{num(case['train_images_per_s'], 1)} img/s" if case["status"] == "ok" else case["status"])
+        if case["status"] == "ok" and case.get("warmup_s") is not None:
+            speed += f" (warm-up {num(case['warmup_s'], 0)} s)"
         xla = "with" if case["jit_compile"] else "without"
+        built = ", training state built before fit" if case.get("built") else ""
         rows.append([f"training, {case['image_size']} px, batch {f['batch_size']}: {name}, "
-                     f"{case['precision']}, {xla} XLA", speed])
+                     f"{case['precision']}, {xla} XLA{built}", speed])
     rows.append(["training input pipeline alone (decode / from cache)",
                  f"{num(f['input_decode_images_per_s'], 0)} / "
                  f"{num(f['input_cached_images_per_s'], 0)} img/s"])

@@ -45,7 +45,8 @@ def bench_section(name: str, s: dict) -> dict | None:
     if name == "training":
         cases = [{"backbone": c["backbone"], "image_size": c["image_size"], "precision": c["precision"],
                   "jit_compile": c.get("jit_compile", c.get("jit")), "status": c["status"],
-                  "train_images_per_s": c.get("train_images_per_s")} for c in s["training"]]
+                  "train_images_per_s": c.get("train_images_per_s"), "built": c.get("built", False),
+                  "warmup_s": c.get("warmup_s")} for c in s["training"]]
         batch = next((c["batch_size"] for c in s["training"] if "batch_size" in c), 16)
         return {"batch_size": batch, "cases": cases,
                 "input_decode_images_per_s": s["input_decode_images_per_s"],

@@ -378,16 +378,6 @@ def compile_model(model: keras.Model, config: TrainConfig, *, steps_per_epoch: i
     )
 
 
-def build_training_state(model: keras.Model, element_spec) -> None:
-    """Create the compiled loss's, metrics' and optimizer's variables before `fit`, from the dataset's
-    element_spec. Keras (TensorFlow backend, no distribution strategy) creates them inside the first
-    trace of the train step, and a tf.function that creates variables is traced a second time: one
-    needless trace per phase and tuning trial (minutes for a large backbone on a CPU). This calls
-    Keras's own builder, a private method (keras is pinned in constraints.txt); tests/test_train.py
-    counts the traces."""
-    model._symbolic_build(data_batch=element_spec)
-
-
 def current_learning_rate(model: keras.Model) -> float:
     optimizer = model.optimizer
     inner = getattr(optimizer, "inner_optimizer", optimizer)

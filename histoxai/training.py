@@ -287,6 +287,16 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
     return metrics
 
 
+def build_training_state(model, element_spec) -> None:
+    """Create the compiled loss's, metrics' and optimizer's variables before `fit`, from the dataset's
+    element_spec. Keras (TensorFlow backend, no distribution strategy) creates them inside the first
+    trace of the train step, and a tf.function that creates variables is traced a second time: one
+    needless trace per phase and tuning trial (minutes for a large backbone on a CPU). This calls
+    Keras's own builder, a private method (keras is pinned in constraints.txt); tests/test_train.py
+    counts the traces."""
+    model._symbolic_build(data_batch=element_spec)
+
+
 def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, runtime: Runtime, strategy,
                 data: tuple, stop_after_epochs: int | None, on_epoch_end: EpochHook | None = None) -> None:
     """Phase 1 (frozen backbone) then phase 2 (fine-tuning), each until early stop or its epoch limit,
@@ -318,7 +328,7 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
             callback = _epoch_callback(store, state, config, phase, max_epochs, stop_after_epochs, counter,
                                        on_epoch_end)
             with strategy.scope():
-                models.build_training_state(net, train_ds.element_spec)
+                build_training_state(net, train_ds.element_spec)
             net.fit(train_ds, validation_data=val_ds, epochs=max_epochs, shuffle=False,
                     initial_epoch=state["phase_epochs"], verbose=0, callbacks=[callback])
         best = store.best_weights(state)

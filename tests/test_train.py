@@ -196,7 +196,7 @@ def test_same_config_twice_gives_the_same_metrics(tmp_path, blobs32, monkeypatch
     first = train(config, str(manifest), str(tmp_path / "a"))
     second = train(config, str(manifest), str(tmp_path / "b"))
     assert first == second
-    # one trace per phase and training (histoxai.model.build_training_state): Keras alone traces twice
+    # one trace per phase and training (histoxai.training.build_training_state): Keras alone traces twice
     assert len(traces) == 2 * 2
     assert first["n"]["train"] == int(((frame["split"] == "train") & frame["FAIP"].notna()).sum())
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "history.csv").drop(columns="seconds"),
