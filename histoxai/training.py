@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from histoxai import artifacts, outputs, storage
@@ -220,8 +220,12 @@ def _check_resumable(state: dict, config: TrainConfig, data_uri: str, out_uri: s
 
 
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
-          stop_after_epochs: int | None = None, on_epoch_end: EpochHook | None = None) -> dict:
+          stop_after_epochs: int | None = None, on_epoch_end: EpochHook | None = None,
+          scored_splits: Sequence[str] = SPLITS_USED) -> dict:
     """Train (or resume) and publish the results; returns the metrics written to metrics.json.
+
+    `scored_splits`: the splits whose R² the trained model is scored on (the others get None); a
+    tuning trial scores only "val", so no test patch is predicted while hyperparameters are chosen.
 
     `on_epoch_end(epoch, logs)` is called after each epoch's checkpoint with the run's epoch number
     (counted across both phases) and that epoch's metrics (`val_MD_r2`, `val_loss`, ...); an
@@ -274,7 +278,7 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
                 net = models.build_model(build_config, target_means=means, precision=runtime.precision)
             _run_phases(net, store, state, config, runtime, strategy, (train_ds, val_ds, steps),
                         stop_after_epochs, on_epoch_end)
-            metrics = _evaluate(net, parts, config, runtime, state)
+            metrics = _evaluate(net, parts, config, runtime, state, scored_splits)
         _publish(net, config, state, metrics, store, out_uri)
     except BaseException:
         store.discard_if_unused()  # a failure before the first epoch's checkpoint leaves nothing
@@ -338,14 +342,15 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
         state.update(store.save(state, model=net))
 
 
-def _evaluate(net, parts: dict, config: TrainConfig, runtime: Runtime, state: dict) -> dict:
+def _evaluate(net, parts: dict, config: TrainConfig, runtime: Runtime, state: dict,
+              scored_splits: Sequence[str]) -> dict:
     from histoxai import dataset
     from histoxai.metrics import r2_score
 
     r2, n = {}, {}
     for split, rows in parts.items():
         n[split] = len(rows)
-        if rows.empty:
+        if rows.empty or split not in scored_splits:
             r2[split] = {t: None for t in config.targets}
             continue
         predicted = dataset.predict(net, rows, batch_size=max(config.batch_size, 32))

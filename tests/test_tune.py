@@ -166,11 +166,17 @@ def test_results_on_a_synthetic_study(tmp_path):
 
 # ---- studies with training ----
 
-def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(tmp_path, blobs):
+def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(tmp_path, blobs, monkeypatch):
+    from histoxai import dataset
+
+    predicted_splits, predict = [], dataset.predict
+    monkeypatch.setattr(dataset, "predict", lambda net, frame, **kwargs: predicted_splits.extend(
+        frame["split"].unique()) or predict(net, frame, **kwargs))
     space = parse_space({"search": {"learning_rate": [1e-3, 3e-3, 1e-9, 1e3]}})
     out = tmp_path / "tune"
     summary = tune(configs.from_dict(QUICK), space, str(blobs), str(out), n_trials=4, startup_trials=2,
                    warmup_epochs=1, enqueue=[{"learning_rate": v} for v in (1e-3, 3e-3, 1e-9, 1e3)])
+    assert predicted_splits == ["val", "val"]  # the two finished trials; no train or test patch predicted
     frame = pd.read_parquet(out / "trials.parquet")
     pd.testing.assert_frame_equal(frame, pd.read_csv(out / "trials.csv"), check_dtype=False)
     assert list(frame["learning_rate"]) == [1e-3, 3e-3, 1e-9, 1e3]
@@ -278,6 +284,7 @@ def test_vizier_trial_trains_with_the_values_vertex_passes(tmp_path, blobs, monk
         16, "adamw", 0.004, True)
     [line] = metric_file.read_text().splitlines()
     assert float(json.loads(line)[METRIC]) == pytest.approx(metrics["r2"]["val"]["MD"])
+    assert set(metrics["r2"]["test"].values()) == {None}  # a trial predicts no test patch
     with pytest.raises(InputError, match="--batch_size=8.5: expected a int"):
         run_trial(["--config-json", json.dumps(base), "--data", str(blobs), "--objective-targets", "MD",
                    "--batch_size=8.5"])

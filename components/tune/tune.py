@@ -167,7 +167,7 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
 
         try:
             with scratch_dir(f"trial{trial.number}") as work:  # a killed run's is removed by the next
-                metrics = train(config, data_uri, str(work), on_epoch_end=report)
+                metrics = train(config, data_uri, str(work), on_epoch_end=report, scored_splits=("val",))
         except InputError as err:
             trial.set_user_attr("note", f"failed: {err}")
             raise

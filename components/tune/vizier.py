@@ -165,7 +165,7 @@ def run_trial(argv: Sequence[str]) -> dict:
             raise InputError(f"{item}: expected --KEY=VALUE with a TrainConfig key")
         values[name] = _parse_value(name, text)
     config = from_dict(values, "trial parameters")
-    metrics = train(config, args.data, args.out)
+    metrics = train(config, args.data, args.out, scored_splits=("val",))  # as a local trial: no test patch
     score = objective_score(metrics["r2"]["val"], args.objective_targets.split(","))
     report_metric(score, sum(metrics["epochs"].values()))
     print(f"{METRIC} = {score:.4f}", flush=True)
