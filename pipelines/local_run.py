@@ -42,11 +42,11 @@ class LocalRun:
     summary: dict  # the report step's summary.json
     log: Path
     seconds: float
-    steps: tuple = ()  # (task, started after s, seconds) per executed task, in order of start
+    steps: tuple = ()  # a StepTime per executed task in order of start, `started` counted from the run's
 
     def step_times(self) -> str:
         """'task N s, ...' for the tasks that took at least a second, in order of start."""
-        return ", ".join(f"{task} {seconds:.0f} s" for task, _, seconds in self.steps if seconds >= 1)
+        return ", ".join(f"{step.task} {step.seconds:.0f} s" for step in self.steps if step.seconds >= 1)
 
 
 class _TaskLog:
@@ -212,7 +212,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     report_html = run_dir / artifacts.REPORT_HTML
     shutil.copyfile(report_artifact, report_html)
     summary = json.loads(Path(task.outputs["summary"].uri).read_text())
-    steps = tuple((t.task, round(t.started - started, 1), round(t.seconds, 1))
+    steps = tuple(StepTime(t.task, round(t.started - started, 1), round(t.seconds, 1))
                   for t in sorted(step_times, key=lambda t: t.started))
     return LocalRun(run_dir=run_dir, report_html=report_html, summary=summary, log=log,
                     seconds=time.perf_counter() - started, steps=steps)

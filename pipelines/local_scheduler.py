@@ -32,7 +32,7 @@ _SWAP_LOCK = threading.Lock()
 class StepTime:
     """One executed task (not a loop or sub-DAG): its name, when it started and how long it took."""
     task: str
-    started: float  # time.perf_counter() at its start
+    started: float  # time.perf_counter() at its start (LocalRun.steps counts it from the run's start)
     seconds: float
 
 

@@ -75,11 +75,12 @@ def test_local_run_reads_samples_from_the_bucket(bucket_run):
     assert "pipeline: 100%" in bucket_run.err  # the progress bar
     # every executed task timed, the three ingest iterations among them, in order of start (a task
     # starts after those it needs; the report needs nothing of the registrations, which may start later)
-    tasks = [task for task, _, _ in run.steps]
+    tasks = [step.task for step in run.steps]
     assert len(tasks) == 21 and tasks.count("ingest") == 3
     assert tasks.index("tune-step") < tasks.index("train-model")
     assert tasks.index("report") > max(tasks.index("explain-model"), tasks.index("explain-model-2"))
-    assert all(seconds > 0 for _, _, seconds in run.steps) and "tune-step " in run.step_times()
+    assert all(step.seconds > 0 for step in run.steps) and "tune-step " in run.step_times()
+    assert [step.started for step in run.steps] == sorted(step.started for step in run.steps)
 
     summary = run.summary
     assert [(s["sample"], s["source"]) for s in summary["samples"]] == [
