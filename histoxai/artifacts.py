@@ -31,6 +31,7 @@ TRAIN_HISTORY, TRAIN_METRICS, TENSORBOARD_DIR = "history.csv", "metrics.json", "
 MODEL_FILES = (MODEL_FILE, MODEL_CONFIG, TRAIN_METRICS)  # what a finished training leaves for others
 # tune: the study
 BEST_CONFIG, TUNE_SUMMARY, STUDY_JOURNAL = "best_config.yaml", "summary.md", "study.journal"
+BEST_MODEL, BEST_TRIAL = "best_model", "trial.json"  # the best trial's training output (histoxai/reuse.py)
 VIZIER_JOB = "vizier_job.json"  # tune --backend vizier: the Vertex AI job request
 # evaluate: Table 4.1, maps, baselines
 EVALUATION_TABLE, EVALUATION_INFO = "evaluation.parquet", "evaluation.json"

@@ -25,6 +25,7 @@ from histoxai import artifacts, outputs, storage
 from histoxai.checkpoint import CheckpointStore, prepare_out
 from histoxai.config import TrainConfig, fit_to_patches
 from histoxai.errors import InputError
+from histoxai.reuse import training_fingerprint
 
 PHASES = ("frozen", "finetune")
 SPLITS_USED = ("train", "val", "test")
@@ -221,11 +222,13 @@ def _check_resumable(state: dict, config: TrainConfig, data_uri: str, out_uri: s
 
 def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool = False,
           stop_after_epochs: int | None = None, on_epoch_end: EpochHook | None = None,
-          scored_splits: Sequence[str] = SPLITS_USED) -> dict:
+          scored_splits: Sequence[str] = SPLITS_USED, reuse: str | None = None) -> dict:
     """Train (or resume) and publish the results; returns the metrics written to metrics.json.
 
     `scored_splits`: the splits whose R² the trained model is scored on (the others get None); a
     tuning trial scores only "val", so no test patch is predicted while hyperparameters are chosen.
+    `reuse`: a finished training (e.g. the tuning study's best trial) published instead of training
+    when it is this same training (histoxai/reuse.py); otherwise it is ignored, with a printed reason.
 
     `on_epoch_end(epoch, logs)` is called after each epoch's checkpoint with the run's epoch number
     (counted across both phases) and that epoch's metrics (`val_MD_r2`, `val_loss`, ...); an
@@ -250,6 +253,12 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
           f"deterministic {runtime.deterministic}", flush=True)
     splits = load_splits(data_uri, config.targets)
     config = fit_to_patches(config, pd.concat([splits[s] for s in SPLITS_USED])["patch_size"], str(data_uri))
+    if reuse is not None:
+        from histoxai.reuse import reuse_finished
+
+        reused = reuse_finished(reuse, config, splits, runtime, out_uri, scored_splits)
+        if reused is not None:
+            return reused
     store = CheckpointStore(out_uri)
     try:
         state = None if overwrite else store.load_state()
@@ -278,7 +287,9 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
                 net = models.build_model(build_config, target_means=means, precision=runtime.precision)
             _run_phases(net, store, state, config, runtime, strategy, (train_ds, val_ds, steps),
                         stop_after_epochs, on_epoch_end)
-            metrics = _evaluate(net, parts, config, runtime, state, scored_splits)
+            metrics = score_model(net, parts, config, runtime, state["history"], state["best_epoch"],
+                                  scored_splits)
+            metrics["data_fingerprint"] = training_fingerprint(splits, config.targets)
         _publish(net, config, state, metrics, store, out_uri)
     except BaseException:
         store.discard_if_unused()  # a failure before the first epoch's checkpoint leaves nothing
@@ -342,9 +353,12 @@ def _run_phases(net, store: CheckpointStore, state: dict, config: TrainConfig, r
         state.update(store.save(state, model=net))
 
 
-def _evaluate(net, parts: dict, config: TrainConfig, runtime: Runtime, state: dict,
-              scored_splits: Sequence[str]) -> dict:
+def score_model(net, parts: dict, config: TrainConfig, runtime: Runtime, history: list[dict],
+                best_epoch: int | None, scored_splits: Sequence[str]) -> dict:
+    """metrics.json of a trained model: R² on each scored split (local rows), patch counts, epochs per
+    phase (from the history rows), how it ran, and the code version that trained it."""
     from histoxai import dataset
+    from histoxai.artifacts import code_version
     from histoxai.metrics import r2_score
 
     r2, n = {}, {}
@@ -355,11 +369,11 @@ def _evaluate(net, parts: dict, config: TrainConfig, runtime: Runtime, state: di
             continue
         predicted = dataset.predict(net, rows, batch_size=max(config.batch_size, 32))
         r2[split] = {t: r2_score(rows[t].to_numpy(), predicted[t].to_numpy()) for t in config.targets}
-    epochs = {p: sum(1 for row in state["history"] if row["phase"] == p) for p in PHASES}
+    epochs = {p: sum(1 for row in history if row["phase"] == p) for p in PHASES}
     return {"targets": list(config.targets), "r2": r2, "n": n, "epochs": epochs,
-            "best_epoch": state["best_epoch"], "monitor": config.monitor, "device": runtime.device,
+            "best_epoch": best_epoch, "monitor": config.monitor, "device": runtime.device,
             "precision": runtime.precision, "jit_compile": runtime.jit_compile,
-            "deterministic": runtime.deterministic}
+            "deterministic": runtime.deterministic, "code_version": code_version()}
 
 
 def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: CheckpointStore,

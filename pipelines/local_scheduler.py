@@ -7,9 +7,10 @@ two models' branches (train, predict, explain, register) are independent, and on
 about 1.4 of 2 cores busy, so a local run left much of the machine idle. `concurrent_tasks()` swaps in
 `run_dag` below for the duration of one run: the same task kinds, the same outputs, and the enhanced
 runner's handling of a failure (its dependents are skipped, the other tasks still run, the DAG fails);
-only the order in time differs. A DAG with an exit handler is handed to kfp's own runner unchanged
-(this pipeline has none). Tasks whose command holds a pip install still run one at a time (kfp
-serialises them); the project's components install nothing (install_kfp_package=False).
+only the order in time differs; and a dsl.OneOf of artifacts resolves to the branch that ran
+(_output_artifacts), which kfp's runner refuses. A DAG with an exit handler is handed to kfp's own
+runner unchanged (this pipeline has none). Tasks whose command holds a pip install still run one at a
+time (kfp serialises them); the project's components install nothing (install_kfp_package=False).
 
 It reads private names of kfp.local's orchestrator (kfp is pinned in constraints.txt);
 tests/test_local_scheduler.py runs two tasks that each wait for the other, which only a concurrent
@@ -153,5 +154,26 @@ def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_compon
                         io_store.put_task_output(name, key, value)
     if failed:
         return {}, status.Status.FAILURE
-    return OrchestratorUtils.get_dag_outputs(dag_outputs_spec=dag_component_spec.dag.outputs,
-                                             io_store=io_store), status.Status.SUCCESS
+    outputs = OrchestratorUtils.get_dag_output_parameters(dag_outputs_spec=dag_component_spec.dag.outputs,
+                                                          io_store=io_store)
+    return {**outputs, **_output_artifacts(dag_component_spec.dag.outputs, io_store)}, status.Status.SUCCESS
+
+
+def _output_artifacts(dag_outputs, io_store) -> dict:
+    """A DAG's output artifacts, a dsl.OneOf among them included: the one its branch that ran produced.
+    (kfp 2.17's local runner resolves a OneOf of parameters but refuses one of artifacts, which the
+    compiler emits and Vertex AI runs; the tuned and untuned trainings' models are such a OneOf.)"""
+    found = {}
+    for key, spec in dag_outputs.artifacts.items():
+        produced = []
+        for selector in spec.artifact_selectors:
+            try:
+                produced.append(io_store.get_task_output(selector.producer_subtask,
+                                                         selector.output_artifact_key))
+            except (KeyError, ValueError):  # a branch that did not run
+                continue
+        if len(produced) != 1:
+            raise ValueError(f"DAG output artifact {key!r}: {len(produced)} of its "
+                             f"{len(spec.artifact_selectors)} producers ran; expected exactly one")
+        found[key] = produced[0]
+    return found

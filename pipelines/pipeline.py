@@ -4,12 +4,13 @@
 DAG: the config is checked first (resolve config); ingest fans out over the samples (ParallelFor);
 split pools the training samples; with `tuning` on, an Optuna study (the tune step) picks the config,
 else the given one is used (dsl.If / dsl.Else joined by dsl.OneOf); the multi-task (MD, FA) and the
-single-task (CC) models train in parallel; the predict steps (GPU image) predict every patch with each
-model and with the registry's champions (fetched by the champion steps; none when `model_registry` is
-""); evaluate scores them all on every sample from those predictions, loading no model; with a
-registry, the register steps add each model as a new version and promote it only when it beats its
-champion (components/register); explain runs per model, fanned out over shard ranges; the report sums
-up the run.
+single-task (CC) models train in parallel, and with tuning the one whose targets were tuned publishes
+the study's best trial instead of training that config again (histoxai/reuse.py); the predict steps
+(GPU image) predict every patch with each model and with the registry's champions (fetched by the
+champion steps; none when `model_registry` is ""); evaluate scores them all on every sample from those
+predictions, loading no model; with a registry, the register steps add each model as a new version
+and promote it only when it beats its champion (components/register); explain runs per model, fanned
+out over shard ranges; the report sums up the run.
 
 `build_pipeline(options)` returns the @dsl.pipeline function. What a run may change is a pipeline
 parameter; what KFP fixes when it compiles is a CompileOptions field: CPU and memory requests, the
@@ -282,11 +283,14 @@ def build_pipeline(options: CompileOptions = CompileOptions()):
         with dsl.Else(name="tuning-off"):
             given = configure(resolve_config(config=checked.outputs["config"]), "light", "given config")
         chosen = dsl.OneOf(tuned.outputs["config"], given.outputs["config"])
+        # the best trial's training, which the training of the tuned targets publishes instead of
+        # repeating it; without tuning an empty artifact: nothing to reuse
+        reusable = dsl.OneOf(study.outputs["best_model"], given.outputs["finished_training"])
 
         models = {}
         for name, targets in zip(MODELS, (multitask_targets, single_task_targets), strict=True):
             trained = train_model(data=data, config=chosen, targets=targets, tensorboard=tensorboard,
-                                  run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                                  run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, tuned_model=reusable)
             models[name] = gpu_step(trained, f"train {name.replace('_', '-')}").outputs["model"]
         model_names = {"multitask": multitask_model_name, "single_task": single_task_model_name}
         # the champions are fetched before the trainings end and scored in the same evaluate step

@@ -46,6 +46,29 @@ def one_fails(folder: str):
     mark(folder=folder, name="downstream", fail=False).after(broken)
 
 
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def write(text: str, out: dsl.Output[dsl.Artifact]):
+    import pathlib
+
+    pathlib.Path(out.path).write_text(text)
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def read(given: dsl.Input[dsl.Artifact]) -> str:
+    import pathlib
+
+    return pathlib.Path(given.path).read_text()
+
+
+@dsl.pipeline(name="either-artifact")
+def either_artifact(left: bool) -> str:
+    with dsl.If(left == True):  # noqa: E712 (a KFP condition)
+        chosen_left = write(text="left")
+    with dsl.Else():
+        chosen_right = write(text="right")
+    return read(given=dsl.OneOf(chosen_left.outputs["out"], chosen_right.outputs["out"])).output
+
+
 @pytest.fixture
 def local_root(tmp_path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
@@ -74,6 +97,15 @@ def test_a_failed_task_skips_its_dependents_and_not_the_others(local_root):
     assert (local_root / "independent").exists()
     assert not (local_root / "downstream").exists()
     assert not (local_root / "broken").exists()
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_a_oneof_of_artifacts_is_the_branch_that_ran(local_root, left):
+    with concurrent_tasks(max_parallel=2):
+        task = either_artifact(left=left)
+    assert task.output == ("left" if left else "right")
+    with pytest.raises(ValueError, match="Expected 1 artifact"):  # why the local runner resolves it
+        either_artifact(left=left)
 
 
 def test_kfps_own_runners_are_back_after_the_block():

@@ -65,7 +65,8 @@ def test_package_structure(package):
     ingest_loop = next(n for n, t in root_tasks.items()
                        if iterators.get(n) == "pipelinechannel--samples")
     assert "ingest" in components[f"comp-{ingest_loop}"]["dag"]["tasks"]
-    # tuning is a condition; both branches feed the trainings through one OneOf output
+    # tuning is a condition; both branches feed the trainings through two OneOf outputs: the config, and
+    # the best trial's model to reuse (the tuning-off branch's resolve gives an empty one)
     (branches,) = [c["dag"] for name, c in components.items() if name.startswith("comp-condition-branches")]
     by_name = {t["taskInfo"]["name"]: t for t in branches["tasks"].values()}
     assert by_name["tuning-on"]["triggerPolicy"]["condition"] == \
@@ -74,7 +75,12 @@ def test_package_structure(package):
     assert tuning_on["tune-step"]["inputs"]["artifacts"]["split"]
     oneof = branches["outputs"]["parameters"]
     assert [len(o["valueFromOneof"]["parameterSelectors"]) for o in oneof.values()] == [2]
+    [(reusable_key, reusable)] = branches["outputs"]["artifacts"].items()
+    assert sorted(s["outputArtifactKey"] for s in reusable["artifactSelectors"]) == [
+        "pipelinechannel--resolve-config-3-finished_training", "pipelinechannel--tune-step-best_model"]
     for task in ("train-model", "train-model-2"):
+        assert root_tasks[task]["inputs"]["artifacts"]["tuned_model"]["taskOutputArtifact"][
+            "outputArtifactKey"] == reusable_key
         assert root_tasks[task]["retryPolicy"]["maxRetryCount"] == 2
         assert root_tasks[task]["cachingOptions"]["enableCache"] is True
         outputs = components[f"comp-{task}"]["outputDefinitions"]["artifacts"]

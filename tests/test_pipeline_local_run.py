@@ -171,6 +171,15 @@ def test_local_run_with_tuning_trains_the_studys_best_config(bucket_run):
         assert model["epochs"] == {"frozen": 1, "finetune": 0}, task  # the given config fine-tunes 1 epoch
         resolved = config_from_yaml(best_file.read_text(), {"targets": targets})
         assert model["config_hash"] == hashlib.sha256(resolved.to_yaml().encode()).hexdigest()[:16], task
+    # the multi-task model is the study's best trial (same config, targets and patches): reused, byte for
+    # byte, not trained again; the single-task model (CC, which no trial trained) was trained
+    best_model = Path(tuned["best_model"]["artifacts"][0]["uri"])
+    lineage = {task: _executor_output(run_dir, task)["model"]["artifacts"][0]["metadata"]
+               for task in ("train-model", "train-model-2")}
+    assert lineage["train-model"]["reused_from"] == str(best_model)
+    assert (run_dir / "train-model" / "model" / "model.keras").read_bytes() == \
+        (best_model / "model.keras").read_bytes()
+    assert lineage["train-model-2"]["reused_from"] == ""
     # the check, then the tuned branch's resolve; the tuning-off branch's never ran
     assert (run_dir / "resolve-config-2").is_dir() and not (run_dir / "resolve-config-3").exists()
     assert run.summary["parameters"]["tuning"].startswith("on")

@@ -1,12 +1,14 @@
 """Tuning: search space validation, conditional sampling, pruning, results, resume, Vizier spec, KFP."""
 
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -18,8 +20,11 @@ from histoxai.cli import main
 from histoxai.components.tune import results
 from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, restore_ints, table_space
 from histoxai.components.tune.tune import STUDY_NAME, tune
+from histoxai.config import with_values
 from histoxai.errors import InputError
-from histoxai.training import STOPPED_EXIT_CODE, train
+from histoxai.model import load_model
+from histoxai.reuse import REUSED_FROM, training_fingerprint, why_not_reusable
+from histoxai.training import STOPPED_EXIT_CODE, load_splits, resolve_runtime, train
 from tests.train_data import write_blob_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +149,8 @@ def test_results_on_a_synthetic_study(tmp_path):
         return score
 
     study.optimize(objective, n_trials=12)
-    summary = results.write_results(study, start, space, ["MD"], str(tmp_path), "DATA", seed=0)
+    summary = results.write_results(study, start, space, ["MD"], str(tmp_path), "DATA", seed=0,
+                                    best_model_uri=str(tmp_path / "best_model"))
     frame = pd.read_parquet(tmp_path / "trials.parquet")
     assert len(frame) == 12 and summary["complete"] == 12 and summary["best_trial"] == study.best_trial.number
     assert frame.loc[frame["objective"].idxmax(), "number"] == study.best_trial.number
@@ -193,6 +199,40 @@ def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(
     retrained = train(best, str(blobs), str(tmp_path / "retrained"))
     assert retrained["r2"]["val"]["MD"] == pytest.approx(summary["objective"], abs=1e-6)
 
+    # the best trial's model is kept; training its config again reuses it: the same model, scored alike
+    assert summary["best_model"] == str(out / artifacts.BEST_MODEL)
+    assert json.loads((out / artifacts.BEST_MODEL / artifacts.BEST_TRIAL).read_text())["trial"] == \
+        summary["best_trial"]
+    reused = train(best, str(blobs), str(tmp_path / "reused"), reuse=summary["best_model"])
+    assert reused.pop(REUSED_FROM) == summary["best_model"]
+    assert reused == retrained  # R² on every split, epochs, best epoch, fingerprint, code version
+    weights = [load_model(str(tmp_path / d / artifacts.MODEL_FILE)).get_weights()
+               for d in ("retrained", "reused")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))  # deterministic on a CPU
+    assert (tmp_path / "reused" / artifacts.TRAIN_HISTORY).read_text() == \
+        (out / artifacts.BEST_MODEL / artifacts.TRAIN_HISTORY).read_text()
+    assert sorted(p.name for p in (tmp_path / "reused").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "retrained").iterdir())
+
+    # anything but this same training is trained again, and says why
+    splits, runtime = load_splits(str(blobs), best.targets), resolve_runtime(best)
+    fingerprint = training_fingerprint(splits, best.targets)
+    kept = summary["best_model"]
+    assert why_not_reusable(kept, best, fingerprint, runtime) is None
+    other = with_values(best, {"dense_units": 4}, "test")
+    assert "another config (dense_units differ)" in why_not_reusable(kept, other, fingerprint, runtime)
+    fewer = {**splits, "train": splits["train"].iloc[1:]}
+    assert "other training or validation patches" in why_not_reusable(
+        summary["best_model"], best, training_fingerprint(fewer, best.targets), runtime)
+    relabelled = {**splits, "val": splits["val"].assign(MD=splits["val"]["MD"] + 1)}
+    assert training_fingerprint(relabelled, best.targets) != fingerprint
+    moved_test = {**splits, "test": splits["test"].iloc[1:]}  # the test split is only scored
+    assert training_fingerprint(moved_test, best.targets) == fingerprint
+    float16 = dataclasses.replace(runtime, precision="mixed_float16")
+    assert "precision float32" in why_not_reusable(summary["best_model"], best, fingerprint, float16)
+    (out / artifacts.BEST_MODEL / artifacts.TRAIN_METRICS).unlink()  # as a kill mid-copy on gs:// leaves it
+    assert "no metrics.json" in why_not_reusable(summary["best_model"], best, fingerprint, runtime)
+
 
 def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_bucket, blobs, capsys):
     out = storage.join(gcs_bucket, "tune")
@@ -222,6 +262,9 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
         frame = pd.read_parquet(path)
     assert list(frame["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert frame.loc[0, "objective"] == first.value  # kept, not trained again
+    best = frame.loc[frame["objective"].idxmax(), "number"]  # its model is kept in the bucket
+    kept = json.loads(storage.read_text(storage.join(out, artifacts.BEST_MODEL, artifacts.BEST_TRIAL)))
+    assert kept["trial"] == best and storage.exists(storage.join(out, artifacts.BEST_MODEL, "model.keras"))
     assert printed.count("device: ") == 1  # one training: the retry
     retry = frame.loc[2]
     assert retry["note"] == "retry of trial 1"
@@ -319,8 +362,8 @@ def test_component_compiles_in_a_one_step_pipeline(tmp_path):
     assert executor["image"] == GPU_IMAGE
     outputs = compiled["components"]["comp-tune-step"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
-        "study": "system.Artifact", "best_config": "system.Artifact", "summary": "system.Markdown",
-        "metrics": "system.Metrics"}
+        "study": "system.Artifact", "best_config": "system.Artifact", "best_model": "system.Model",
+        "summary": "system.Markdown", "metrics": "system.Metrics"}
     constant = compiled["root"]["dag"]["tasks"]["tune-step"]["inputs"]["parameters"]["base_config"]
     assert constant["runtimeValue"]["constant"]["batch_size"] == 8.0  # a JSON number: why restore_ints exists
     assert configs.from_dict(restore_ints(constant["runtimeValue"]["constant"])) == configs.from_dict(QUICK)
@@ -345,6 +388,8 @@ def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs):
     metrics = executor_output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     frame = pd.read_parquet(step / "study" / "trials.parquet")
     assert metrics["best_objective"] == pytest.approx(frame.loc[0, "objective"]) and metrics["trials"] == 1
+    assert json.loads((step / "best_model" / artifacts.BEST_TRIAL).read_text())["trial"] == 0
+    assert configs.load_config(str(step / "best_model" / "config.yaml")).dense_units == best.dense_units
 
 
 def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(tmp_path, blobs, capsys,

@@ -14,8 +14,14 @@ TensorBoard instance once training ends: experiment = OUT's folder name, run = t
 targets (e.g. multitask-md-fa); steps the run already holds are not written again.
 Open OUT's local logs with `tensorboard --logdir OUT/tensorboard`.
 
+--reuse DIR publishes the finished training in DIR (e.g. the best trial a study kept in
+OUT/best_model/) instead of training, when DIR trained exactly this config on the same training and
+validation patches with the same code and precision: training it again would repeat it.
+
 Examples:
   histoxai train --config demo --data out/split/split.parquet --targets CC --out out/cc
+  histoxai train --config out/tune/best_config.yaml --reuse out/tune/best_model \
+      --data out/split --out out/mdfa
   histoxai train --config thesis --data gs://b/split/split.parquet --targets MD,FA \\
       --out gs://b/models/mdfa --set batch_size=32 --set backbone=DenseNet121
 """
@@ -40,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config key (value in YAML syntax); repeatable")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard a finished or interrupted training in OUT and start over")
+    parser.add_argument("--reuse", metavar="DIR",
+                        help="a finished training to publish instead of training, when it trained this "
+                             "same config on these patches with this code (e.g. a study's best_model/ "
+                             "from `histoxai tune`); otherwise ignored, with the reason printed")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="exit abruptly (code 75) after N epochs of this invocation, as a preempted "
                              "job would; rehearses resuming")
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         experiment = _experiment(args.out)
     import_tensorflow()
     metrics = train(config, args.data, args.out, overwrite=args.overwrite,
-                    stop_after_epochs=args.stop_after_epochs)
+                    stop_after_epochs=args.stop_after_epochs, reuse=args.reuse)
     for split, values in metrics["r2"].items():
         shown = ", ".join(f"{t} {v:.4f}" if v is not None else f"{t} n/a" for t, v in values.items())
         print(f"R² {split} (n={metrics['n'][split]}): {shown}")

@@ -10,6 +10,7 @@ from histoxai.images import CPU_IMAGE, GPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def resolve_config(
+    finished_training: Output[Model],
     config: str = "",
     overrides: list = [],  # noqa: B006 (KFP reads the default from the signature)
     config_file: Input[Artifact] = None,
@@ -21,7 +22,8 @@ def resolve_config(
     needs no config file in the image; a wrong key or value fails the run before any ingestion.
     Targets are left to each model. Outputs: config (YAML text) and values, the same as a KFP dict
     parameter (no nulls: weights null is "none", other null keys are left out), as the tuning step's
-    base_config takes it.
+    base_config takes it. finished_training stays empty: a config resolved here has no finished training
+    for the train step to reuse (the pipeline joins it by dsl.OneOf with the tuning step's best_model).
     """
     import yaml
 
@@ -48,8 +50,13 @@ def train_model(
     run_name: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    tuned_model: Input[Model] = None,
 ):
     """Train one model for `targets` (e.g. MD,FA or CC) on the split with `config` (resolved YAML).
+
+    tuned_model: the tuning step's best trial (without tuning: an empty artifact); when it trained this
+    same config and targets on these patches (histoxai/reuse.py), it is scored and published instead
+    of training again.
 
     model: the training output folder (model.keras, config.yaml, history.csv, metrics.json,
     tensorboard/), with lineage metadata; metrics: R² per split and target (r2_<split>_<target>) and
@@ -64,6 +71,7 @@ def train_model(
     from histoxai import artifacts, storage
     from histoxai.artifacts import code_version, location
     from histoxai.config import config_from_yaml
+    from histoxai.reuse import REUSED_FROM
     from histoxai.training import train
 
     resolved = config_from_yaml(config, {"targets": targets}, "resolved config")
@@ -77,7 +85,10 @@ def train_model(
     if storage.exists(finished):  # a retry of a task whose training had already finished
         result = json.loads(storage.read_text(finished))
     else:
-        result = train(resolved, data_uri, out)
+        # without tuning the artifact is empty: nothing to reuse, and nothing to say about it
+        offered = location(tuned_model) if tuned_model is not None else None
+        result = train(resolved, data_uri, out,
+                       reuse=offered if offered and storage.list_files(offered) else None)
     for split, values in result["r2"].items():
         metrics.log_metric(f"n_{split}", result["n"][split])
         for target, value in values.items():
@@ -94,6 +105,7 @@ def train_model(
         "training_samples": split_info["options"]["train_samples"],
         "split_strategy": split_info["options"]["strategy"],
         "code_version": code_version(), "device": result["device"], "epochs": result["epochs"],
+        "reused_from": result.get(REUSED_FROM, ""),
         "files": "model.keras, config.yaml, history.csv, metrics.json, tensorboard/",
     })
     if tensorboard:

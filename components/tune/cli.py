@@ -8,8 +8,9 @@ trained targets). TPE sampling (seeded), median pruning on each epoch's validati
 
 OUT/study.journal holds the study: run the same command again after a crash or preemption and it
 continues with the finished trials kept (a larger --tuning-trials extends a finished study). At the end
-OUT gets trials.parquet, trials.csv, summary.md and best_config.yaml, which trains unchanged:
-  histoxai train --config OUT/best_config.yaml --data SPLIT --out MODEL_DIR
+OUT gets trials.parquet, trials.csv, summary.md and best_config.yaml, which trains unchanged, and
+best_model/, the best trial's training, which that training publishes instead of repeating it:
+  histoxai train --config OUT/best_config.yaml --data SPLIT --out MODEL_DIR --reuse OUT/best_model
 
 --backend vizier writes OUT/vizier_job.json, the request of a Vertex AI hyperparameter tuning job
 over the same space (trials on GPU workers of --image), and submits it only with --submit.
@@ -138,5 +139,7 @@ def run(args: argparse.Namespace) -> None:
           f"{summary['failed']} failed)")
     print(f"best: trial {summary['best_trial']}, mean validation R² {summary['objective']:.4f} "
           f"({', '.join(summary['objective_targets'])}); params {summary['params']}")
+    reuse = (f" --reuse {summary['best_model']} (publishes the best trial's model, kept there, instead of "
+             "training it again)") if summary["best_model"] else ""
     print(f"wrote {args.out}; train the best config with: histoxai train --config {summary['best_config']} "
-          f"--data {args.data} --out MODEL_DIR")
+          f"--data {args.data} --out MODEL_DIR{reuse}")

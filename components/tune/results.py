@@ -81,7 +81,7 @@ def importances(study) -> tuple[dict[str, float] | None, str]:
 
 
 def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets, out_uri: str,
-             data_uri: str, seed: int) -> str:
+             data_uri: str, seed: int, best_model_uri: str) -> str:
     import pandas as pd
 
     from histoxai.metrics import markdown_table
@@ -102,7 +102,9 @@ def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets
     ]
     params = pd.DataFrame({"parameter": list(best.params), "value": [_cell(v) for v in best.params.values()]})
     lines += [markdown_table(params), f"Train it: `histoxai train --config {best_config} --data {data_uri} "
-              "--out MODEL_DIR`", "", f"## Top {TOP} trials", ""]
+              f"--out MODEL_DIR --reuse {best_model_uri}` (the trial's model, "
+              "kept there, is published instead of training the same config again)", "",
+              f"## Top {TOP} trials", ""]
     top = frame[frame["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(TOP)
     columns = ["number", "objective", *[c for c in frame.columns if c.startswith("val_")], *space.names]
     lines.append(markdown_table(top[columns].map(_cell) if not top.empty else top[columns]))
@@ -115,8 +117,9 @@ def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets
 
 
 def write_results(study, start: TrainConfig, space: SearchSpace, targets: Sequence[str], out_uri: str,
-                  data_uri: str, seed: int) -> dict:
-    """Write the trials table, summary and best config (last) to OUT; return the summary numbers."""
+                  data_uri: str, seed: int, best_model_uri: str) -> dict:
+    """Write the trials table, summary and best config (last) to OUT; return the summary numbers.
+    best_model_uri: where the study keeps the best trial's model (named in the summary)."""
     import io
 
     from optuna.trial import TrialState
@@ -134,7 +137,8 @@ def write_results(study, start: TrainConfig, space: SearchSpace, targets: Sequen
     storage.write_bytes(storage.join(out_uri, f"{TRIALS}.parquet"), buffer.getvalue())
     storage.write_text(storage.join(out_uri, f"{TRIALS}.csv"), frame.to_csv(index=False))
     storage.write_text(storage.join(out_uri, artifacts.TUNE_SUMMARY),
-                       _summary(study, frame, best, start, space, targets, out_uri, data_uri, seed))
+                       _summary(study, frame, best, start, space, targets, out_uri, data_uri, seed,
+                                best_model_uri))
     header = (f"# Best configuration of the study in {out_uri}: trial {best.number}, mean validation R² "
               f"over {', '.join(targets)} = {best.value:.4f}.\n# Train it with: histoxai train --config "
               "THIS_FILE --data SPLIT --out MODEL_DIR\n")

@@ -17,26 +17,29 @@ result), which `histoxai train --config` accepts unchanged.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from histoxai import artifacts, storage
+from histoxai.artifacts import BEST_TRIAL
 from histoxai.components.tune.params import DEFAULTS
 from histoxai.components.tune.results import TRIALS
 from histoxai.components.tune.space import SearchSpace
 from histoxai.config import TrainConfig, with_values
 from histoxai.errors import InputError
-from histoxai.outputs import check_writable, clear_stale_scratch, scratch_dir
+from histoxai.outputs import check_writable, clear_stale_scratch, scratch_dir, staged
 from histoxai.training import STOPPED_EXIT_CODE
 
 STUDY_NAME = "histoxai-tune"
 # What a study's OUT holds
 OWN_FILES = (artifacts.STUDY_JOURNAL, f"{TRIALS}.parquet", f"{TRIALS}.csv", artifacts.TUNE_SUMMARY,
-             artifacts.BEST_CONFIG, artifacts.VIZIER_JOB)
+             artifacts.BEST_CONFIG, artifacts.BEST_MODEL, artifacts.VIZIER_JOB)
 SPEC_ATTR = "histoxai_spec"  # what the study searches; a restart must search the same
 
 
@@ -141,7 +144,32 @@ def _finished(study) -> int:
     return sum(1 for t in trials if t.state in done and t.number not in retried)
 
 
-def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targets: tuple[str, ...]):
+def _best_so_far(study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _keep_best(trial, score: float, trained: Path, best_model_uri: str) -> None:
+    """When the finished trial beats every complete one before it, its training output (model.keras,
+    config.yaml, history.csv, metrics.json, tensorboard/) replaces best_model_uri, whole, with
+    trial.json naming the trial: the train step reuses it instead of training the same config again."""
+    best = _best_so_far(trial.study)
+    if best is not None and score <= best:
+        return
+    with staged(best_model_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS,
+                option="best model") as stage:
+        for path in sorted(trained.rglob("*")):
+            if path.is_file():
+                target = stage / path.relative_to(trained)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+        (stage / BEST_TRIAL).write_text(json.dumps({"trial": trial.number, "objective": score}))
+
+
+def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targets: tuple[str, ...],
+                    best_model_uri: str):
     import keras
     import optuna
 
@@ -168,6 +196,9 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
         try:
             with scratch_dir(f"trial{trial.number}") as work:  # a killed run's is removed by the next
                 metrics = train(config, data_uri, str(work), on_epoch_end=report, scored_splits=("val",))
+                score = objective_score(metrics["r2"]["val"], targets)
+                if math.isfinite(score):
+                    _keep_best(trial, score, work, best_model_uri)
         except InputError as err:
             trial.set_user_attr("note", f"failed: {err}")
             raise
@@ -176,7 +207,7 @@ def _make_objective(space: SearchSpace, start: TrainConfig, data_uri: str, targe
         for target, r2 in metrics["r2"]["val"].items():
             trial.set_user_attr(f"val_{target}_r2", r2)
         trial.set_user_attr("epochs", sum(metrics["epochs"].values()))
-        return objective_score(metrics["r2"]["val"], targets)
+        return score
 
     return objective
 
@@ -186,9 +217,10 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
          objective_targets: Sequence[str] | None = None, startup_trials: int = DEFAULTS.startup_trials,
          warmup_epochs: int = DEFAULTS.warmup_epochs,
          seed: int | None = None, enqueue: Sequence[Mapping[str, Any]] = (), overwrite: bool = False,
-         stop_after_trials: int | None = None) -> dict:
+         stop_after_trials: int | None = None, best_model_uri: str | None = None) -> dict:
     """Run (or continue) the study in OUT until it holds n_trials finished trials or timeout_s has
-    passed in this call; write the results and return the summary (see results.summarize).
+    passed in this call; write the results and return the summary (see results.summarize), with
+    `best_model`: where the best trial's trained model is (best_model_uri, default OUT/best_model).
 
     startup_trials: trials sampled at random and never pruned before TPE and the pruner take over;
     warmup_epochs: a trial may be pruned from the end of this epoch on; seed: the sampler's (default
@@ -210,7 +242,10 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
     if timeout_s is not None and timeout_s <= 0:
         raise InputError(f"--timeout {timeout_s}: expected a positive number of seconds")
     out_uri, data_uri = str(out_uri), str(data_uri)
+    best_model_uri = str(best_model_uri or storage.join(out_uri, artifacts.BEST_MODEL))
     _check_out(out_uri, overwrite)
+    if overwrite:
+        storage.remove(best_model_uri)
     clear_stale_scratch()
     start = space.start_config(base)
     space.check_against(start)
@@ -248,8 +283,23 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
                 os._exit(STOPPED_EXIT_CODE)
 
         if remaining != 0:
-            study.optimize(_make_objective(space, start, data_uri, targets), n_trials=remaining,
-                           timeout=timeout_s, catch=(InputError,), callbacks=[after_trial])
+            study.optimize(_make_objective(space, start, data_uri, targets, best_model_uri),
+                           n_trials=remaining, timeout=timeout_s, catch=(InputError,),
+                           callbacks=[after_trial])
         progress.close()
         mirror()
-        return results.write_results(study, start, space, targets, out_uri, data_uri, seed)
+        summary = results.write_results(study, start, space, targets, out_uri, data_uri, seed, best_model_uri)
+        return {**summary, "best_model": _kept_best(best_model_uri, summary["best_trial"])}
+
+
+def _kept_best(best_model_uri: str, best_trial: int) -> str | None:
+    """best_model_uri when it holds the best trial's model; else (a trial killed after it was kept and
+    retried with a lower score) it is removed, and the best config trains from scratch."""
+    marker = storage.join(best_model_uri, BEST_TRIAL)
+    kept = json.loads(storage.read_text(marker))["trial"] if storage.exists(marker) else None
+    if kept == best_trial:
+        return best_model_uri
+    if kept is not None:
+        print(f"{best_model_uri} holds trial {kept}, not the best trial {best_trial}: removed", flush=True)
+    storage.remove(best_model_uri)
+    return None
