@@ -15,6 +15,7 @@ from histoxai import layout
 from histoxai.errors import InputError
 from histoxai.matfile import open_mat
 from histoxai.saliency import nuclei, nuclei_stats
+from histoxai.saliency import nucleus_relevance as relevance
 
 SAMPLE, PIXELS, CROP = "6", 32, 12  # one voxel is one PIXELS x PIXELS map
 
@@ -69,7 +70,7 @@ def _one_line(err) -> str:
 def test_a_mask_map_gives_every_nucleus_mean_one_and_its_pixel_count_as_sum(phantom):
     _, _, patches = phantom
     for labels, props in list(patches.values())[:5]:
-        pooled = nuclei.pool_relevance((labels > 0).astype(np.float32), labels)
+        pooled = relevance.pool_relevance((labels > 0).astype(np.float32), labels)
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         np.testing.assert_array_equal(pooled["label"], ids)
         np.testing.assert_array_equal(pooled["pixels"], counts)
@@ -81,7 +82,7 @@ def test_a_mask_map_gives_every_nucleus_mean_one_and_its_pixel_count_as_sum(phan
 def test_pooling_splits_signed_and_positive_relevance_and_ignores_non_finite_values():
     labels = np.array([[1, 1, 0], [2, 2, 2]])
     raw = np.array([[2.0, -4.0, 9.0], [np.nan, 1.0, 3.0]])
-    pooled = nuclei.pool_relevance(raw, labels).set_index("label")
+    pooled = relevance.pool_relevance(raw, labels).set_index("label")
     assert pooled.loc[1, ["relevance_sum", "relevance_mean", "positive_sum", "positive_mean"]].tolist() == \
         [-2.0, -1.0, 2.0, 1.0]
     assert pooled.loc[2, "relevance_sum"] == 4.0 and pooled.loc[2, "pixels"] == 3
@@ -129,6 +130,19 @@ def test_properties_of_two_hand_made_ellipses(tmp_path):
     np.testing.assert_array_equal(half, labels[1::2, 1::2])
 
 
+@pytest.mark.parametrize("table_labels", [[1, 3], [1, 3, 3]])  # a unique and a repeated label index
+def test_a_label_missing_from_the_nuclei_table_is_named(tmp_path, table_labels):
+    labels = np.zeros((40, 40), int)
+    labels[2:6, 2:6], labels[20:24, 20:24] = 1, 2
+    n = len(table_labels)
+    table = pd.DataFrame({"label": np.array(table_labels, np.uint32), "centroid_x": [4.0] * n,
+                          "centroid_y": [4.0] * n, "semi_major": [2.0] * n, "semi_minor": [2.0] * n,
+                          "angle": [0.0] * n, "haematoxylin": [1.0] * n})
+    _truth_folder(tmp_path / "s", labels, table)
+    with pytest.raises(InputError, match=r"labels \[2\] are not in .*expected one table row per label"):
+        nuclei.patch_nuclei(str(tmp_path / "s"), 0, 0, 40)
+
+
 def test_neighbour_distances_and_density_count_the_nuclei_of_the_patch():
     frame = pd.DataFrame({"label": [1, 2, 3, 4], "centroid_x": [0.0, 3.0, 0.0, 40.0],
                           "centroid_y": [0.0, 0.0, 4.0, 0.0], "area_px": [5.0] * 4})
@@ -159,7 +173,7 @@ def test_a_sample_with_qupath_detections_only_gets_discs_with_the_tsv_areas(phan
         assert ((labels > 0) & truth).sum() >= 0.6 * truth.sum()
         maps[i] = (labels > 0).astype(np.float32)
         rows.append({"map_id": i, "sample": sample, "row": row, "col": col, "target": "MD", "method": "m"})
-    table = nuclei.nuclei_table(pd.DataFrame(rows), maps.__getitem__, str(real), images=_images(slide))
+    table = relevance.nuclei_table(pd.DataFrame(rows), maps.__getitem__, str(real), images=_images(slide))
     assert set(table["outline"]) == {"disc"}
     assert set(table["method"]) == {"m", "control:darkness", "control:edges"}
     mine = table[table["method"] == "m"]
@@ -179,7 +193,7 @@ def verdicts(phantom):
     reads = {**{i: area_read(i) for i in area_rows["map_id"]},
              **{i + 1000: random_read(i) for i in range(len(random_rows))}}
     rows = pd.concat([area_rows.assign(method="area"), random_rows], ignore_index=True)
-    table = nuclei.nuclei_table(rows, reads.__getitem__, lambda s: str(root / s), images=_images(slide))
+    table = relevance.nuclei_table(rows, reads.__getitem__, lambda s: str(root / s), images=_images(slide))
     stats = nuclei_stats.property_relevance(table, seed=0)
     return table, stats, nuclei_stats.findings(stats)
 
@@ -190,7 +204,7 @@ def test_the_nuclei_table_has_one_row_per_nucleus_and_map(verdicts, phantom):
     per_map = sum(len(props) for _, props in patches.values())
     assert (table["method"].value_counts() == per_map).all()  # area, random and both controls
     for column in ("map_id", "sample", "row", "col", "target", "method", "setting", "score", "y", "y_hat",
-                   "label", "outline", *nuclei.PROPERTIES, "pixels", *nuclei.RELEVANCE):
+                   "label", "outline", *nuclei.PROPERTIES, "pixels", *relevance.RELEVANCE):
         assert column in table.columns
     assert (table.loc[table["method"].str.startswith("control:"), "map_id"] == -1).all()
 
@@ -291,13 +305,13 @@ def test_damaged_or_missing_inputs_give_one_line(phantom, tmp_path):
     assert "area" in _one_line(err)
 
     with pytest.raises(InputError) as err:
-        nuclei.pool_relevance(np.zeros((4, 4)), np.zeros((4, 5), int))
+        relevance.pool_relevance(np.zeros((4, 4)), np.zeros((4, 5), int))
     _one_line(err)
     with pytest.raises(InputError) as err:
         nuclei_stats.property_relevance(pd.DataFrame({"sample": [1]}))
     assert "nuclei table" in _one_line(err)
     with pytest.raises(InputError) as err:
-        nuclei.nuclei_table(pd.DataFrame([{"map_id": 0, "sample": SAMPLE, "row": 9, "col": 9, "target": "CC",
-                                           "method": "m"}]), lambda i: np.zeros((4, 4)), str(root),
-                            images={})
+        relevance.nuclei_table(pd.DataFrame([{"map_id": 0, "sample": SAMPLE, "row": 9, "col": 9,
+                                              "target": "CC", "method": "m"}]), lambda i: np.zeros((4, 4)),
+                               str(root), images={})
     assert "images" in _one_line(err)

@@ -49,7 +49,7 @@ def _truth(samples_dir: str, sample: str) -> dict | None:
 
 def _nuclei_answer(stage: Path, reader, table: pd.DataFrame, images: dict, samples_dir: str, seed: int):
     from histoxai.saliency import nuclei_stats
-    from histoxai.saliency.nuclei import nuclei_table
+    from histoxai.saliency.nucleus_relevance import nuclei_table
 
     nuclei = nuclei_table(table, reader.read, samples_dir, images=images)
     nuclei.to_parquet(stage / artifacts.NUCLEI_TABLE, index=False)

@@ -1,8 +1,8 @@
-"""Relevance per nucleus: which nuclei of a patch a saliency map points at, and what those nuclei are like.
+"""The nuclei of a patch and what they are like, for asking which nuclei a saliency map points at.
 
-The thesis left open which nuclear properties drive the MD and FA predictions. This module turns a map
-into one row per nucleus: the nucleus's properties beside the relevance the map gives it, so that
-`nuclei_stats` can ask whether relevance follows a property (and more than the input-only controls do).
+The thesis left open which nuclear properties drive the MD and FA predictions. This module finds the
+nuclei of a patch and measures them; histoxai/saliency/nucleus_relevance.py sets those measures beside
+the relevance a map gives each nucleus.
 
 - The nuclei of a patch (voxel (row, col) of a sample folder, at map size S): from the phantom truth
   when the folder holds it (phantom_truth/nuclei_labels.h5, block of the voxel resized to S x S by
@@ -15,9 +15,6 @@ into one row per nucleus: the nucleus's properties beside the relevance the map 
   is known (NaN for discs), the distance to the nearest nucleus and the mean distance to the 3 nearest,
   the local density (nuclei within 25 µm per mm²), all among the nuclei of the same patch, and the
   haematoxylin amount where known.
-- Relevance: per nucleus, the sum and mean of the map over its pixels, signed and positive part
-  (non-finite map values count as 0, as in trust.mask_measures), and its pixel count. `nuclei_table`
-  pools the input-only control maps (darkness, edges) of the same patches the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import contextlib
 import functools
 import io
 import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +30,11 @@ import numpy as np
 from histoxai import layout, storage
 from histoxai.errors import InputError
 from histoxai.phantom.nuclei import VOXEL_UM
-from histoxai.saliency.controls import INPUT_CONTROLS
 
 DENSITY_RADIUS_UM = 25.0
 NEIGHBOURS = 3
 PROPERTIES = ("area_um2", "elongation", "orientation", "nn_distance_um", "nn3_distance_um", "density_per_mm2",
               "haematoxylin")
-RELEVANCE = ("relevance_sum", "relevance_mean", "positive_sum", "positive_mean")
-MAP_COLUMNS = ("map_id", "sample", "row", "col", "target", "method", "setting", "score", "y", "y_hat")
-CONTROL_PREFIX = "control:"
 TRUTH_COLUMNS = ("label", "centroid_x", "centroid_y", "semi_major", "semi_minor", "angle", "haematoxylin")
 # QuPath area columns and their unit: the phantom writes px², QuPath's own export names µm²
 AREA_COLUMNS = {"Nucleus_Area_px2": "px2", "Nucleus: Area µm^2": "um2", "Nucleus: Area": "um2"}
@@ -294,103 +286,11 @@ def patch_nuclei(sample_dir: str, row: int, col: int, size: int):
     labels = make(source, int(row), int(col), int(size))
     present = np.unique(labels)
     present = present[present > 0]
-    unknown = np.setdiff1d(present, source.nuclei.index.to_numpy())
+    known = source.nuclei.index  # pandas keeps its hash table: a sort of every label per patch took 0.1 s
+    unknown = present[known.get_indexer(present) < 0] if known.is_unique else np.setdiff1d(present, known)
     if unknown.size:
         raise InputError(f"{source.labels_uri}: labels {unknown[:5].tolist()} are not in "
                          f"{layout.TRUTH_NUCLEI}; expected one table row per label")
     props = nucleus_properties(source.nuclei.loc[present], source.um_per_px)
     props.insert(1, "outline", source.outline)
     return labels.astype(np.int32), props
-
-
-# ---- relevance per nucleus ----
-
-def pool_relevance(raw_map: np.ndarray, labels: np.ndarray):
-    """Per nucleus (label > 0) of a map: pixels, relevance_sum/mean (signed) and positive_sum/mean
-    (positive part); non-finite map values count as 0."""
-    import pandas as pd
-
-    raw, labels = np.asarray(raw_map, np.float64), np.asarray(labels)
-    if raw.shape != labels.shape or raw.ndim != 2:
-        raise InputError(f"map of shape {raw.shape} and labels of shape {labels.shape}: expected two "
-                         "images of the same shape")
-    values = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0).ravel()
-    flat = labels.ravel()
-    inside = flat > 0
-    ids, inverse = np.unique(flat[inside], return_inverse=True)
-    pixels = np.bincount(inverse, minlength=ids.size)
-    signed = np.bincount(inverse, values[inside], minlength=ids.size)
-    positive = np.bincount(inverse, np.clip(values[inside], 0, None), minlength=ids.size)
-    return pd.DataFrame({"label": ids.astype(np.int64), "pixels": pixels.astype(np.int64),
-                         "relevance_sum": signed, "relevance_mean": signed / np.maximum(pixels, 1),
-                         "positive_sum": positive, "positive_mean": positive / np.maximum(pixels, 1)})
-
-
-def _resize(values: np.ndarray, size: int) -> np.ndarray:
-    """A control map at the map size, by area averaging (as ingest downsamples patches)."""
-    if values.shape == (size, size):
-        return values
-    from PIL import Image
-
-    image = Image.fromarray(values.astype(np.float32), mode="F")
-    return np.asarray(image.resize((size, size), Image.Resampling.BOX))
-
-
-def _image(images, key) -> np.ndarray:
-    image = images(*key) if callable(images) else images.get(key) if isinstance(images, Mapping) else None
-    if image is None:
-        raise InputError(f"images: no image for patch {key}; expected a uint8 (H, W, 3) array per patch")
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"images: patch {key} is {image.dtype} {image.shape}; expected uint8 (H, W, 3)")
-    return image
-
-
-def nuclei_table(maps_rows, read_map: Callable, sample_dir_for, *, images=None,
-                 controls: tuple[str, ...] = INPUT_CONTROLS):
-    """One row per nucleus and map: the map's columns (MAP_COLUMNS present in maps_rows), the nucleus's
-    properties and its relevance. maps_rows: rows of maps.parquet (map_id, sample, row, col, target,
-    method, ...); read_map(map_id) -> raw (S, S) map; sample_dir_for(sample) -> folder, or the folder
-    that holds the sample folders. With `images` ({(sample, row, col): uint8 (H, W, 3)} or a function
-    (sample, row, col) -> image), also rows for the input-only control maps (`controls`), once per
-    patch and target, method "control:<name>", map_id -1."""
-    import pandas as pd
-    from tqdm import tqdm
-
-    from histoxai.saliency import controls as control_maps
-
-    need = ["map_id", "sample", "row", "col", "target", "method"]
-    missing = [c for c in need if c not in maps_rows.columns]
-    if missing:
-        raise InputError(f"maps table: lacks columns {missing}; expected rows of {', '.join(need)}, ...")
-    unknown = [c for c in controls if c not in control_maps.INPUT_CONTROLS]
-    if unknown:
-        raise InputError(f"controls {unknown}: expected any of {', '.join(control_maps.INPUT_CONTROLS)}")
-    folder = sample_dir_for if callable(sample_dir_for) else (
-        lambda sample: storage.join(str(sample_dir_for), str(sample)))
-    keep = [c for c in MAP_COLUMNS if c in maps_rows.columns]
-    patches, parts, firsts, computed = {}, [], {}, {}
-    for record in tqdm(maps_rows[keep].to_dict("records"), desc="nuclei: relevance", unit="map", leave=False):
-        raw = np.asarray(read_map(record["map_id"]))
-        if raw.ndim != 2 or raw.shape[0] != raw.shape[1]:
-            raise InputError(f"map {record['map_id']}: shape {raw.shape}; expected a square (S, S) map")
-        key = (record["sample"], int(record["row"]), int(record["col"]), raw.shape[0])
-        if key not in patches:
-            patches[key] = patch_nuclei(folder(record["sample"]), key[1], key[2], key[3])
-        labels, props = patches[key]
-        parts.append(props.merge(pool_relevance(raw, labels), on="label").assign(**record))
-        firsts.setdefault((*key, record["target"]), record)
-    for (*key, _), first in firsts.items() if images is not None else ():
-        key = tuple(key)  # (sample, row, col, size): the controls are computed once per patch and size
-        if key not in computed:
-            maps = control_maps.input_maps(_image(images, key[:3])[None])
-            computed[key] = {name: _resize(maps[name][0], key[3]) for name in controls}
-        labels, props = patches[key]
-        for name in controls:
-            record = {**first, "map_id": -1, "method": f"{CONTROL_PREFIX}{name}", "setting": "", "score": ""}
-            parts.append(props.merge(pool_relevance(computed[key][name], labels), on="label")
-                         .assign(**{k: v for k, v in record.items() if k in keep}))
-    if not parts:
-        return pd.DataFrame(columns=[*keep, "label", "outline", *PROPERTIES, "pixels", *RELEVANCE])
-    table = pd.concat(parts, ignore_index=True)
-    return table[keep + [c for c in table.columns if c not in keep]]

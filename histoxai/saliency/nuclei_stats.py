@@ -28,7 +28,8 @@ import numpy as np
 
 from histoxai.errors import InputError
 from histoxai.saliency.controls import INPUT_CONTROLS
-from histoxai.saliency.nuclei import CONTROL_PREFIX, PROPERTIES
+from histoxai.saliency.nuclei import PROPERTIES
+from histoxai.saliency.nucleus_relevance import CONTROL_PREFIX
 
 KINDS = {"signed": "relevance_mean", "positive": "positive_mean"}
 GROUP = ("target", "method", "setting", "score")
