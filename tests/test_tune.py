@@ -265,6 +265,18 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
     best = frame.loc[frame["objective"].idxmax(), "number"]  # its model is kept in the bucket
     kept = json.loads(storage.read_text(storage.join(out, artifacts.BEST_MODEL, artifacts.BEST_TRIAL)))
     assert kept["trial"] == best and storage.exists(storage.join(out, artifacts.BEST_MODEL, "model.keras"))
+    assert f"--reuse {storage.join(out, artifacts.BEST_MODEL)}" in printed
+
+    # `histoxai train --reuse` publishes it from the bucket instead of training the best config again
+    model_dir = storage.join(gcs_bucket, "mdfa")
+    assert main(["train", "--config", storage.join(out, "best_config.yaml"), "--data", str(blobs),
+                 "--out", model_dir, "--reuse", storage.join(out, artifacts.BEST_MODEL)]) == 0
+    trained = capsys.readouterr().out
+    assert "reusing the finished training" in trained and "epoch 1/" not in trained
+    metrics = json.loads(storage.read_text(storage.join(model_dir, "metrics.json")))
+    assert metrics[REUSED_FROM] == storage.join(out, artifacts.BEST_MODEL)
+    assert metrics["r2"]["val"]["MD"] == pytest.approx(frame.loc[best, "objective"], abs=1e-6)
+    assert metrics["r2"]["test"]["MD"] is not None  # the trial scored validation only; now every split
     assert printed.count("device: ") == 1  # one training: the retry
     retry = frame.loc[2]
     assert retry["note"] == "retry of trial 1"
