@@ -75,6 +75,7 @@ def reuse_finished(uri: str, config, splits: Mapping, runtime, out_uri: str,
     import pandas as pd
 
     from histoxai import dataset, outputs
+    from histoxai.checkpoint import CHECKPOINTS
     from histoxai.model import load_model
     from histoxai.training import SPLITS_USED, score_model
 
@@ -100,7 +101,7 @@ def reuse_finished(uri: str, config, splits: Mapping, runtime, out_uri: str,
         metrics.update({"data_fingerprint": fingerprint, REUSED_FROM: uri})
         if storage.is_gcs(out_uri):  # an interrupted training's results or resume state
             for name in (*artifacts.MODEL_FILES, artifacts.TRAIN_HISTORY, artifacts.TENSORBOARD_DIR,
-                         "checkpoints"):
+                         CHECKPOINTS):
                 storage.remove(storage.join(out_uri, name))
         with outputs.staged(out_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS) as stage:
             (stage / artifacts.MODEL_FILE).write_bytes(model_file.read_bytes())
