@@ -20,7 +20,7 @@ validation patches with the same code and precision: training it again would rep
 
 Examples:
   histoxai train --config demo --data out/split/split.parquet --targets CC --out out/cc
-  histoxai train --config out/tune/best_config.yaml --reuse out/tune/best_model \
+  histoxai train --config out/tune/best_config.yaml --reuse out/tune/best_model \\
       --data out/split --out out/mdfa
   histoxai train --config thesis --data gs://b/split/split.parquet --targets MD,FA \\
       --out gs://b/models/mdfa --set batch_size=32 --set backbone=DenseNet121

@@ -81,7 +81,7 @@ def importances(study) -> tuple[dict[str, float] | None, str]:
 
 
 def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets, out_uri: str,
-             data_uri: str, seed: int, best_model_uri: str) -> str:
+             data_uri: str, seed: int, best_model_uri: str | None) -> str:
     import pandas as pd
 
     from histoxai.metrics import markdown_table
@@ -101,10 +101,10 @@ def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets
                     if best.user_attrs.get(f"val_{t}_r2") is not None), "",
     ]
     params = pd.DataFrame({"parameter": list(best.params), "value": [_cell(v) for v in best.params.values()]})
+    reuse = (f" --reuse {best_model_uri}` (the trial's model, kept there, is published instead of "
+             "training the same config again)") if best_model_uri else "`"
     lines += [markdown_table(params), f"Train it: `histoxai train --config {best_config} --data {data_uri} "
-              f"--out MODEL_DIR --reuse {best_model_uri}` (the trial's model, "
-              "kept there, is published instead of training the same config again)", "",
-              f"## Top {TOP} trials", ""]
+              f"--out MODEL_DIR{reuse}", "", f"## Top {TOP} trials", ""]
     top = frame[frame["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(TOP)
     columns = ["number", "objective", *[c for c in frame.columns if c.startswith("val_")], *space.names]
     lines.append(markdown_table(top[columns].map(_cell) if not top.empty else top[columns]))
@@ -117,9 +117,9 @@ def _summary(study, frame, best, start: TrainConfig, space: SearchSpace, targets
 
 
 def write_results(study, start: TrainConfig, space: SearchSpace, targets: Sequence[str], out_uri: str,
-                  data_uri: str, seed: int, best_model_uri: str) -> dict:
+                  data_uri: str, seed: int, best_model_uri: str | None) -> dict:
     """Write the trials table, summary and best config (last) to OUT; return the summary numbers.
-    best_model_uri: where the study keeps the best trial's model (named in the summary)."""
+    best_model_uri: where the study keeps the best trial's model (named in the summary), or None."""
     import io
 
     from optuna.trial import TrialState

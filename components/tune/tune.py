@@ -288,8 +288,10 @@ def tune(base: TrainConfig, space: SearchSpace, data_uri: str, out_uri: str, *,
                            callbacks=[after_trial])
         progress.close()
         mirror()
-        summary = results.write_results(study, start, space, targets, out_uri, data_uri, seed, best_model_uri)
-        return {**summary, "best_model": _kept_best(best_model_uri, summary["best_trial"])}
+        complete = any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+        kept = _kept_best(best_model_uri, study.best_trial.number) if complete else None
+        summary = results.write_results(study, start, space, targets, out_uri, data_uri, seed, kept)
+        return {**summary, "best_model": kept}
 
 
 def _kept_best(best_model_uri: str, best_trial: int) -> str | None:
