@@ -161,6 +161,8 @@ def test_results_on_a_synthetic_study(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert f"## Best trial: #{study.best_trial.number}" in text and "| dropout |" in text
     assert f"--out MODEL_DIR --reuse {tmp_path / 'best_model'}`" in text
+    header = (tmp_path / "best_config.yaml").read_text()
+    assert f"--out MODEL_DIR --reuse {tmp_path / 'best_model'}\n" in header
     importances = text.split("## Parameter importances")[1]
     rated = [line.split("|")[1].strip() for line in importances.splitlines() if line.startswith("| ")]
     assert rated[0] == "parameter" and rated[1] == "dropout"  # the objective follows dropout most
@@ -168,6 +170,7 @@ def test_results_on_a_synthetic_study(tmp_path):
 
     results.write_results(study, start, space, ["MD"], str(tmp_path), "DATA", seed=0, best_model_uri=None)
     assert "--out MODEL_DIR`" in (tmp_path / "summary.md").read_text()  # no kept model: nothing to reuse
+    assert "--reuse" not in (tmp_path / "best_config.yaml").read_text()
 
     few = optuna.create_study(direction="maximize")
     few.add_trials(study.trials[:9])

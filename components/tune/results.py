@@ -141,7 +141,9 @@ def write_results(study, start: TrainConfig, space: SearchSpace, targets: Sequen
                                 best_model_uri))
     header = (f"# Best configuration of the study in {out_uri}: trial {best.number}, mean validation R² "
               f"over {', '.join(targets)} = {best.value:.4f}.\n# Train it with: histoxai train --config "
-              "THIS_FILE --data SPLIT --out MODEL_DIR\n")
+              "THIS_FILE --data SPLIT --out MODEL_DIR"
+              + (f" --reuse {best_model_uri}\n# (publishes the trial's model instead of training it again)\n"
+                 if best_model_uri else "\n"))
     storage.write_text(storage.join(out_uri, artifacts.BEST_CONFIG), header + best_config.to_yaml())
     counts = frame["state"].value_counts().to_dict()
     return {"best_trial": best.number, "objective": float(best.value), "params": dict(best.params),
