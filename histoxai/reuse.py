@@ -16,9 +16,11 @@ unaffected, and they are what the evaluation reports.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 
 from histoxai import artifacts, storage
@@ -43,29 +45,35 @@ def training_fingerprint(splits: Mapping, targets: Sequence[str]) -> str:
 
 def why_not_reusable(uri: str, config, fingerprint: str, runtime) -> str | None:
     """Why the training in `uri` is not this training (None: it is)."""
+    return _check(uri, config, fingerprint, runtime)[0]
+
+
+def _check(uri: str, config, fingerprint: str, runtime) -> tuple[str | None, dict]:
+    """(why the training in `uri` is not this training or None, its metrics.json)."""
     from histoxai.artifacts import code_version
     from histoxai.config import config_from_yaml
 
     missing = [name for name in artifacts.MODEL_FILES if not storage.exists(storage.join(uri, name))]
     if missing:
-        return f"it holds no finished training (no {', '.join(missing)})"
+        return f"it holds no finished training (no {', '.join(missing)})", {}
     try:
         earlier = json.loads(storage.read_text(storage.join(uri, artifacts.TRAIN_METRICS)))
         trained = config_from_yaml(storage.read_text(storage.join(uri, artifacts.MODEL_CONFIG)),
                                    source=storage.join(uri, artifacts.MODEL_CONFIG))
     except (json.JSONDecodeError, InputError) as err:
-        return f"its results are unreadable ({err})"
+        return f"its results are unreadable ({err})", {}
     if trained.to_dict() != config.to_dict():
         changed = sorted(k for k, v in config.to_dict().items() if trained.to_dict().get(k) != v)
-        return f"it trained another config ({', '.join(changed)} differ)"
+        return f"it trained another config ({', '.join(changed)} differ)", earlier
     if earlier.get("data_fingerprint") != fingerprint:
-        return "it trained on other training or validation patches"
+        return "it trained on other training or validation patches", earlier
     if earlier.get("code_version") != code_version():
-        return f"other code trained it ({earlier.get('code_version')}, this is {code_version()})"
+        return f"other code trained it ({earlier.get('code_version')}, this is {code_version()})", earlier
     for key in ("precision", "jit_compile", "deterministic"):
         if earlier.get(key) != getattr(runtime, key):
-            return f"it trained with {key} {earlier.get(key)}, this device resolves {getattr(runtime, key)}"
-    return None
+            return (f"it trained with {key} {earlier.get(key)}, this device resolves "
+                    f"{getattr(runtime, key)}"), earlier
+    return None, earlier
 
 
 def reuse_finished(uri: str, config, splits: Mapping, runtime, out_uri: str,
@@ -74,43 +82,35 @@ def reuse_finished(uri: str, config, splits: Mapping, runtime, out_uri: str,
     returns the metrics written, or None (after printing why) when OUT must be trained."""
     import pandas as pd
 
-    from histoxai import dataset, outputs
+    from histoxai import dataset
     from histoxai.checkpoint import CHECKPOINTS
     from histoxai.model import load_model
-    from histoxai.training import SPLITS_USED, score_model
+    from histoxai.training import SPLITS_USED, publish_results, score_model
 
     uri = str(uri)
     fingerprint = training_fingerprint(splits, config.targets)
-    reason = why_not_reusable(uri, config, fingerprint, runtime)
+    reason, earlier = _check(uri, config, fingerprint, runtime)
     if reason is not None:
         print(f"not reusing {uri}: {reason}; training", flush=True)
         return None
     print(f"reusing the finished training in {uri}: same config, patches, code and precision, so no "
           "epoch is run again; scoring its model", flush=True)
-    earlier = json.loads(storage.read_text(storage.join(uri, artifacts.TRAIN_METRICS)))
     history_uri = storage.join(uri, artifacts.TRAIN_HISTORY)
-    history = pd.read_csv(io.StringIO(storage.read_text(history_uri))) if storage.exists(history_uri) \
-        else pd.DataFrame()
-    with storage.local_copy(storage.join(uri, artifacts.MODEL_FILE)) as model_file:
+    history = pd.read_csv(io.StringIO(storage.read_text(history_uri))).to_dict("records") \
+        if storage.exists(history_uri) else []
+    tensorboard = storage.join(uri, artifacts.TENSORBOARD_DIR)
+    with contextlib.ExitStack() as stack:
+        model_file = stack.enter_context(storage.local_copy(storage.join(uri, artifacts.MODEL_FILE)))
+        logs = (stack.enter_context(storage.local_copy(tensorboard)) if storage.list_files(tensorboard)
+                else None)
         net = load_model(str(model_file))
         used = dataset.reading_order(pd.concat([splits[s] for s in SPLITS_USED]))
         with dataset.local_shards(used) as local, dataset.read_errors(local):
             parts = {s: local.loc[local["split"] == s] for s in SPLITS_USED}
-            metrics = score_model(net, parts, config, runtime, history.to_dict("records"),
-                                  earlier.get("best_epoch"), scored_splits)
+            metrics = score_model(net, parts, config, runtime, history, earlier.get("best_epoch"),
+                                  scored_splits)
         metrics.update({"data_fingerprint": fingerprint, REUSED_FROM: uri})
-        if storage.is_gcs(out_uri):  # an interrupted training's results or resume state
-            for name in (*artifacts.MODEL_FILES, artifacts.TRAIN_HISTORY, artifacts.TENSORBOARD_DIR,
-                         CHECKPOINTS):
-                storage.remove(storage.join(out_uri, name))
-        with outputs.staged(out_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS) as stage:
-            (stage / artifacts.MODEL_FILE).write_bytes(model_file.read_bytes())
-            (stage / artifacts.MODEL_CONFIG).write_text(config.to_yaml())
-            history.to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
-            prefix = storage.join(uri, artifacts.TENSORBOARD_DIR).rstrip("/") + "/"
-            for file in storage.list_files(storage.join(uri, artifacts.TENSORBOARD_DIR)):
-                target = stage / artifacts.TENSORBOARD_DIR / file[len(prefix):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(storage.read_bytes(file))
-            (stage / artifacts.TRAIN_METRICS).write_text(json.dumps(metrics, indent=1))
+        publish_results(out_uri, config, metrics, history, logs,
+                        lambda path: shutil.copyfile(model_file, path))
+    storage.remove(storage.join(out_uri, CHECKPOINTS))  # an interrupted training's resume state (gs://)
     return metrics

@@ -290,7 +290,8 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
             metrics = score_model(net, parts, config, runtime, state["history"], state["best_epoch"],
                                   scored_splits)
             metrics["data_fingerprint"] = training_fingerprint(splits, config.targets)
-        _publish(net, config, state, metrics, store, out_uri)
+        publish_results(out_uri, config, metrics, state["history"], store.tensorboard_dir,
+                        lambda path: models.inference_model(net).save(path))
     except BaseException:
         store.discard_if_unused()  # a failure before the first epoch's checkpoint leaves nothing
         if not existed and not storage.is_gcs(out_uri) and os.path.isdir(out_uri) and not os.listdir(out_uri):
@@ -376,20 +377,20 @@ def score_model(net, parts: dict, config: TrainConfig, runtime: Runtime, history
             "deterministic": runtime.deterministic, "code_version": code_version()}
 
 
-def _publish(net, config: TrainConfig, state: dict, metrics: dict, store: CheckpointStore,
-             out_uri: str) -> None:
+def publish_results(out_uri: str, config: TrainConfig, metrics: dict, history: list[dict],
+                    tensorboard_dir: Path | None, save_model: Callable[[Path], None]) -> None:
+    """Write a finished training's results to OUT whole (RESULT_FILES, metrics.json last); save_model(path)
+    writes model.keras (a training saves its net, a reused training copies its file)."""
     import pandas as pd
-
-    from histoxai.model import inference_model
 
     if storage.is_gcs(out_uri):  # results of an interrupted publish, or old ones under --overwrite
         for name in RESULT_FILES:
             storage.remove(storage.join(out_uri, name))
     # Local: built beside OUT and swapped in whole (the checkpoints leave with the old folder).
     with outputs.staged(out_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS) as stage:
-        inference_model(net).save(stage / artifacts.MODEL_FILE)
+        save_model(stage / artifacts.MODEL_FILE)
         (stage / artifacts.MODEL_CONFIG).write_text(config.to_yaml())
-        pd.DataFrame(state["history"]).to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
-        if store.tensorboard_dir.exists():
-            shutil.copytree(store.tensorboard_dir, stage / artifacts.TENSORBOARD_DIR)
+        pd.DataFrame(history).to_csv(stage / artifacts.TRAIN_HISTORY, index=False)
+        if tensorboard_dir is not None and tensorboard_dir.exists():
+            shutil.copytree(tensorboard_dir, stage / artifacts.TENSORBOARD_DIR)
         (stage / artifacts.TRAIN_METRICS).write_text(json.dumps(metrics, indent=1))

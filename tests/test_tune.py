@@ -274,6 +274,13 @@ def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_buck
     assert kept["trial"] == best and storage.exists(storage.join(out, artifacts.BEST_MODEL, "model.keras"))
     assert f"--reuse {storage.join(out, artifacts.BEST_MODEL)}" in printed
 
+    # a --reuse folder that holds nothing is a mistyped path: one line, exit 2, no OUT
+    assert main(["train", "--config", storage.join(out, "best_config.yaml"), "--data", str(blobs),
+                 "--out", str(tmp_path / "typo"), "--reuse", storage.join(out, "best_modle")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--reuse" in error and "best_modle: no files there" in error and "\n" not in error
+    assert not (tmp_path / "typo").exists()
+
     # `histoxai train --reuse` publishes it from the bucket instead of training the best config again
     model_dir = storage.join(gcs_bucket, "mdfa")
     assert main(["train", "--config", storage.join(out, "best_config.yaml"), "--data", str(blobs),
@@ -420,7 +427,7 @@ def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(
     args = ["tune", "--config", config, "--search-space", _space_file(tmp_path, {"search": {
         "learning_rate": [1e-3, 3e-3]}}), "--data", str(blobs), "--out", str(out), "--tuning-trials", "1"]
     code = ("import os, signal\nfrom histoxai import training\n"
-            "training._publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "training.publish_results = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"from histoxai.cli import main\nmain({args!r})\n")
     killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "TMPDIR": str(scratch)}, timeout=300)

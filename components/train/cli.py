@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(f"--stop-after-epochs {args.stop_after_epochs}: expected a positive integer")
     config = load_config(args.config, overrides)
     artifacts.split_table(args.data)  # a wrong path fails here, before TensorFlow loads
+    if args.reuse is not None:
+        from histoxai import storage
+
+        if not storage.list_files(args.reuse):
+            raise InputError(f"--reuse {args.reuse}: no files there; expected a finished training's folder "
+                             "(e.g. the best_model/ of a `histoxai tune` output)")
     if args.tensorboard:  # so does a wrong TensorBoard name, before any training
         from histoxai.vertex_tensorboard import parse_tensorboard
 

@@ -25,19 +25,20 @@ def tune_step(split: Input[Dataset], base_config: dict, search_space: dict, targ
     tuning_trials 0 or timeout_s 0: no limit. Defaults: components/tune/params.py (the pipeline
     passes every value)."""
     from histoxai import artifacts, storage
+    from histoxai.artifacts import location
     from histoxai.components.tune.space import parse_space, restore_ints
     from histoxai.components.tune.tune import tune
     from histoxai.config import from_dict, load_config
 
     # Vertex mounts gs:// artifacts under /gcs/; the study then goes through the GCS client.
     out = study.uri if study.path.startswith("/gcs/") else study.path
-    best_model_out = best_model.uri if best_model.path.startswith("/gcs/") else best_model.path
     base = from_dict({**restore_ints(base_config), "targets": targets}, "base_config parameter")
     space = {part: restore_ints(values or {}) for part, values in search_space.items()}
     result = tune(base, parse_space(space, "search_space parameter"), split.path, out,
                   n_trials=tuning_trials or None, timeout_s=timeout_s or None,
                   objective_targets=objective_targets.split(",") if objective_targets else None,
-                  startup_trials=startup_trials, warmup_epochs=warmup_epochs, best_model_uri=best_model_out)
+                  startup_trials=startup_trials, warmup_epochs=warmup_epochs,
+                  best_model_uri=location(best_model))
     storage.write_bytes(best_config.path, storage.read_bytes(storage.join(out, artifacts.BEST_CONFIG)))
     storage.write_bytes(summary.path, storage.read_bytes(storage.join(out, artifacts.TUNE_SUMMARY)))
     chosen = load_config(best_config.path)

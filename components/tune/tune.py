@@ -160,11 +160,7 @@ def _keep_best(trial, score: float, trained: Path, best_model_uri: str) -> None:
         return
     with staged(best_model_uri, overwrite=True, commit_last=artifacts.TRAIN_METRICS,
                 option="best model") as stage:
-        for path in sorted(trained.rglob("*")):
-            if path.is_file():
-                target = stage / path.relative_to(trained)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+        shutil.copytree(trained, stage, dirs_exist_ok=True)
         (stage / BEST_TRIAL).write_text(json.dumps({"trial": trial.number, "objective": score}))
 
 
