@@ -46,14 +46,15 @@ def bench_ingest(f: dict) -> str:
         run("`--encoding png`, 2 cores", f["ingest_png"]),
         ["ingest speed-up: 2 cores over 1 / default over png", f"{num(f['speedup_2_cores_over_1'], 2)}x / "
                                                                 f"{num(f['speedup_over_png'], 2)}x"],
-        [f"shard reader (`histoxai.dataset`), 360 px: {' / '.join(encodings)}",
+        [f"shard reader (`histoxai.dataset`), 360 px, uint8 batches: {' / '.join(encodings)}",
          " / ".join(num(reader[e]["patches_per_s"], 0) for e in encodings) + " patches/s; "
          + " / ".join(num(reader[e]["bytes_per_patch"] / 1000, 0) for e in encodings) + " kB per patch"],
-        *([["shard reader, zlib: ISA-L inflating in tf.data's threads / `tf.io.decode_compressed` "
-            "in the graph (the reader before)",
-            f"{num(zlib['patches_per_s'], 0)} / {num(zlib['patches_per_s_graph_inflate'], 0)} patches/s "
-            f"({num(zlib['patches_per_s'] / zlib['patches_per_s_graph_inflate'], 2)}x)"]]
-          if "patches_per_s_graph_inflate" in zlib else []),
+        *([["shard reader, zlib: uint8 batches (as training and prediction read) / float32 batches (as "
+            "saliency reads) / the reader before (TFRecordDataset in record order, float32 batches)",
+            f"{num(zlib['patches_per_s'], 0)} / {num(zlib['patches_per_s_float32'], 0)} / "
+            f"{num(zlib['patches_per_s_reader_before'], 0)} patches/s "
+            f"({num(zlib['patches_per_s'] / zlib['patches_per_s_reader_before'], 2)}x the reader before)"]]
+          if "patches_per_s_reader_before" in zlib else []),
         *[[f"codec on one core, per 360 px patch: {name}",
            f"encode {num(c['encode_ms'], 2)} ms, decode {num(c['decode_ms'], 2)} ms, "
            f"{num(c['bytes_per_patch'] / 1000, 0)} kB"] for name, c in f.get("codecs_360px", {}).items()],

@@ -1,16 +1,15 @@
 """tf.data input from the patch manifest: read shard records, decode in parallel, cache, shuffle, batch.
 
 Used by training (one split at a time) and by evaluate/explain to predict on any subset of patches.
-Records are read shard by shard in record order, so a frame that lists each shard's patches
-together and in record order (as manifests are written, and any filtered subset of one) comes out
-in its own order; `reading_order` puts any other frame in that order, and `predict` hands results
-back aligned to the caller's rows.
+Each record is read by the byte offset the manifest gives, in tf.data's parallel calls, and patches
+come out in the frame's own order; `reading_order` (each shard's patches together, in record order,
+as manifests are written) keeps the reads sequential on disk, and `predict` hands results back
+aligned to the caller's rows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -24,8 +23,8 @@ from histoxai.manifest import SPLITS
 
 CACHE_MEMORY_FRACTION = 0.25  # cache="auto" keeps decoded patches in memory below this share of free RAM
 LOCAL_SHARD = "shard_path"    # column added by `local_shards`: a local path TensorFlow can open
-READ_BUFFER = 1 << 20         # bytes read ahead per shard
 DECODE_ERROR = re.compile(r"image|PNG|JPEG|decode|reshape|zlib|inflate", re.IGNORECASE)  # a patch failed
+IMAGE_DTYPES = ("float32", "uint8")
 
 
 def select_split(frame: pd.DataFrame, split: str, source: str = "manifest") -> pd.DataFrame:
@@ -76,14 +75,22 @@ def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
         yield frame.assign(**{LOCAL_SHARD: frame["shard_uri"].map(paths)})
 
 
-def _inflate(payload: bytes) -> np.ndarray:
-    # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core; the graph's
-    # tf.io.decode_compressed read slower (make bench, section ingest: the reader-before row)
-    return np.frombuffer(shards.inflate(payload), np.uint8)
+def _read_zlib(path: bytes, offset: np.int64) -> np.ndarray:
+    # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core (docs/steps.md,
+    # shard format: faster than the graph's tf.io.decode_compressed)
+    return np.frombuffer(shards.inflate(shards.read_local_record(path, int(offset))), np.uint8)
+
+
+def _read_raw(path: bytes, offset: np.int64) -> np.ndarray:
+    return np.frombuffer(shards.read_local_record(path, int(offset)), np.uint8)
+
+
+def _read_payload(path: bytes, offset: np.int64) -> bytes:
+    return shards.read_local_record(path, int(offset))
 
 
 def _decoder(frame: pd.DataFrame, image_size: int):
-    """A graph function (position, record bytes) -> uint8 image_size x image_size x 3."""
+    """A graph function (position in frame, shard path, byte offset) -> uint8 image_size^2 x 3."""
     import tensorflow as tf
 
     encodings = frame["encoding"].astype(str)
@@ -95,18 +102,19 @@ def _decoder(frame: pd.DataFrame, image_size: int):
     sizes = tf.constant(frame["patch_size"].to_numpy().astype(np.int32))
     need_resize = bool((frame["patch_size"] != image_size).any())
 
-    def decode(position, record):
+    def decode(position, path, offset):
         size = sizes[position]
 
-        def pixels(flat):
+        def pixels(read):
+            flat = tf.numpy_function(read, [path, offset], tf.uint8, stateful=False)
             return tf.reshape(flat, tf.stack([size, size, 3]))
 
         def image_file():
-            return tf.io.decode_image(record, channels=3, expand_animations=False)
+            payload = tf.numpy_function(_read_payload, [path, offset], tf.string, stateful=False)
+            return tf.io.decode_image(tf.reshape(payload, []), channels=3, expand_animations=False)
 
-        branches = {"zlib": lambda: pixels(tf.numpy_function(_inflate, [record], tf.uint8, stateful=False)),
-                    "png": image_file, "jpeg": image_file,
-                    "raw": lambda: pixels(tf.io.decode_raw(record, tf.uint8))}
+        branches = {"zlib": lambda: pixels(_read_zlib), "png": image_file, "jpeg": image_file,
+                    "raw": lambda: pixels(_read_raw)}
         image = tf.switch_case(codes[position], [branches[name] for name in shards.ENCODINGS])
         if need_resize:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)
@@ -116,29 +124,16 @@ def _decoder(frame: pd.DataFrame, image_size: int):
     return decode
 
 
-def _records(frame: pd.DataFrame):
-    """(position in frame, record bytes) for the frame's rows; the frame must be in reading order."""
+def _locations(frame: pd.DataFrame):
+    """(position in frame, local shard path, byte offset) for each of the frame's rows, in its order."""
     import tensorflow as tf
 
     path_column = LOCAL_SHARD if LOCAL_SHARD in frame.columns else "shard_uri"
     paths = frame[path_column].astype(str)
     if paths.str.startswith(storage.GS_PREFIX).any():
         raise InputError("gs:// shards must be copied first: wrap the call in dataset.local_shards(frame)")
-    shard_paths = list(dict.fromkeys(paths))
-    counts = frame["index"].groupby(paths.to_numpy(), sort=False).max().reindex(shard_paths).to_numpy() + 1
-    bases = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # table[base of shard + record index] -> position of that record in the frame, -1 if unused
-    table = np.full(int(counts.sum()), -1, dtype=np.int64)
-    base_of = dict(zip(shard_paths, bases, strict=True))
-    table[paths.map(base_of).to_numpy() + frame["index"].to_numpy()] = np.arange(len(frame))
-    table = tf.constant(table)
-
-    def read_shard(path, base, count):
-        records = tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER).take(count).enumerate()
-        return records.map(lambda i, record: (table[base + i], record))
-
-    ds = tf.data.Dataset.from_tensor_slices((shard_paths, bases, counts)).flat_map(read_shard)
-    return ds.filter(lambda position, record: position >= 0)
+    return tf.data.Dataset.from_tensor_slices((np.arange(len(frame)), paths.to_numpy(),
+                                               frame["offset"].to_numpy(np.int64)))
 
 
 def _fits_in_memory(n: int, image_size: int) -> bool:
@@ -149,17 +144,23 @@ def _fits_in_memory(n: int, image_size: int) -> bool:
 
 def patch_dataset(frame: pd.DataFrame, *, image_size: int, batch_size: int,
                   targets: Sequence[str] | None = None, shuffle_seed: int | None = None,
-                  cache: str = "auto", repeat: bool = False):
-    """Batches of float32 images (0-255), with a dict of float32 targets when `targets` is given.
+                  cache: str = "auto", repeat: bool = False, dtype: str = "float32"):
+    """Batches of images (0-255) in the frame's order, with a dict of float32 targets when `targets`
+    is given.
 
-    The frame must be in reading order (see `reading_order`). shuffle_seed=None keeps that order;
-    a seed reshuffles every epoch, the same way on every run. cache: 'memory', 'none' or 'auto'
-    (memory when the decoded patches take under a quarter of the free RAM).
+    dtype 'float32' suits code that perturbs or differentiates the pixels (saliency); 'uint8' hands a
+    model the stored pixels, which the model casts to its float32 input on its own device: a quarter
+    of the bytes to copy to an accelerator, and no cast on the host's cores (training and `predict`).
+    shuffle_seed=None keeps the frame's order; a seed reshuffles every epoch, the same way on every
+    run. cache: 'memory', 'none' or 'auto' (memory when the decoded patches take under a quarter of
+    the free RAM).
     """
     import tensorflow as tf
 
     if len(frame) == 0:
         raise InputError("no patches to read (the selected split is empty)")
+    if dtype not in IMAGE_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {IMAGE_DTYPES}")
     labels = None
     if targets:
         check_targets(frame, targets)
@@ -169,8 +170,8 @@ def patch_dataset(frame: pd.DataFrame, *, image_size: int, batch_size: int,
                              "expected finite numbers (drop those rows first)")
         labels = tf.constant(values)
     decode = _decoder(frame, image_size)
-    ds = _records(frame).map(lambda position, record: (position, decode(position, record)),
-                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _locations(frame).map(lambda position, path, offset: (position, decode(position, path, offset)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     cached = cache == "memory" or (cache == "auto" and _fits_in_memory(len(frame), image_size))
     if cached:
         ds = ds.cache()
@@ -181,13 +182,10 @@ def patch_dataset(frame: pd.DataFrame, *, image_size: int, batch_size: int,
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size)
-    if not repeat:
-        # Known length: Keras then needs no end-of-data probing, and a shard shorter than its
-        # manifest fails loudly instead of silently shrinking the epoch.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(len(frame) / batch_size)))
 
     def to_model(positions, images):
-        images = tf.cast(images, tf.float32)
+        if dtype == "float32":
+            images = tf.cast(images, tf.float32)
         if labels is None:
             return images
         rows = tf.gather(labels, positions)
@@ -203,7 +201,7 @@ def predict(model, frame: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame
     ordered = frame.iloc[positions]
     image_size = int(model.input_shape[1])
     with local_shards(ordered) as local, read_errors(local):
-        ds = patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none")
+        ds = patch_dataset(local, image_size=image_size, batch_size=batch_size, cache="none", dtype="uint8")
         outputs = model.predict(ds, verbose=0)
     if not isinstance(outputs, dict):
         outputs = dict(zip(model.output_names, outputs if isinstance(outputs, list) else [outputs],
@@ -220,9 +218,9 @@ def predict(model, frame: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame
 
 
 def damaged_record(frame: pd.DataFrame, decode: bool = True) -> InputError | None:
-    """One InputError naming the shard, record and patch of the first damaged record the frame's
-    pipeline reads (framing and checksums as TFRecordDataset checks them, then, with `decode`, image
-    decoding), or None when every record is sound."""
+    """One InputError naming the shard, record and patch of the first damaged record among the frame's
+    shards (framing and checksums read from each shard's start, record offsets against the manifest's,
+    then, with `decode`, image decoding), or None when every record is sound."""
     path_column = LOCAL_SHARD if LOCAL_SHARD in frame.columns else "shard_uri"
     groups = list(frame.groupby(path_column, sort=False))
 

@@ -1,7 +1,8 @@
 """Patch image shards: TFRecord files whose records are encoded images, one patch per record.
 
-Written without TensorFlow (ingestion runs in the slim image); read by `tf.data.TFRecordDataset`
-for training, and one record at a time by byte offset (local or gs://) for the app and explain step.
+Written without TensorFlow (ingestion runs in the slim image). Read one record at a time by byte offset:
+tf.data's parallel calls read local shards so (`read_local_record`), the app and the explain step local
+or gs:// ones (`read_record`). The files stay TFRecords, which TensorFlow's own reader also reads.
 A record holds only the encoded image; labels and keys live in the Parquet manifest, which gives
 each patch's shard, record index and byte offset.
 
@@ -125,12 +126,35 @@ def read_record(uri: str, offset: int) -> bytes:
     return parse_record(head + storage.read_range(uri, offset + 8, length + 8), uri)
 
 
+def read_local_record(path: str | bytes, offset: int) -> bytes:
+    """One record's payload from a local shard by byte offset, both checksums verified (three preads:
+    no read-ahead, so tf.data's parallel calls read records in any order). ValueError when the record
+    is not intact there; a length field that points past the file's end is refused before it is read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.pread(fd, 12, offset)
+        if len(head) < 12 or struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
+            raise ValueError(f"record framing at byte {offset} of {os.fsdecode(path)} fails its checksum")
+        (length,) = struct.unpack("<Q", head[:8])
+        if offset + 16 + length > os.fstat(fd).st_size:
+            raise ValueError(f"record at byte {offset} of {os.fsdecode(path)} runs past the shard's end")
+        payload = os.pread(fd, length, offset + 12)
+        stored = os.pread(fd, 4, offset + 12 + length)
+    finally:
+        os.close(fd)
+    if struct.unpack("<I", stored)[0] != _masked_crc(payload):
+        raise ValueError(f"record data at byte {offset} of {os.fsdecode(path)} fails its checksum")
+    return payload
+
+
 def iter_records(path: str | os.PathLike):
     """All payloads of a local shard, in order."""
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         while head := fh.read(8):
             (length,) = struct.unpack("<Q", head)
-            yield parse_record(head + fh.read(length + 8), str(path))
+            left = size - fh.tell()  # a forged length is not allocated: parse_record finds it short
+            yield parse_record(head + fh.read(min(length + 8, left)), str(path))
 
 
 def find_damage(path: str | os.PathLike, count: int, offsets: dict[int, int] | None = None
@@ -141,6 +165,7 @@ def find_damage(path: str | os.PathLike, count: int, offsets: dict[int, int] | N
     offsets = offsets or {}
     offset = 0
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         for index in range(count):
             if index in offsets and offsets[index] != offset:
                 return index, offset, f"it starts at byte {offset}, the manifest says {offsets[index]}"
@@ -150,6 +175,8 @@ def find_damage(path: str | os.PathLike, count: int, offsets: dict[int, int] | N
             if struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
                 return index, offset, "its length field fails its checksum"
             (length,) = struct.unpack("<Q", head[:8])
+            if offset + 16 + length > size:  # checked before reading: a forged length is not allocated
+                return index, offset, "the shard ends inside this record (truncated)"
             body = fh.read(length + 4)
             if len(body) < length + 4:
                 return index, offset, "the shard ends inside this record (truncated)"

@@ -144,8 +144,8 @@ def read_range(uri: str | os.PathLike, start: int, length: int, *, generation: i
     uri = str(uri)
     if not is_gcs(uri):
         with open(uri, "rb") as fh:
-            fh.seek(start)
-            return fh.read(length)
+            fh.seek(start)  # never ask for more than the file holds: Python allocates what is asked
+            return fh.read(max(0, min(length, os.fstat(fh.fileno()).st_size - start)))
     if generation is not None:  # pinned by the caller (histoxai.ranged): exactly that object
         with gcs.errors(uri):
             blob = gcs.blob(uri, generation)

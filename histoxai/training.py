@@ -272,12 +272,13 @@ def train(config: TrainConfig, data_uri: str, out_uri: str, *, overwrite: bool =
         used = dataset.reading_order(pd.concat([splits[s] for s in SPLITS_USED]))
         with dataset.local_shards(used) as local, dataset.read_errors(local):
             parts = {s: local.loc[local["split"] == s] for s in SPLITS_USED}
+            # uint8 batches: the model casts them on its device (dataset.patch_dataset)
             train_ds = dataset.patch_dataset(parts["train"], image_size=config.image_size,
                                              batch_size=config.batch_size, targets=config.targets,
-                                             shuffle_seed=config.seed, cache=config.cache)
+                                             shuffle_seed=config.seed, cache=config.cache, dtype="uint8")
             val_ds = dataset.patch_dataset(parts["val"], image_size=config.image_size,
                                            batch_size=config.batch_size, targets=config.targets,
-                                           cache=config.cache)
+                                           cache=config.cache, dtype="uint8")
             steps = math.ceil(len(parts["train"]) / config.batch_size)
             means = parts["train"][list(config.targets)].mean().to_dict()
             resuming = state["epoch"] > 0

@@ -186,14 +186,38 @@ def test_the_reader_names_the_damaged_record(inputs, tmp_path, damage, why):
         with ShardWriter(shard) as writer:
             offsets = [writer.append(b"garbage" if i == 3 else p)[1] for i, p in enumerate(payloads)]
         frame.loc[rows.index, "offset"] = [offsets[i] for i in rows["index"]]
-    else:  # TensorFlow reads the shard whole and never sees it; a diagnosis still checks offsets
+    else:  # the reader reads each record at the manifest's offset: one byte off fails its checksum
         frame.loc[rows.index[3], "offset"] = offset + 1
-        assert why in str(dataset.damaged_record(frame))
-        return
     ds = dataset.patch_dataset(frame, image_size=32, batch_size=8, cache="none")
     with pytest.raises(InputError, match=rf"{DAMAGED_SHARD}: record {int(rows['index'].iloc[3])} .*{why}"):
         with dataset.read_errors(frame):
             for _ in ds:
+                pass
+
+
+def test_a_length_field_past_the_shards_end_is_refused_before_it_is_read(tmp_path):
+    """A record whose length field is consistent with its own checksum but names more bytes than the
+    shard holds (a forged or mis-sized record) is refused, without reading (or allocating) that much."""
+    import struct
+
+    from histoxai.shards import _masked_crc, read_local_record, read_record
+
+    shard = tmp_path / "forged.tfrecord"
+    with ShardWriter(shard) as writer:
+        writer.append(encode_image(np.zeros((32, 32, 3), np.uint8), "zlib"))
+    length = struct.pack("<Q", 1 << 60)
+    raw = shard.read_bytes()
+    shard.write_bytes(length + struct.pack("<I", _masked_crc(length)) + raw[12:])
+    with pytest.raises(ValueError, match="runs past the shard's end"):
+        read_local_record(str(shard), 0)
+    for read in (lambda: read_record(str(shard), 0), lambda: list(iter_records(shard))):
+        with pytest.raises(ValueError, match="corrupt record"):
+            read()
+    frame = pd.DataFrame([{"shard_uri": str(shard), "index": 0, "offset": 0, "encoding": "zlib",
+                           "patch_size": 32, "sample": "2", "row": 0, "col": 0}])
+    with pytest.raises(InputError, match=r"forged.tfrecord: record 0 .*the shard ends inside this record"):
+        with dataset.read_errors(frame):
+            for _ in dataset.patch_dataset(frame, image_size=32, batch_size=4, cache="none"):
                 pass
 
 

@@ -100,6 +100,32 @@ def test_patch_dataset_yields_each_patch_with_its_targets(tmp_path, encoding):
     np.testing.assert_allclose(labels, frame[["CC", "MD"]].to_numpy(np.float32))
 
 
+def test_patch_dataset_keeps_any_frame_order_and_hands_a_model_uint8(tmp_path):
+    """Records are read by offset, so a frame in no particular order comes out in its own order; the
+    uint8 batches training feeds are the same pixels, and the model (which casts them to its float32
+    input) predicts exactly what it predicts from float32 batches."""
+    from histoxai import model as models
+
+    manifest = write_blob_manifest(tmp_path, n=24, size=32, encoding="zlib", seed=3)
+    frame = read_manifest(manifest).sample(frac=1.0, random_state=0)
+    assert not frame.equals(dataset.reading_order(frame))
+    expected = np.stack([decode_image(shards.read_record(r.shard_uri, r.offset), "zlib", 32)
+                         for r in frame.itertuples()])
+
+    def read(dtype):
+        return dataset.patch_dataset(frame, image_size=32, batch_size=8, cache="none", dtype=dtype)
+
+    floats, pixels = (np.concatenate(list(read(dtype).as_numpy_iterator())) for dtype in ("float32", "uint8"))
+    assert floats.dtype == np.float32 and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_array_equal(floats, expected.astype(np.float32))
+    net = models.build_model(configs.from_dict({**QUICK, "targets": ["MD"]}, "test"))
+    np.testing.assert_array_equal(net.predict(read("uint8"), verbose=0)["MD"],
+                                  net.predict(read("float32"), verbose=0)["MD"])
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        read("int8")
+
+
 def test_patch_dataset_reads_old_png_shards_beside_new_zlib_ones(tmp_path):
     """A manifest that pools samples ingested before and after the default encoding changed."""
     frames = [read_manifest(write_blob_manifest(tmp_path / enc, n=10, size=32, encoding=enc, seed=k))

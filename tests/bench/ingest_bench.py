@@ -23,8 +23,10 @@ def _histoxai(*args: str) -> list[str]:
 
 
 def _reader_throughput(ingest_dir: Path, work: Path) -> tuple[dict, dict]:
-    """patches/s of histoxai.dataset.patch_dataset (decode + batch, no cache) per encoding, on the same
-    patches re-encoded, and of the reader before ISA-L on the zlib file; each the median of
+    """patches/s of histoxai.dataset.patch_dataset (read, decode, batch; no cache) per encoding, on the
+    same patches re-encoded: uint8 batches, as training and prediction read them (the model casts on
+    its device); for zlib also float32 batches (the cast on the host, as saliency reads them) and the
+    reader before (TFRecordDataset in record order, float32 batches). Each the median of
     READER_PASSES timed passes after one untimed one (the files then sit in the page cache). The
     passes go round the readers in turn, so a slow spell of this shared machine (single passes
     moved by up to 2x) falls on all of them alike instead of on one."""
@@ -50,8 +52,10 @@ def _reader_throughput(ingest_dir: Path, work: Path) -> tuple[dict, dict]:
         sizes[encoding] = path.stat().st_size / len(images)
         frames[encoding] = frame = pd.DataFrame(rows)
         readers[encoding] = (lambda f=frame: patch_dataset(f, image_size=size, batch_size=READER_BATCH,
-                                                           cache="none"))
-    readers["zlib_graph_inflate"] = lambda: _graph_inflate_reader(frames["zlib"])
+                                                           cache="none", dtype="uint8"))
+    readers["zlib_float32"] = lambda: patch_dataset(frames["zlib"], image_size=size, batch_size=READER_BATCH,
+                                                    cache="none", dtype="float32")
+    readers["zlib_before"] = lambda: _reader_before(frames["zlib"])
     timings = {name: [] for name in readers}
     for _ in range(1 + READER_PASSES):
         for name, reader in readers.items():
@@ -62,24 +66,32 @@ def _reader_throughput(ingest_dir: Path, work: Path) -> tuple[dict, dict]:
     rate = {name: len(images) / statistics.median(t[1:]) for name, t in timings.items()}
     results = {encoding: {"patches_per_s": rate[encoding], "bytes_per_patch": sizes[encoding]}
                for encoding in shards.ENCODINGS}
-    results["zlib"]["patches_per_s_graph_inflate"] = rate["zlib_graph_inflate"]
+    results["zlib"]["patches_per_s_float32"] = rate["zlib_float32"]
+    results["zlib"]["patches_per_s_reader_before"] = rate["zlib_before"]
     return results, _codecs(images)
 
 
-def _graph_inflate_reader(frame):
-    """The reader before ISA-L: the same record stream, zlib inflated in the graph by
-    tf.io.decode_compressed, then the same batching and cast."""
+def _reader_before(frame):
+    """The reader of commit 65603c9, for the ratio: one shard's records in record order through
+    TensorFlow's TFRecordDataset (one thread), ISA-L inflating in tf.data's parallel calls, float32
+    batches cast on the host."""
+    import numpy as np
     import tensorflow as tf
 
-    from histoxai.dataset import _records
+    from histoxai import shards
 
     size = int(frame["patch_size"].iloc[0])
 
-    def decode(_position, record):
-        pixels = tf.io.decode_raw(tf.io.decode_compressed(record, "ZLIB"), tf.uint8)
+    def inflate(record):
+        return np.frombuffer(shards.inflate(record), np.uint8)
+
+    def decode(record):
+        pixels = tf.numpy_function(inflate, [record], tf.uint8, stateful=False)
         return tf.reshape(pixels, (size, size, 3))
 
-    return (_records(frame).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    (path,) = frame["shard_uri"].unique()
+    return (tf.data.TFRecordDataset(path, buffer_size=1 << 20).take(len(frame))
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(READER_BATCH).map(lambda images: tf.cast(images, tf.float32),
                                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
