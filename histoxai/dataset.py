@@ -75,18 +75,34 @@ def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
         yield frame.assign(**{LOCAL_SHARD: frame["shard_uri"].map(paths)})
 
 
+# A record that is not intact comes back empty instead of raising: TensorFlow would print the Python
+# traceback of every failed call; the graph's reshape turns the empty patch into one short error, which
+# `read_errors` then replaces by one line naming the record. (A graph assert instead would make the
+# map stateful, and tf.data would run it on one thread.)
+_DAMAGED = np.empty(0, np.uint8)
+
+
 def _read_zlib(path: bytes, offset: np.int64) -> np.ndarray:
     # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core (docs/steps.md,
     # shard format: faster than the graph's tf.io.decode_compressed)
-    return np.frombuffer(shards.inflate(shards.read_local_record(path, int(offset))), np.uint8)
+    try:
+        return np.frombuffer(shards.inflate(shards.read_local_record(path, int(offset))), np.uint8)
+    except ValueError:
+        return _DAMAGED
 
 
 def _read_raw(path: bytes, offset: np.int64) -> np.ndarray:
-    return np.frombuffer(shards.read_local_record(path, int(offset)), np.uint8)
+    try:
+        return np.frombuffer(shards.read_local_record(path, int(offset)), np.uint8)
+    except ValueError:
+        return _DAMAGED
 
 
 def _read_payload(path: bytes, offset: np.int64) -> bytes:
-    return shards.read_local_record(path, int(offset))
+    try:
+        return shards.read_local_record(path, int(offset))
+    except ValueError:
+        return b""  # not an image: decode_image fails with one line
 
 
 def _decoder(frame: pd.DataFrame, image_size: int):
@@ -107,7 +123,7 @@ def _decoder(frame: pd.DataFrame, image_size: int):
 
         def pixels(read):
             flat = tf.numpy_function(read, [path, offset], tf.uint8, stateful=False)
-            return tf.reshape(flat, tf.stack([size, size, 3]))
+            return tf.reshape(flat, tf.stack([size, size, 3]))  # an empty (damaged) patch fails here
 
         def image_file():
             payload = tf.numpy_function(_read_payload, [path, offset], tf.string, stateful=False)
