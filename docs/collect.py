@@ -15,9 +15,14 @@ def _round(value, digits: int = 4):
 
 def bench_section(name: str, s: dict) -> dict | None:
     """The figures of one results.json section that benchmarks.md shows (None: a section it does not show)."""
-    if name == "ingest":
+    if name == "reader":
         reader = {e: {k: _round(v, 1) if k.startswith("patches_per_s") else round(v) for k, v in r.items()}
                   for e, r in s["reader_360px"].items()}
+        return {"case": s["case"], "reader_360px": reader,
+                "codecs_360px": {name: {k: _round(v, 2) if k.endswith("_ms") else round(v)
+                                        for k, v in c.items()}
+                                 for name, c in s.get("codecs_360px", {}).items()}}
+    if name == "ingest":
         runs = {k: {"patches": s[k]["patches"], "encoding": s[k]["encoding"],
                     "patches_per_s": _round(s[k]["patches_per_s"], 1),
                     "patches_per_s_in_step": _round(s[k]["patches_per_s_in_step"], 1),
@@ -27,10 +32,7 @@ def bench_section(name: str, s: dict) -> dict | None:
         return {"case_phantom": s["case"].split(", patches")[0].replace(" per voxel", ""),
                 "phantom_render": {k: _round(s["phantom_render"][k], 1) for k in ("wall_s", "peak_rss_mib")},
                 **runs, "speedup_2_cores_over_1": _round(s["speedup_2_cores_over_1"], 2),
-                "speedup_over_png": _round(s["speedup_over_png"], 2), "reader_360px": reader,
-                "codecs_360px": {name: {k: _round(v, 2) if k.endswith("_ms") else round(v)
-                                        for k, v in c.items()}
-                                 for name, c in s.get("codecs_360px", {}).items()}}
+                "speedup_over_png": _round(s["speedup_over_png"], 2)}
     if name == "layouts":
         return {"case": s["case"], "layouts": {
             k: {"wall_s": _round(r["wall_s"], 1), "peak_rss_mib": _round(r["peak_rss_mib"], 1),

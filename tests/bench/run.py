@@ -23,11 +23,12 @@ def _sections():
     from tests.bench.ingest_bench import bench_ingest
     from tests.bench.layouts_bench import bench_layouts
     from tests.bench.predict import bench_predict
+    from tests.bench.reader_bench import bench_reader
     from tests.bench.scale_model import bench_scale
     from tests.bench.train_bench import bench_training
 
-    return {"ingest": bench_ingest, "layouts": bench_layouts, "training": bench_training,
-            "explain": bench_explain, "predict": bench_predict, "app": bench_app,
+    return {"ingest": bench_ingest, "reader": bench_reader, "layouts": bench_layouts,
+            "training": bench_training, "explain": bench_explain, "predict": bench_predict, "app": bench_app,
             "scale": bench_scale}  # last: it reads the sections before it
 
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--only", default=None,
-                        help="comma list of sections (ingest, layouts, training, explain, predict, app)")
+                        help="comma list of sections (ingest, reader, layouts, training, explain, predict, "
+                             "app, scale)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
