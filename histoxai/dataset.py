@@ -106,7 +106,7 @@ def _read_payload(path: bytes, offset: np.int64) -> bytes:
 
 
 def _decoder(frame: pd.DataFrame, image_size: int):
-    """A graph function (position in frame, shard path, byte offset) -> uint8 image_size^2 x 3."""
+    """A graph function (position in frame, shard path, byte offset) -> uint8 (size, size, 3) image."""
     import tensorflow as tf
 
     encodings = frame["encoding"].astype(str)
