@@ -357,6 +357,14 @@ def test_vizier_trial_trains_with_the_values_vertex_passes(tmp_path, blobs, monk
     with pytest.raises(InputError, match="--batch_size=8.5: expected a int"):
         run_trial(["--config-json", json.dumps(base), "--data", str(blobs), "--objective-targets", "MD",
                    "--batch_size=8.5"])
+    # A trial's folder is a whole training: the best trial's is published with its own config, not
+    # trained again, and scored on every split (the trial scored only validation).
+    trial = tmp_path / "trial"
+    assert main(["train", "--config", str(trial / "config.yaml"), "--data", str(blobs), "--reuse", str(trial),
+                 "--out", str(tmp_path / "best")]) == 0
+    published = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert published["reused_from"] == str(trial)
+    assert published["r2"]["val"] == metrics["r2"]["val"] and None not in published["r2"]["test"].values()
 
 
 def _tune_only_pipeline(base: dict, space: dict, n_trials: int):

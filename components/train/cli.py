@@ -15,8 +15,9 @@ targets (e.g. multitask-md-fa); steps the run already holds are not written agai
 Open OUT's local logs with `tensorboard --logdir OUT/tensorboard`.
 
 --reuse DIR publishes the finished training in DIR (e.g. the best trial a study kept in
-OUT/best_model/) instead of training, when DIR trained exactly this config on the same training and
-validation patches with the same code and precision: training it again would repeat it.
+OUT/best_model/, or a Vizier trial's output folder with --config DIR/config.yaml) instead of
+training, when DIR trained exactly this config on the same training and validation patches with the
+same code and precision: training it again would repeat it.
 
 Examples:
   histoxai train --config demo --data out/split/split.parquet --targets CC --out out/cc
