@@ -82,18 +82,12 @@ def local_shards(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
 _DAMAGED = np.empty(0, np.uint8)
 
 
-def _read_zlib(path: bytes, offset: np.int64) -> np.ndarray:
+def _read_pixels(path: bytes, offset: np.int64, inflate: bool) -> np.ndarray:
     # ISA-L inflates without holding the GIL, so tf.data's parallel calls use every core (docs/steps.md,
     # shard format: faster than the graph's tf.io.decode_compressed)
     try:
-        return np.frombuffer(shards.inflate(shards.read_local_record(path, int(offset))), np.uint8)
-    except ValueError:
-        return _DAMAGED
-
-
-def _read_raw(path: bytes, offset: np.int64) -> np.ndarray:
-    try:
-        return np.frombuffer(shards.read_local_record(path, int(offset)), np.uint8)
+        payload = shards.read_local_record(path, int(offset))
+        return np.frombuffer(shards.inflate(payload) if inflate else payload, np.uint8)
     except ValueError:
         return _DAMAGED
 
@@ -121,16 +115,16 @@ def _decoder(frame: pd.DataFrame, image_size: int):
     def decode(position, path, offset):
         size = sizes[position]
 
-        def pixels(read):
-            flat = tf.numpy_function(read, [path, offset], tf.uint8, stateful=False)
+        def pixels(inflate: bool):
+            flat = tf.numpy_function(_read_pixels, [path, offset, inflate], tf.uint8, stateful=False)
             return tf.reshape(flat, tf.stack([size, size, 3]))  # an empty (damaged) patch fails here
 
         def image_file():
             payload = tf.numpy_function(_read_payload, [path, offset], tf.string, stateful=False)
             return tf.io.decode_image(tf.reshape(payload, []), channels=3, expand_animations=False)
 
-        branches = {"zlib": lambda: pixels(_read_zlib), "png": image_file, "jpeg": image_file,
-                    "raw": lambda: pixels(_read_raw)}
+        branches = {"zlib": lambda: pixels(True), "png": image_file, "jpeg": image_file,
+                    "raw": lambda: pixels(False)}
         image = tf.switch_case(codes[position], [branches[name] for name in shards.ENCODINGS])
         if need_resize:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)

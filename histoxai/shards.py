@@ -130,6 +130,8 @@ def read_local_record(path: str | bytes, offset: int) -> bytes:
     """One record's payload from a local shard by byte offset, both checksums verified (three preads:
     no read-ahead, so tf.data's parallel calls read records in any order). ValueError when the record
     is not intact there; a length field that points past the file's end is refused before it is read."""
+    if offset < 0:  # os.pread would raise OSError: a manifest's offset is data, not a programming error
+        raise ValueError(f"record offset {offset} of {os.fsdecode(path)} is negative")
     fd = os.open(path, os.O_RDONLY)
     try:
         head = os.pread(fd, 12, offset)

@@ -172,7 +172,8 @@ def test_a_damaged_shard_is_named_in_one_line(inputs, tmp_path, capfd, step):
 
 @pytest.mark.parametrize(("damage", "why"), [
     ("truncated", "shard ends inside this record"), ("length field", "length field fails its checksum"),
-    ("not an image", "not a readable png image"), ("offset", "the manifest says")])
+    ("not an image", "not a readable png image"), ("offset", "the manifest says"),
+    ("negative offset", "the manifest says -5")])
 def test_the_reader_names_the_damaged_record(inputs, tmp_path, damage, why):
     shutil.copytree(Path(inputs["data"]).parent, tmp_path / "d")
     frame = dataset.reading_order(read_manifest(tmp_path / "d" / "split.parquet"))
@@ -188,8 +189,10 @@ def test_the_reader_names_the_damaged_record(inputs, tmp_path, damage, why):
         with ShardWriter(shard) as writer:
             offsets = [writer.append(b"garbage" if i == 3 else p)[1] for i, p in enumerate(payloads)]
         frame.loc[rows.index, "offset"] = [offsets[i] for i in rows["index"]]
-    else:  # the reader reads each record at the manifest's offset: one byte off fails its checksum
+    elif damage == "offset":  # the reader reads each record at the manifest's offset: one byte off fails
         frame.loc[rows.index[3], "offset"] = offset + 1
+    else:  # an offset no file has (os.pread would raise OSError) is a damaged record, not a crash
+        frame.loc[rows.index[3], "offset"] = -5
     ds = dataset.patch_dataset(frame, image_size=32, batch_size=8, cache="none")
     with pytest.raises(InputError, match=rf"{DAMAGED_SHARD}: record {int(rows['index'].iloc[3])} .*{why}"):
         with dataset.read_errors(frame):
