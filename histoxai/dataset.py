@@ -9,7 +9,10 @@ aligned to the caller's rows.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import gc
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -146,6 +149,25 @@ def _locations(frame: pd.DataFrame):
                                                frame["offset"].to_numpy(np.int64)))
 
 
+def _release_iterators_at_exit() -> None:
+    """Frees every tf.data iterator still alive, while Python can still run the reader's calls.
+
+    An iterator freed during interpreter finalization waits for its in-flight `numpy_function` reads,
+    but those threads can no longer take the GIL: the process hangs, or aborts ("terminate called
+    without an active exception") after its outputs were written (tests/test_train.py holds an
+    iterator to the end of a process). Dropping the iterator's resource here frees it normally.
+    """
+    from tensorflow.python.data.ops import iterator_ops
+
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, iterator_ops.OwnedIterator):
+            obj.__dict__.pop("_iterator_resource", None)
+
+
+_release_at_exit = functools.cache(lambda: atexit.register(_release_iterators_at_exit))
+
+
 def _fits_in_memory(n: int, image_size: int) -> bool:
     import psutil
 
@@ -180,6 +202,7 @@ def patch_dataset(frame: pd.DataFrame, *, image_size: int, batch_size: int,
                              "expected finite numbers (drop those rows first)")
         labels = tf.constant(values)
     decode = _decoder(frame, image_size)
+    _release_at_exit()
     ds = _locations(frame).map(lambda position, path, offset: (position, decode(position, path, offset)),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     cached = cache == "memory" or (cache == "auto" and _fits_in_memory(len(frame), image_size))

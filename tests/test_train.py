@@ -138,6 +138,19 @@ def test_patch_dataset_reads_old_png_shards_beside_new_zlib_ones(tmp_path):
     np.testing.assert_array_equal(images, np.stack(expected).astype(np.float32))
 
 
+def test_a_process_exits_while_an_iterator_is_still_reading(tmp_path):
+    """An iterator alive at exit, its reads in flight: the process must end (it used to hang forever
+    in finalization, or abort after writing its outputs), with exit code 0."""
+    manifest = write_blob_manifest(tmp_path, n=200, size=64, encoding="zlib")
+    code = ("from histoxai import dataset\nfrom histoxai.manifest import read_manifest\n"
+            f"ds = dataset.patch_dataset(read_manifest({str(manifest)!r}), image_size=64, batch_size=8, "
+            "cache='none', repeat=True)\n"
+            "reading = iter(ds)\nnext(reading)\nprint('read one batch', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "read one batch" in done.stdout
+
+
 def test_zlib_shards_written_by_cpythons_zlib_read_the_same(tmp_path):
     """Shards from before ISA-L (CPython's zlib at level 1) read unchanged: both are zlib streams."""
     frame = dataset.reading_order(read_manifest(write_blob_manifest(tmp_path / "new", n=10, size=32,
