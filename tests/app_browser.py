@@ -223,12 +223,16 @@ def serve_bytes(body: bytes, content_type: str):
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    # A thread per connection: Chromium holds a speculative connection open without sending a request,
+    # and a one-thread server waited for it (about 60 s) before it could shut down.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.block_on_close = False
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+        server.server_close()
 
 
 @contextlib.contextmanager
