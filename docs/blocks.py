@@ -61,6 +61,9 @@ def bench_reader(f: dict) -> str:
          f"{num(zlib['patches_per_s'], 0)} / {num(zlib['patches_per_s_float32'], 0)} / "
          f"{num(zlib['patches_per_s_reader_before'], 0)} patches/s "
          f"({num(zlib['patches_per_s'] / zlib['patches_per_s_reader_before'], 2)}x the reader before)"],
+        *([["zlib, CPU time per patch (all threads): uint8 batches / float32 batches / the reader before",
+            " / ".join(num(zlib["cpu_ms_per_patch"][k], 2) for k in ("uint8", "float32", "reader_before"))
+            + " ms"]] if "cpu_ms_per_patch" in zlib else []),
         *[[f"codec on one core, per 360 px patch: {name}",
            f"encode {num(c['encode_ms'], 2)} ms, decode {num(c['decode_ms'], 2)} ms, "
            f"{num(c['bytes_per_patch'] / 1000, 0)} kB"] for name, c in f.get("codecs_360px", {}).items()],

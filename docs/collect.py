@@ -16,8 +16,12 @@ def _round(value, digits: int = 4):
 def bench_section(name: str, s: dict) -> dict | None:
     """The figures of one results.json section that benchmarks.md shows (None: a section it does not show)."""
     if name == "reader":
-        reader = {e: {k: _round(v, 1) if k.startswith("patches_per_s") else round(v) for k, v in r.items()}
-                  for e, r in s["reader_360px"].items()}
+        def figure(key, value):
+            if isinstance(value, dict):  # CPU ms per patch, by reader
+                return {k: _round(v, 3) for k, v in value.items()}
+            return _round(value, 1) if key.startswith("patches_per_s") else round(value)
+
+        reader = {e: {k: figure(k, v) for k, v in r.items()} for e, r in s["reader_360px"].items()}
         return {"case": s["case"], "reader_360px": reader,
                 "codecs_360px": {name: {k: _round(v, 2) if k.endswith("_ms") else round(v)
                                         for k, v in c.items()}
