@@ -161,7 +161,8 @@ def _release_iterators_at_exit() -> None:
 
     gc.collect()
     for obj in gc.get_objects():
-        if isinstance(obj, iterator_ops.OwnedIterator):
+        # type(), not isinstance(): isinstance reads __class__, which a dead weakref proxy raises on
+        if issubclass(type(obj), iterator_ops.OwnedIterator):
             obj.__dict__.pop("_iterator_resource", None)
 
 
