@@ -162,6 +162,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     from histoxai.pipelines.local_scheduler import StepTime, concurrent_tasks
     from histoxai.pipelines.params import check_parameters
     from histoxai.pipelines.pipeline import CompileOptions, build_pipeline, task_count
+    from histoxai.pipelines.task_fork import forked_tasks
 
     if storage.is_gcs(out):
         raise InputError(f"--out {out}: a local run needs a local folder (kfp.local would write a gs:// "
@@ -189,7 +190,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
         progress.start()
         try:
             with contextlib.redirect_stdout(task_log), warnings.catch_warnings(), \
-                    concurrent_tasks(step_times=step_times):
+                    concurrent_tasks(step_times=step_times), forked_tasks():
                 # accelerator, retry and image settings only mean something on a cluster
                 warnings.filterwarnings("ignore", module=r"kfp\.local")
                 task = pipeline_func(**arguments)

@@ -1,0 +1,194 @@
+"""Local pipeline tasks forked from a process that has imported TensorFlow once, not started afresh.
+
+kfp.local's SubprocessRunner starts every task as `sh -ec SCRIPT SOURCE ARGS...`: a new interpreter
+that writes the component's source to a file and runs kfp.dsl.executor_main on it. Each task that
+trains, predicts, explains or registers then imports TensorFlow, about 4.6 s of CPU (of a demo's
+276 CPU-seconds on 2 cores, about 10 such tasks). `forked_tasks()` starts one server process that
+imports TensorFlow and Keras, runs no TensorFlow op, and forks a child per task; the child does
+what the script does, in the same interpreter, with the caller's environment and folder at that
+moment. Until the server has finished its imports, and for any command of another shape, tasks
+start as kfp starts them. TensorFlow reads its own variables (TF_*, CUDA_*) when the server imports
+it, at the run's start. The demo took 134 s instead of 171 s so (docs/pipeline.md).
+
+The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
+stdin, the server answers {id, rc} on its stdout when that child exits, after {"ready": true} once.
+A child's stdout and stderr go to the `log` file, which the caller prints as kfp prints a task's
+output. tests/test_local_scheduler.py checks that a task runs forked, and fails as it would alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+EXECUTOR_MODULE = "kfp.dsl.executor_main"  # what kfp's script runs (kfp.dsl.component_factory)
+
+
+class _Server:
+    """The caller's side: one server process, requests from any thread, answers by id."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "histoxai.pipelines.task_fork"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.lock = threading.Lock()
+        self.waiting: dict[int, Future] = {}
+        self.next_id, self.ready, self.gone = 0, False, False
+        threading.Thread(target=self._answers, daemon=True, name="task-fork-answers").start()
+
+    def _answers(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if message.get("ready"):
+                self.ready = True
+                continue
+            with self.lock:
+                future = self.waiting.pop(message["id"])
+            future.set_result(message["rc"])
+        with self.lock:  # the server is gone: what still waits failed
+            self.gone = True
+            for future in self.waiting.values():
+                future.set_result(None)
+            self.waiting.clear()
+
+    def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
+        """The task's exit code; None when the server cannot take it (start the task as kfp does)."""
+        folder = Path(tempfile.mkdtemp(prefix="histoxai-task-"))
+        log = folder / "output.log"
+        future: Future = Future()
+        with self.lock:
+            if not self.ready or self.gone:
+                os.rmdir(folder)
+                return None
+            task_id, self.next_id = self.next_id, self.next_id + 1
+            self.waiting[task_id] = future
+            request = {"id": task_id, "source": source, "args": args, "env": env, "cwd": os.getcwd(),
+                       "log": str(log)}
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        code = future.result()
+        output = log.read_text(errors="replace") if log.exists() else ""
+        print(output + ("" if code is not None else "the task's server process ended while it ran\n"),
+              end="")
+        print("\n")  # as kfp closes a task's output
+        log.unlink(missing_ok=True)
+        os.rmdir(folder)
+        return 1 if code is None else code
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # the server ends once its running children have
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def forked_tasks():
+    """Within this block kfp.local's SubprocessRunner runs Python component tasks forked from a
+    server that has imported TensorFlow (module docstring); yields the server (its `ready` says
+    whether tasks fork yet)."""
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.run_local_subprocess
+    server = _Server()
+
+    def run_local_subprocess(full_command, env_vars=None):
+        if len(full_command) > 3 and full_command[:2] == ["sh", "-ec"] and EXECUTOR_MODULE in full_command[2]:
+            code = server.run(full_command[3], list(full_command[4:]), {**os.environ, **(env_vars or {})})
+            if code is not None:
+                return code
+        return original(full_command, env_vars)
+
+    handler.run_local_subprocess = run_local_subprocess
+    try:
+        yield server
+    finally:
+        handler.run_local_subprocess = original
+        server.close()
+
+
+# --- the server process ----------------------------------------------------------------------------------
+
+def _child(request: dict) -> None:
+    """In the forked child: what kfp's script does, then exit with the executor's code."""
+    import atexit
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # not the server's request pipe
+        os.environ.clear()
+        os.environ.update(request["env"], _KFP_RUNTIME="true")
+        os.chdir(request["cwd"])
+        program = Path(tempfile.mkdtemp()) / "ephemeral_component.py"
+        program.write_text(request["source"])
+        sys.argv = [EXECUTOR_MODULE, "--component_module_path", str(program), *request["args"]]
+        try:
+            runpy.run_module(EXECUTOR_MODULE, run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        atexit._run_exitfuncs()  # what the interpreter's exit would run (histoxai.dataset frees its reads)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """Import TensorFlow, then fork a child per request line on stdin until stdin closes."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing else printed reaches the answers
+
+    from histoxai.console import import_tensorflow
+
+    import_tensorflow()
+    import kfp.dsl  # noqa: F401 (the executor's own imports, done once)
+
+    answers.write(json.dumps({"ready": True}) + "\n")
+    children: dict[int, int] = {}
+    pending, open_ = b"", True
+    while open_ or children:
+        if open_ and select.select([0], [], [], 0.05)[0]:
+            chunk = os.read(0, 1 << 20)
+            open_ = bool(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                request = json.loads(line)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    answers.close()
+                    _child(request)
+                children[pid] = request["id"]
+        elif not open_:
+            select.select([], [], [], 0.05)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            code = os.waitstatus_to_exitcode(status)
+            answers.write(json.dumps({"id": children.pop(pid), "rc": code}) + "\n")
+
+
+if __name__ == "__main__":
+    serve()
