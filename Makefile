@@ -27,7 +27,7 @@ TEST_WORKERS ?= auto
 test: install tools  ## run the whole test suite (on every core)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (3-5 min on 2 cores), into $(OUT)/demo
+demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (2-5 min on 2 cores), into $(OUT)/demo
 	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo
 
 compile: install  ## compile the pipeline to $(OUT)/pipeline.yaml (images from HISTOXAI_CPU_IMAGE / HISTOXAI_GPU_IMAGE)

@@ -8,7 +8,7 @@ imports TensorFlow and Keras, runs no TensorFlow op, and forks a child per task;
 what the script does, in the same interpreter, with the caller's environment and folder at that
 moment. Until the server has finished its imports, and for any command of another shape, tasks
 start as kfp starts them. TensorFlow reads its own variables (TF_*, CUDA_*) when the server imports
-it, at the run's start. The demo took 134 s instead of 171 s so (docs/pipeline.md).
+it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.md).
 
 The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
 stdin, the server answers {id, rc} on its stdout when that child exits, after {"ready": true} once.
