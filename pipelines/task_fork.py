@@ -72,8 +72,14 @@ class _Server:
             self.waiting[task_id] = future
             request = {"id": task_id, "source": source, "args": args, "env": env, "cwd": os.getcwd(),
                        "log": str(log)}
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
+            try:
+                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+                self.proc.stdin.flush()
+            except OSError:  # the server just ended: the task has not started, so start it as kfp does
+                del self.waiting[task_id]
+                self.gone = True
+                os.rmdir(folder)
+                return None
         code = future.result()
         output = log.read_text(errors="replace") if log.exists() else ""
         print(output + ("" if code is not None else "the task's server process ended while it ran\n"),

@@ -26,15 +26,37 @@ def forked(word: str) -> str:
     return started_with_tensorflow(word=word).output
 
 
+def _wait(condition, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, f"waited 120 s for {what}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def pipeline_root(tmp_path_factory):
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(tmp_path_factory.mktemp("root")), raise_on_error=True)
+
+
+def test_tasks_start_as_kfp_starts_them_once_the_server_is_gone(pipeline_root):
+    from kfp.local import subprocess_task_handler as handler
+
+    kfps_own = handler.run_local_subprocess  # first in this file: no other block is open yet
     with concurrent_tasks(), forked_tasks() as started:
-        deadline = time.monotonic() + 120
-        while not started.ready:  # until then a task starts as kfp starts it
-            assert time.monotonic() < deadline and not started.gone, "the task server never got ready"
-            time.sleep(0.1)
+        assert handler.run_local_subprocess is not kfps_own
+        _wait(lambda: started.ready, "the task server")
+        started.proc.kill()
+        _wait(lambda: started.gone, "the task server's end to be noticed")
+        assert forked(word="alone").output == "False "  # a fresh interpreter, and it still ran
+    assert handler.run_local_subprocess is kfps_own
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_root):
+    with concurrent_tasks(), forked_tasks() as started:
+        _wait(lambda: started.ready or started.gone, "the task server")  # until then tasks start as usual
+        assert not started.gone
         yield started
 
 
@@ -50,12 +72,3 @@ def test_a_failing_forked_task_fails_the_run_with_its_error(server, capsys):
     printed = capsys.readouterr().out
     assert "ValueError: this task fails on purpose" in printed and "task says fail" in printed
     assert forked(word="again").output.startswith("True")  # the server still serves
-
-
-def test_kfps_own_start_is_back_after_the_block():
-    from kfp.local import subprocess_task_handler as handler
-
-    original = handler.run_local_subprocess
-    with forked_tasks():
-        assert handler.run_local_subprocess is not original
-    assert handler.run_local_subprocess is original
