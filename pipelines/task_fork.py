@@ -13,7 +13,8 @@ it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.m
 The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
 stdin, the server answers {id, rc} on its stdout when that child exits, after {"ready": true} once.
 A child's stdout and stderr go to the `log` file, which the caller prints as kfp prints a task's
-output. tests/test_local_scheduler.py checks that a task runs forked, and fails as it would alone.
+output. tests/test_task_fork.py checks that a task runs forked, fails as it would alone, and starts
+as kfp starts it once the server is gone.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ def _child(request: dict) -> None:
         except BaseException:
             traceback.print_exc()
         atexit._run_exitfuncs()  # what the interpreter's exit would run (histoxai.dataset frees its reads)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    finally:  # whatever happens, the child never returns into the server's loop
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)
 
 
@@ -183,8 +185,9 @@ def serve() -> None:
                 sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    answers.close()
-                    _child(request)
+                    with contextlib.suppress(Exception):
+                        answers.close()
+                    _child(request)  # never returns
                 children[pid] = request["id"]
         elif not open_:
             select.select([], [], [], 0.05)
