@@ -34,7 +34,7 @@ def run_measured(args: list[str]) -> dict:
         wall = time.perf_counter() - start
         if code != 0:
             sys.stderr.write(log.read_bytes().decode(errors="replace")[-4000:])
-            raise RuntimeError(f"benchmark command failed: {' '.join(args)}")
+            raise RuntimeError(f"benchmark command failed: {' '.join(map(str, args))}")
         return {"wall_s": wall, "peak_rss_mib": int(peak.read_text()) / 1024}
 
 

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         results["sections"] = json.loads(results_file.read_text()).get("sections", {})
     for name in chosen:
         print(f"bench: {name} ...", flush=True)
+        work = out / f"work-{name}"
+        shutil.rmtree(work, ignore_errors=True)  # what a killed run left: commands refuse to overwrite it
         start = time.perf_counter()
-        results["sections"][name] = sections[name](out / f"work-{name}")
+        results["sections"][name] = sections[name](work)
         results["sections"][name]["bench_wall_s"] = time.perf_counter() - start
         results["sections"][name]["provenance"] = provenance  # per section: a later --only run keeps this one
         results_file.write_text(json.dumps(results, indent=2))
