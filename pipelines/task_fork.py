@@ -23,14 +23,16 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
-EXECUTOR_MODULE = "kfp.dsl.executor_main"  # what kfp's script runs (kfp.dsl.component_factory)
+from kfp.dsl.component_factory import EXECUTOR_MODULE  # what kfp's task script runs
 
 
 class _Server:
@@ -62,13 +64,12 @@ class _Server:
 
     def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
         """The task's exit code; None when the server cannot take it (start the task as kfp does)."""
-        folder = Path(tempfile.mkdtemp(prefix="histoxai-task-"))
-        log = folder / "output.log"
         future: Future = Future()
         with self.lock:
             if not self.ready or self.gone:
-                os.rmdir(folder)
                 return None
+            folder = Path(tempfile.mkdtemp(prefix="histoxai-task-"))
+            log = folder / "output.log"
             task_id, self.next_id = self.next_id, self.next_id + 1
             self.waiting[task_id] = future
             request = {"id": task_id, "source": source, "args": args, "env": env, "cwd": os.getcwd(),
@@ -86,8 +87,7 @@ class _Server:
         print(output + ("" if code is not None else "the task's server process ended while it ran\n"),
               end="")
         print("\n")  # as kfp closes a task's output
-        log.unlink(missing_ok=True)
-        os.rmdir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         return 1 if code is None else code
 
     def close(self) -> None:
@@ -142,7 +142,7 @@ def _child(request: dict) -> None:
         os.environ.clear()
         os.environ.update(request["env"], _KFP_RUNTIME="true")
         os.chdir(request["cwd"])
-        program = Path(tempfile.mkdtemp()) / "ephemeral_component.py"
+        program = Path(tempfile.mkdtemp(prefix="histoxai-component-")) / "ephemeral_component.py"
         program.write_text(request["source"])
         sys.argv = [EXECUTOR_MODULE, "--component_module_path", str(program), *request["args"]]
         try:
@@ -153,6 +153,7 @@ def _child(request: dict) -> None:
         except BaseException:
             traceback.print_exc()
         atexit._run_exitfuncs()  # what the interpreter's exit would run (histoxai.dataset frees its reads)
+        shutil.rmtree(program.parent, ignore_errors=True)
     finally:  # whatever happens, the child never returns into the server's loop
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -190,7 +191,7 @@ def serve() -> None:
                     _child(request)  # never returns
                 children[pid] = request["id"]
         elif not open_:
-            select.select([], [], [], 0.05)
+            time.sleep(0.05)  # only children left: wait for them
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
