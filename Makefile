@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 PIP_VERSION := 26.3
 
-.PHONY: install test demo compile lint bench lock lock-hashes lock-uv-version clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
+.PHONY: install test browser demo compile lint bench lock lock-hashes lock-uv-version clean tools build template retrain-source deploy minikube-up minikube-run minikube-down
 
 # Every install checks hashes (docs/development.md#pinned-dependencies): first pip, setuptools and wheel,
 # then the locked dependencies (--no-build-isolation: the one source distribution, kfp-server-api, builds
@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 # One worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
 # (trained models, ingested phantoms) are built once. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
-test: install tools  ## run the whole test suite (on every core)
+test: install tools browser  ## run the whole test suite (on every core)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Installed before the tests start, so that apt-get's minute is not counted as test time.
+browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-get when missing; needs root)
+	@$(BIN)/python -c "from tests.app_browser import ensure_chromium; ensure_chromium()"
 
 demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (2-5 min on 2 cores), into $(OUT)/demo
 	$(BIN)/python -m histoxai.pipelines.demo --out $(OUT)/demo
