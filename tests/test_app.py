@@ -27,6 +27,8 @@ from histoxai.training import train
 from tests import app_browser
 from tests.train_data import write_blob_manifest
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 MAIN = str(Path(auth.__file__).with_name("main.py"))
 PASSWORD = "correct horse battery"
 TINY = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,

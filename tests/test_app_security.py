@@ -25,6 +25,8 @@ from histoxai.errors import InputError
 from tests import app_browser
 from tests.app_data import synthesise_run
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 MAIN = str(Path(auth.__file__).with_name("main.py"))
 PASSWORD = "the right password"
 POLICY = limiter.Policy()

@@ -26,6 +26,8 @@ from histoxai.metrics import METRICS, NOTE_CONSTANT_TARGET, NOTE_SINGLE, format_
 from histoxai.training import train
 from tests.train_data import write_blob_manifest
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 TINY = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,
         "finetune_epochs": 1, "patience": 5, "lr_schedule": "none", "learning_rate": 3e-3,
         "dense_units": 16, "feature_units": 8, "targets": ["MD", "CC"]}

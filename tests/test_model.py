@@ -15,6 +15,8 @@ from histoxai import storage
 from histoxai.config import BACKBONES, from_dict
 from histoxai.errors import InputError
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 # keras.applications module whose preprocess_input belongs to each backbone
 PREPROCESS_MODULES = {
     "MobileNet": "mobilenet", "MobileNetV2": "mobilenet_v2", "MobileNetV3Small": "mobilenet_v3",

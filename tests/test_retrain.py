@@ -25,6 +25,8 @@ from tests import vertex_recorder
 from tests.function_server import PROJECT, FunctionServer
 from tests.samples import make_sample, write_sample
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = "runner@histoxai-test.iam.gserviceaccount.com"
 REGISTRY = "europe-west4-docker.pkg.dev/histoxai-test/histoxai"

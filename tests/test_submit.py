@@ -16,6 +16,8 @@ from histoxai.cli import main as histoxai_main
 from tests.fake_service import FakeService
 from tests.vertex_recorder import service_account_key
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_VARIABLES = ("HISTOXAI_CPU_IMAGE", "HISTOXAI_GPU_IMAGE")
 REGISTRY = "europe-west4-docker.pkg.dev/histoxai-test/histoxai"

@@ -23,6 +23,8 @@ from histoxai.shards import ENCODINGS, ShardWriter, decode_image, iter_records
 from histoxai.training import STOPPED_EXIT_CODE, train
 from tests.train_data import write_blob_manifest
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,
          "finetune_epochs": 2, "patience": 5, "lr_schedule": "none", "learning_rate": 3e-3,

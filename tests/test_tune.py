@@ -27,6 +27,8 @@ from histoxai.reuse import REUSED_FROM, training_fingerprint, why_not_reusable
 from histoxai.training import STOPPED_EXIT_CODE, load_splits, resolve_runtime, train
 from tests.train_data import write_blob_manifest
 
+pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 # The tiny CNN learns MD of the blob patches within a few epochs at lr 1e-3.
 QUICK = {"targets": ["MD"], "backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 8,
