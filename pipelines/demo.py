@@ -119,8 +119,8 @@ def write_timing(out: Path, run, seconds: float, targets: str) -> None:
     record = {**stamp(command), "demo_s": round(seconds, 1), "pipeline_s": round(run.seconds, 1),
               "load_average_15min": round(os.getloadavg()[2], 2),  # other work on the machine slows the demo
               "run_dir": os.path.relpath(Path(run.run_dir).resolve(), out),
-              "steps": [{"task": step.task, "started_s": step.started, "seconds": step.seconds}
-                        for step in run.steps]}
+              "steps": [{"task": step.task, "started_s": step.started, "seconds": step.seconds,
+                         "cpu_seconds": step.cpu_seconds} for step in run.steps]}
     temporary = out / "demo.json.tmp"
     temporary.write_text(json.dumps(record, indent=2) + "\n")
     temporary.replace(out / "demo.json")

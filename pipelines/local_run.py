@@ -45,8 +45,11 @@ class LocalRun:
     steps: tuple = ()  # a StepTime per executed task in order of start, `started` counted from the run's
 
     def step_times(self) -> str:
-        """'task N s, ...' for the tasks that took at least a second, in order of start."""
-        return ", ".join(f"{step.task} {step.seconds:.0f} s" for step in self.steps if step.seconds >= 1)
+        """'task N s (M CPU-s), ...' for the tasks that took at least a second, in order of start (the
+        CPU time where the task was forked, pipelines/task_fork.py)."""
+        return ", ".join(f"{step.task} {step.seconds:.0f} s"
+                         + ("" if step.cpu_seconds is None else f" ({step.cpu_seconds:.0f} CPU-s)")
+                         for step in self.steps if step.seconds >= 1)
 
 
 class _TaskLog:
@@ -213,7 +216,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
     report_html = run_dir / artifacts.REPORT_HTML
     shutil.copyfile(report_artifact, report_html)
     summary = json.loads(Path(task.outputs["summary"].uri).read_text())
-    steps = tuple(StepTime(t.task, round(t.started - started, 1), round(t.seconds, 1))
+    steps = tuple(dataclasses.replace(t, started=round(t.started - started, 1), seconds=round(t.seconds, 1))
                   for t in sorted(step_times, key=lambda t: t.started))
     return LocalRun(run_dir=run_dir, report_html=report_html, summary=summary, log=log,
                     seconds=time.perf_counter() - started, steps=steps)

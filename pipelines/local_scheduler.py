@@ -27,14 +27,24 @@ import threading
 import time
 
 _SWAP_LOCK = threading.Lock()
+_TASK_CPU = threading.local()  # each task runs in its own pool thread until it ends
 
 
 @dataclasses.dataclass(frozen=True)
 class StepTime:
-    """One executed task (not a loop or sub-DAG): its name, when it started and how long it took."""
+    """One executed task (not a loop or sub-DAG): its name, when it started, how long it took and, when
+    its runner measured it, the CPU time it used (all its threads)."""
     task: str
     started: float  # time.perf_counter() at its start (LocalRun.steps counts it from the run's start)
     seconds: float
+    cpu_seconds: float | None = None
+
+
+def record_task_cpu(seconds: float) -> None:
+    """Called by a task runner in the thread that runs the task (pipelines/task_fork.py): the CPU time
+    the task's process used, which its StepTime then carries. A task that waited for the cores shows
+    more seconds than CPU seconds over its cores."""
+    _TASK_CPU.seconds = seconds
 
 
 def default_parallel_tasks() -> int:
@@ -109,10 +119,11 @@ def run_dag(kfp_dag, original, limit: int, *, pipeline_resource_name, dag_compon
             return None, not kfp_dag._run_parallel_for_task(task_name=name, task_spec=spec,
                                                              parallel_executor=loops, **shared)
         started = time.perf_counter()
+        _TASK_CPU.seconds = None
         outputs, task_status = kfp_dag.execute_task(task_name=name, task_spec=spec, **shared)
         runs_an_executor = components[spec.component_ref.name].WhichOneof("implementation") != "dag"
         if step_times is not None and runs_an_executor:
-            step_times.append(StepTime(name, started, time.perf_counter() - started))
+            step_times.append(StepTime(name, started, time.perf_counter() - started, _TASK_CPU.seconds))
         return outputs, task_status == status.Status.SUCCESS
 
     # kfp's order decides which ready task starts first: the end of its stack is its next task

@@ -11,7 +11,8 @@ start as kfp starts them. TensorFlow reads its own variables (TF_*, CUDA_*) when
 it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.md).
 
 The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
-stdin, the server answers {id, rc} on its stdout when that child exits, after {"ready": true} once.
+stdin, the server answers {id, rc, cpu_s} on its stdout when that child exits (cpu_s: the child's user
+and system CPU time, which the step's StepTime carries), after {"ready": true} once.
 A child's stdout and stderr go to the `log` file, which the caller prints as kfp prints a task's
 output. tests/test_task_fork.py checks that a task runs forked, fails as it would alone, and starts
 as kfp starts it once the server is gone.
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from kfp.dsl.component_factory import EXECUTOR_MODULE  # what kfp's task script runs
 
+from histoxai.pipelines.local_scheduler import record_task_cpu
+
 
 class _Server:
     """The caller's side: one server process, requests from any thread, answers by id."""
@@ -55,15 +58,16 @@ class _Server:
                 continue
             with self.lock:
                 future = self.waiting.pop(message["id"])
-            future.set_result(message["rc"])
+            future.set_result((message["rc"], message.get("cpu_s")))
         with self.lock:  # the server is gone: what still waits failed
             self.gone = True
             for future in self.waiting.values():
-                future.set_result(None)
+                future.set_result((None, None))
             self.waiting.clear()
 
     def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
-        """The task's exit code; None when the server cannot take it (start the task as kfp does)."""
+        """The task's exit code; None when the server cannot take it (start the task as kfp does).
+        The CPU time of a task that ran goes to the caller's StepTime (local_scheduler.record_task_cpu)."""
         future: Future = Future()
         with self.lock:
             if not self.ready or self.gone:
@@ -82,7 +86,9 @@ class _Server:
                 self.gone = True
                 os.rmdir(folder)
                 return None
-        code = future.result()
+        code, cpu_seconds = future.result()
+        if cpu_seconds is not None:
+            record_task_cpu(cpu_seconds)
         output = log.read_text(errors="replace") if log.exists() else ""
         print(output + ("" if code is not None else "the task's server process ended while it ran\n"),
               end="")
@@ -193,11 +199,12 @@ def serve() -> None:
         elif not open_:
             time.sleep(0.05)  # only children left: wait for them
         while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
             code = os.waitstatus_to_exitcode(status)
-            answers.write(json.dumps({"id": children.pop(pid), "rc": code}) + "\n")
+            cpu = round(usage.ru_utime + usage.ru_stime, 2)  # a forked child's counters start at zero
+            answers.write(json.dumps({"id": children.pop(pid), "rc": code, "cpu_s": cpu}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Local tasks forked from a server that has imported TensorFlow (pipelines/task_fork.py), on kfp.local."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from kfp import dsl, local
@@ -14,10 +15,14 @@ def started_with_tensorflow(word: str) -> str:
     """Whether TensorFlow was already imported when the task began (only a forked task has it)."""
     import os
     import sys
+    import time
 
     print(f"task says {word}")
     if word == "fail":
         raise ValueError("this task fails on purpose")
+    if word == "spin":  # half a second of CPU, which the task's StepTime must show
+        while time.process_time() < 0.5:
+            pass
     return f"{'tensorflow' in sys.modules} {os.environ.get('HISTOXAI_TASK_FORK_TEST', '')}"
 
 
@@ -43,27 +48,38 @@ def test_tasks_start_as_kfp_starts_them_once_the_server_is_gone(pipeline_root):
     from kfp.local import subprocess_task_handler as handler
 
     kfps_own = handler.run_local_subprocess  # first in this file: no other block is open yet
-    with concurrent_tasks(), forked_tasks() as started:
+    steps = []
+    with concurrent_tasks(step_times=steps), forked_tasks() as started:
         assert handler.run_local_subprocess is not kfps_own
         _wait(lambda: started.ready, "the task server")
         started.proc.kill()
         _wait(lambda: started.gone, "the task server's end to be noticed")
         assert forked(word="alone").output == "False "  # a fresh interpreter, and it still ran
     assert handler.run_local_subprocess is kfps_own
+    assert [step.cpu_seconds for step in steps] == [None]  # kfp's own start measures no CPU time
 
 
 @pytest.fixture(scope="module")
 def server(pipeline_root):
-    with concurrent_tasks(), forked_tasks() as started:
+    """The server, and the StepTime of every task run while it serves."""
+    steps = []
+    with concurrent_tasks(step_times=steps), forked_tasks() as started:
         _wait(lambda: started.ready or started.gone, "the task server")  # until then tasks start as usual
         assert not started.gone
-        yield started
+        yield SimpleNamespace(process=started, steps=steps)
 
 
 def test_a_task_runs_forked_with_the_callers_environment(server, monkeypatch, capsys):
     monkeypatch.setenv("HISTOXAI_TASK_FORK_TEST", "seen")
     assert forked(word="hello").output == "True seen"
     assert "task says hello" in capsys.readouterr().out  # its output, printed as kfp prints it
+
+
+def test_a_forked_tasks_step_time_carries_its_cpu_time(server):
+    assert forked(word="spin").output.startswith("True")
+    spun = server.steps[-1]
+    assert spun.task == "started-with-tensorflow"
+    assert 0.5 <= spun.cpu_seconds <= spun.seconds * 4  # its own half second and the executor's work
 
 
 def test_a_failing_forked_task_fails_the_run_with_its_error(server, capsys):
