@@ -48,18 +48,23 @@ def run_demo(out: str, *, seed: int = 0, targets: str = "real"):
     the trust measures score MD and FA maps against the nuclei too."""
     from histoxai.phantom import render_phantom
     from histoxai.pipelines.local_run import run_local
+    from histoxai.pipelines.task_fork import task_server
 
     if storage.is_gcs(out):
         raise InputError(f"--out {out}: the demo runs locally; expected a local folder")
     started = time.perf_counter()
     phantom = str(Path(out) / "phantom")
-    # the samples take about as long each, so all three at once end together even on 2 cores
-    # (14-15 s against 23-26 s one after another on a 2-core AMD EPYC)
-    render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL, seed=seed,
-                   targets=targets, overwrite=True, workers=len(DEMO_SAMPLES))
-    print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} ({time.perf_counter() - started:.0f} s)")
-    registry = str(Path(out) / "registry")  # kept between demos: the next one competes with this one's models
-    return run_local(demo_parameters(phantom, model_registry=registry), str(Path(out) / "runs"))
+    # the task server imports TensorFlow while the phantom renders, so the pipeline's first tasks fork too
+    with task_server() as server:
+        # the samples take about as long each, so all three at once end together even on 2 cores
+        # (14-15 s against 23-26 s one after another on a 2-core AMD EPYC)
+        render_phantom(phantom, [int(s) for s in DEMO_SAMPLES], pixels_per_voxel=PIXELS_PER_VOXEL,
+                       seed=seed, targets=targets, overwrite=True, workers=len(DEMO_SAMPLES))
+        print(f"phantom samples {', '.join(DEMO_SAMPLES)} in {phantom} "
+              f"({time.perf_counter() - started:.0f} s)")
+        registry = str(Path(out) / "registry")  # kept between demos: the next one competes with its models
+        return run_local(demo_parameters(phantom, model_registry=registry), str(Path(out) / "runs"),
+                         task_server=server)
 
 
 def registry_state(registry: str) -> str:

@@ -157,8 +157,9 @@ def check_samples(samples_uri: str, samples, train_samples) -> None:
                          f"{', '.join(str(s) for s in samples)}; expected a subset of the samples to ingest")
 
 
-def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
-    """Run the pipeline with `arguments` (pipeline parameters) into the local folder `out`."""
+def run_local(arguments: dict, out: str, *, options=None, task_server=None) -> LocalRun:
+    """Run the pipeline with `arguments` (pipeline parameters) into the local folder `out`; its tasks
+    fork from `task_server` (pipelines/task_fork.py: task_server()) or from a server of its own."""
     from kfp import local
     from tqdm import tqdm
 
@@ -193,7 +194,7 @@ def run_local(arguments: dict, out: str, *, options=None) -> LocalRun:
         progress.start()
         try:
             with contextlib.redirect_stdout(task_log), warnings.catch_warnings(), \
-                    concurrent_tasks(step_times=step_times), forked_tasks():
+                    concurrent_tasks(step_times=step_times), forked_tasks(task_server):
                 # accelerator, retry and image settings only mean something on a cluster
                 warnings.filterwarnings("ignore", module=r"kfp\.local")
                 task = pipeline_func(**arguments)

@@ -6,9 +6,13 @@ trains, predicts, explains or registers then imports TensorFlow, about 4.6 s of 
 276 CPU-seconds on 2 cores, about 10 such tasks). `forked_tasks()` starts one server process that
 imports TensorFlow and Keras, runs no TensorFlow op, and forks a child per task; the child does
 what the script does, in the same interpreter, with the caller's environment and folder at that
-moment. Until the server has finished its imports, and for any command of another shape, tasks
-start as kfp starts them. TensorFlow reads its own variables (TF_*, CUDA_*) when the server imports
-it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.md).
+moment. A task that comes while the server is still importing waits for it (about 5 s on an idle
+machine): a fresh interpreter would spend as long importing TensorFlow again, and in the tests' short
+runs, tasks started afresh so took the longest ones (tune, train) off the server. The demo starts
+the server before rendering its phantom (`task_server()`), so even its first tasks find it ready.
+A command of another shape, and every task once the server is gone (or has not started within
+READY_TIMEOUT_S), starts as kfp starts it. TensorFlow reads its own variables (TF_*, CUDA_*) when the
+server imports it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.md).
 
 The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
 stdin, the server answers {id, rc, cpu_s} on its stdout when that child exits (cpu_s: the child's user
@@ -37,6 +41,8 @@ from kfp.dsl.component_factory import EXECUTOR_MODULE  # what kfp's task script 
 
 from histoxai.pipelines.local_scheduler import record_task_cpu
 
+READY_TIMEOUT_S = 180  # a server not ready by then (a machine far overloaded) is passed over
+
 
 class _Server:
     """The caller's side: one server process, requests from any thread, answers by id."""
@@ -48,6 +54,7 @@ class _Server:
         self.lock = threading.Lock()
         self.waiting: dict[int, Future] = {}
         self.next_id, self.ready, self.gone = 0, False, False
+        self.settled = threading.Event()  # set once the server is ready or gone
         threading.Thread(target=self._answers, daemon=True, name="task-fork-answers").start()
 
     def _answers(self) -> None:
@@ -55,6 +62,7 @@ class _Server:
             message = json.loads(line)
             if message.get("ready"):
                 self.ready = True
+                self.settled.set()
                 continue
             with self.lock:
                 future = self.waiting.pop(message["id"])
@@ -64,11 +72,13 @@ class _Server:
             for future in self.waiting.values():
                 future.set_result((None, None))
             self.waiting.clear()
+        self.settled.set()
 
     def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
         """The task's exit code; None when the server cannot take it (start the task as kfp does).
         The CPU time of a task that ran goes to the caller's StepTime (local_scheduler.record_task_cpu)."""
         future: Future = Future()
+        self.settled.wait(READY_TIMEOUT_S)
         with self.lock:
             if not self.ready or self.gone:
                 return None
@@ -106,14 +116,28 @@ class _Server:
 
 
 @contextlib.contextmanager
-def forked_tasks():
+def task_server():
+    """A server started now and closed at the end of the block: started before other work (the demo's
+    phantom), its imports are done by the time the first tasks start, so they fork too."""
+    server = _Server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def forked_tasks(server: _Server | None = None):
     """Within this block kfp.local's SubprocessRunner runs Python component tasks forked from a
-    server that has imported TensorFlow (module docstring); yields the server (its `ready` says
-    whether tasks fork yet)."""
+    server that has imported TensorFlow (module docstring): `server` (from task_server(), left open)
+    or one of its own; yields the server (its `ready` says whether tasks fork yet)."""
+    if server is None:
+        with task_server() as own, forked_tasks(own):
+            yield own
+        return
     from kfp.local import subprocess_task_handler as handler
 
     original = handler.run_local_subprocess
-    server = _Server()
 
     def run_local_subprocess(full_command, env_vars=None):
         if len(full_command) > 3 and full_command[:2] == ["sh", "-ec"] and EXECUTOR_MODULE in full_command[2]:
@@ -127,7 +151,6 @@ def forked_tasks():
         yield server
     finally:
         handler.run_local_subprocess = original
-        server.close()
 
 
 # --- the server process ----------------------------------------------------------------------------------

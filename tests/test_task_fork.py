@@ -7,7 +7,7 @@ import pytest
 from kfp import dsl, local
 
 from histoxai.pipelines.local_scheduler import concurrent_tasks
-from histoxai.pipelines.task_fork import forked_tasks
+from histoxai.pipelines.task_fork import forked_tasks, task_server
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -59,12 +59,33 @@ def test_tasks_start_as_kfp_starts_them_once_the_server_is_gone(pipeline_root):
     assert [step.cpu_seconds for step in steps] == [None]  # kfp's own start measures no CPU time
 
 
+def test_a_task_that_comes_while_the_server_starts_waits_for_it(pipeline_root):
+    steps = []
+    with concurrent_tasks(step_times=steps), forked_tasks() as started:
+        assert not started.ready  # still importing TensorFlow
+        assert forked(word="first").output == "True "  # forked all the same: it waited
+    assert steps[0].cpu_seconds is not None
+
+
+def test_a_server_started_beforehand_serves_the_block_and_outlives_it(pipeline_root):
+    # before the `server` fixture opens its block: concurrent_tasks() blocks do not nest
+    with task_server() as early:  # as the demo starts it, before rendering its phantom
+        _wait(lambda: early.ready or early.gone, "the task server")
+        with concurrent_tasks(), forked_tasks(early) as used:
+            assert used is early
+            assert forked(word="early").output == "True "
+        assert early.proc.poll() is None  # the block leaves the caller's server running
+        with concurrent_tasks(), forked_tasks(early):
+            assert forked(word="again").output == "True "
+    assert early.proc.poll() is not None  # task_server() closed it
+
+
 @pytest.fixture(scope="module")
 def server(pipeline_root):
     """The server, and the StepTime of every task run while it serves."""
     steps = []
     with concurrent_tasks(step_times=steps), forked_tasks() as started:
-        _wait(lambda: started.ready or started.gone, "the task server")  # until then tasks start as usual
+        _wait(lambda: started.ready or started.gone, "the task server")
         assert not started.gone
         yield SimpleNamespace(process=started, steps=steps)
 
