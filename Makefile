@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 	@touch $@
 
 # One worker per core plus one (pytest-xdist): the extra worker runs while others wait on a browser, a
-# server or a subprocess (2 cores: 290 s with 3 workers, 318 s with 2, 325 s with 4). A test file's tests
+# server or a subprocess (single runs on 2 cores: 289 to 304 s with 3 workers, 318 s with 2, 325 s with 4;
+# runs of one setting differ by about a tenth on this shared machine). A test file's tests
 # stay on one worker, so its module fixtures (trained models, ingested phantoms) are built once.
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1)" 2>/dev/null || echo auto)

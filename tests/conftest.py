@@ -18,9 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(items):
     """Files that hold a test marked slow go first (in their own order): under `--dist loadfile` a file
-    runs whole on one worker, and the longest one, started last, left the other workers idle at the end.
-    xdist keeps this order only with --no-loadscope-reorder (pyproject.toml's addopts); by default it
-    starts the files with the most tests first, whatever their length."""
+    runs whole on one worker, and the longest one, started last, left the other workers idle at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
 
