@@ -135,6 +135,32 @@ def test_randomisation_pieces(net):
     assert np.isnan(randomization.spearman(same, np.ones((4, 4))))
 
 
+def test_map_comparisons_of_a_batch_equal_each_maps_own():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=(6, 12, 12))
+    after = 0.5 * before + rng.normal(size=(6, 12, 12))
+    before[1] = 0.0  # constant: undefined
+    after[2, :3] = np.nan  # partly missing: read as 0, as one map alone is
+    before[3] = np.round(before[3])  # ties
+    after[4] = np.inf  # nothing finite: undefined
+    for absolute in (False, True):
+        rows = randomization.spearman_rows(before, after, absolute=absolute)
+        for i in range(len(before)):
+            a, b = (np.nan_to_num(m[i], nan=0.0, posinf=0.0, neginf=0.0) for m in (before, after))
+            a, b = (np.abs(m) if absolute else m for m in (a, b))
+            if i in (1, 4):
+                assert np.isnan(rows[i])
+            else:  # scipy's own Spearman of the same values
+                assert rows[i] == pytest.approx(spearmanr(a.ravel(), b.ravel())[0], abs=1e-12)
+    together = randomization.ssim_rows(before, after)
+    alone = [randomization.ssim_rows(before[i:i + 1], after[i:i + 1])[0] for i in range(len(before))]
+    np.testing.assert_array_equal(together, alone)  # the batch's filter never mixes two maps
+    assert np.isnan(together[[1, 4]]).all() and np.isfinite(together[[0, 2, 3, 5]]).all()
+    assert randomization.compare(before, after)["undefined"] == pytest.approx(2 / 6)
+
+
 # ---- the step ----
 
 @pytest.fixture(scope="module")

@@ -104,43 +104,77 @@ def _finite(values: np.ndarray) -> np.ndarray | None:
     return None if values.max() == values.min() else values
 
 
+def _finite_rows(maps: np.ndarray, absolute: bool) -> tuple[np.ndarray, np.ndarray]:
+    """_finite for each of (B, ...) maps at once: (B, N) values, and which rows are defined."""
+    values = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    if absolute:
+        values = np.abs(values)
+    defined = np.isfinite(values).any(axis=1)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    return values, defined & (values.max(axis=1) != values.min(axis=1))
+
+
+def spearman_rows(first: np.ndarray, second: np.ndarray, *, absolute: bool = False) -> np.ndarray:
+    """spearman() of each pair of (B, ...) maps, all at once (a per-map loop of rankdata and corrcoef
+    took about 70 ms per 16 maps of 64 x 64, a tenth of an explain step's time)."""
+    from scipy.stats import rankdata
+
+    (a, defined_a), (b, defined_b) = _finite_rows(first, absolute), _finite_rows(second, absolute)
+    rho = np.full(len(a), np.nan)
+    rows = defined_a & defined_b
+    if rows.any():
+        ranks_a, ranks_b = rankdata(a[rows], axis=1), rankdata(b[rows], axis=1)
+        ranks_a -= ranks_a.mean(axis=1, keepdims=True)
+        ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+        rho[rows] = np.clip((ranks_a * ranks_b).sum(axis=1)
+                            / np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1)), -1.0, 1.0)
+    return rho
+
+
 def spearman(first: np.ndarray, second: np.ndarray, *, absolute: bool = False) -> float:
     """Rank correlation of the maps' values (of |values| with absolute=True); NaN when either map is
     constant or holds no finite value."""
-    from scipy.stats import rankdata
-
-    a, b = (_finite(np.abs(m) if absolute else m) for m in (first, second))
-    if a is None or b is None:
-        return np.nan
-    return float(np.corrcoef(rankdata(a.ravel()), rankdata(b.ravel()))[0, 1])
+    return float(spearman_rows(first[None], second[None], absolute=absolute)[0])
 
 
-def ssim(first: np.ndarray, second: np.ndarray) -> float:
-    """Mean SSIM of |map| min-max normalised to [0, 1]; NaN when either map is constant."""
+def ssim_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """ssim() of each pair of (B, H, W) maps, all at once (the filter runs over each map's own axes)."""
     from scipy.ndimage import gaussian_filter
 
-    a, b = (_finite(np.abs(m)) for m in (first, second))
-    if a is None or b is None:
-        return np.nan
-    a, b = ((m - m.min()) / (m.max() - m.min()) for m in (a, b))
+    first, second = np.asarray(first), np.asarray(second)
+    (a, defined_a), (b, defined_b) = _finite_rows(first, True), _finite_rows(second, True)
+    result = np.full(len(a), np.nan)
+    rows = defined_a & defined_b
+    if not rows.any():
+        return result
+    a, b = (m[rows].reshape(-1, *first.shape[1:]) for m in (a, b))
+    a, b = ((m - m.min(axis=(1, 2), keepdims=True)) / np.ptp(m, axis=(1, 2), keepdims=True) for m in (a, b))
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
 
     def smooth(x):
-        return gaussian_filter(x, SSIM_SIGMA, mode="reflect")
+        return gaussian_filter(x, SSIM_SIGMA, mode="reflect", axes=(1, 2))
 
     mu_a, mu_b = smooth(a), smooth(b)
     var_a, var_b = smooth(a * a) - mu_a**2, smooth(b * b) - mu_b**2
     cov = smooth(a * b) - mu_a * mu_b
     index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(index.mean())
+    result[rows] = index.mean(axis=(1, 2))
+    return result
+
+
+def ssim(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean SSIM of |map| min-max normalised to [0, 1]; NaN when either map is constant."""
+    return float(ssim_rows(np.asarray(first)[None], np.asarray(second)[None])[0])
 
 
 def compare(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
     """Mean signed rho, absolute rho and SSIM over the patches of (B, H, W) maps, and the share of
     patches whose comparison is undefined (a constant or all-NaN map before or after)."""
-    signed = np.array([spearman(a, b) for a, b in zip(before, after, strict=True)])
-    absolute = np.array([spearman(a, b, absolute=True) for a, b in zip(before, after, strict=True)])
-    similarity = np.array([ssim(a, b) for a, b in zip(before, after, strict=True)])
+    if len(before) != len(after):
+        raise ValueError(f"compare: {len(before)} maps before, {len(after)} after; expected as many")
+    signed = spearman_rows(before, after)
+    absolute = spearman_rows(before, after, absolute=True)
+    similarity = ssim_rows(before, after)
     undefined = ~(np.isfinite(signed) & np.isfinite(absolute) & np.isfinite(similarity))
 
     def mean(values):
