@@ -28,7 +28,6 @@ from tests import app_browser
 from tests.train_data import write_blob_manifest
 
 pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
-
 MAIN = str(Path(auth.__file__).with_name("main.py"))
 PASSWORD = "correct horse battery"
 TINY = {"backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 16, "frozen_epochs": 1,
@@ -144,8 +143,7 @@ def test_cli_refuses_bad_settings_with_one_line(run, tmp_path, capsys, monkeypat
               "outside the app's root"),
              (["app", "--run", str(run["run"] / "missing"), "--users", str(run["users"])], "not found"),
              (["app", "--run", str(run["run"]), "--users", str(run["users"]), "--trusted-proxies", "one"],
-              "--trusted-proxies='one': expected a whole number"),
-             (["app"], "--run: missing")]
+              "--trusted-proxies='one': expected a whole number"), (["app"], "--run: missing")]
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

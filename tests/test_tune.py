@@ -28,7 +28,6 @@ from histoxai.training import STOPPED_EXIT_CODE, load_splits, resolve_runtime, t
 from tests.train_data import write_blob_manifest
 
 pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
-
 REPO = Path(__file__).resolve().parents[1]
 # The tiny CNN learns MD of the blob patches within a few epochs at lr 1e-3.
 QUICK = {"targets": ["MD"], "backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 8,
