@@ -31,7 +31,7 @@ test: install tools browser  ## run the whole test suite (on every core)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Installed before the tests start, so that apt-get's minute is not counted as test time.
-browser:  ## Debian's chromium and chromium-driver for the browser tests (apt-get when missing; needs root)
+browser: install  ## Debian's chromium and chromium-driver for the browser tests (apt-get when missing; needs root)
 	@$(BIN)/python -c "from tests.app_browser import ensure_chromium; ensure_chromium()"
 
 demo: install  ## the whole pipeline run locally on phantom samples 3, 4, 5 (2-5 min on 2 cores), into $(OUT)/demo

@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        run = run_demo(str(Path(args.out).resolve()), targets=args.targets)
+        # a gs:// URI resolved as a path becomes a local folder named 'gs:': run_demo refuses the URI
+        out = args.out if storage.is_gcs(args.out) else str(Path(args.out).resolve())
+        run = run_demo(out, targets=args.targets)
     except InputError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2

@@ -125,3 +125,13 @@ def test_progress_survives_steps_that_rename_their_staging_folders(tmp_path):
         stop.set()
         churner.join()
     assert finished == [1]  # the one finished task, counted once
+
+
+def test_the_demo_refuses_a_bucket_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from histoxai.pipelines import demo
+
+    monkeypatch.chdir(tmp_path)  # a gs:// URI taken for a path would become ./gs:/bucket/demo here
+    assert demo.main(["--out", "gs://bucket/demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "gs://bucket/demo" in err and "local folder" in err
+    assert list(tmp_path.iterdir()) == []
