@@ -16,6 +16,12 @@ import pandas as pd
 from histoxai.manifest import write_manifest
 from histoxai.shards import ShardWriter, encode_image
 
+# A tuning config the tiny CNN learns MD of the blob patches with, within a few epochs at lr 1e-3.
+QUICK_TUNE = {"targets": ["MD"], "backbone": "tiny", "weights": None, "image_size": 32, "batch_size": 8,
+              "frozen_epochs": 0, "finetune_epochs": 3, "patience": 5, "optimizer": "adam",
+              "lr_schedule": "none", "learning_rate": 1e-3, "dense_units": 16, "feature_units": 8,
+              "dropout": 0.0, "feature_dropout": 0.0}
+
 
 def blob_patch(rng: np.random.Generator, size: int, count: int, elongation: float, radius: float):
     """One size x size RGB patch with `count` blobs; returns (image, dark pixel fraction)."""
