@@ -26,7 +26,7 @@ from histoxai.model import load_model
 from histoxai.reuse import REUSED_FROM, training_fingerprint, why_not_reusable
 from histoxai.training import STOPPED_EXIT_CODE, load_splits, resolve_runtime, train
 from tests.train_data import QUICK_TUNE as QUICK
-from tests.train_data import write_blob_manifest
+from tests.train_data import write_blob_manifest, write_yaml
 
 pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
 REPO = Path(__file__).resolve().parents[1]
@@ -36,12 +36,6 @@ SCHEDULE_CHILDREN = [k for k, (_, when) in CONDITIONS.items() if when == ("warmu
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return write_blob_manifest(tmp_path_factory.mktemp("blobs"), n=200, size=32, seed=1)
-
-
-def _space_file(tmp_path, values: dict, name: str = "space.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
 
 
 def _journal_study(path: Path):
@@ -157,8 +151,8 @@ def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(
 
 def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_bucket, blobs, capsys):
     out = storage.join(gcs_bucket, "tune")
-    config = _space_file(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
-    space_path = _space_file(tmp_path, {"search": {"learning_rate": [1e-3, 3e-3], "dense_units": [8, 16]}})
+    config = write_yaml(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
+    space_path = write_yaml(tmp_path, {"search": {"learning_rate": [1e-3, 3e-3], "dense_units": [8, 16]}})
     args = ["tune", "--config", config, "--search-space", space_path, "--data", str(blobs), "--out", out,
             "--tuning-trials", "2", "--startup-trials", "2"]
     killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-trials", "1"],
@@ -243,7 +237,7 @@ def test_vizier_job_builds_offline_with_conditional_specs(tmp_path, gcs_bucket):
     assert spec["max_trial_count"] == 30
 
     out = storage.join(gcs_bucket, "vizier")
-    config = _space_file(tmp_path, QUICK, "quick.yaml")
+    config = write_yaml(tmp_path, QUICK, "quick.yaml")
     assert main(["tune", "--backend", "vizier", "--project", "p", "--config", config, "--data", "gs://b/split",
                  "--search-space", "search_space_demo", "--out", out,
                  "--tuning-trials", "4"]) == 0
@@ -345,8 +339,8 @@ def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     out = tmp_path / "tune"
-    config = _space_file(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
-    args = ["tune", "--config", config, "--search-space", _space_file(tmp_path, {"search": {
+    config = write_yaml(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
+    args = ["tune", "--config", config, "--search-space", write_yaml(tmp_path, {"search": {
         "learning_rate": [1e-3, 3e-3]}}), "--data", str(blobs), "--out", str(out), "--tuning-trials", "1"]
     code = ("import os, signal\nfrom histoxai import training\n"
             "training.publish_results = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"

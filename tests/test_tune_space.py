@@ -11,7 +11,7 @@ from histoxai.cli import main
 from histoxai.components.tune.space import CONDITIONS, load_space, parse_space, table_space
 from histoxai.errors import InputError
 from tests.train_data import QUICK_TUNE as QUICK
-from tests.train_data import write_blob_manifest
+from tests.train_data import write_blob_manifest, write_yaml
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "histoxai" / "configs"
 SCHEDULE_CHILDREN = [k for k, (_, when) in CONDITIONS.items() if when == ("warmup_cosine",)]
@@ -20,12 +20,6 @@ SCHEDULE_CHILDREN = [k for k, (_, when) in CONDITIONS.items() if when == ("warmu
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     return write_blob_manifest(tmp_path_factory.mktemp("blobs"), n=20, size=32, seed=1)
-
-
-def _space_file(tmp_path, values: dict, name: str = "space.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(values))
-    return str(path)
 
 
 def test_shipped_spaces_validate_and_reuse_the_table_values():
@@ -65,8 +59,8 @@ def test_shipped_spaces_validate_and_reuse_the_table_values():
      r"parameter 'warmup_epochs' is only used when lr_schedule .* config sets lr_schedule: 'none'"),
 ])
 def test_invalid_space_is_rejected_naming_the_parameter(tmp_path, capsys, blobs, values, message):
-    path = _space_file(tmp_path, values)
-    config = _space_file(tmp_path, QUICK, "quick.yaml")
+    path = write_yaml(tmp_path, values)
+    config = write_yaml(tmp_path, QUICK, "quick.yaml")
     out = tmp_path / "out"
     assert main(["tune", "--config", config, "--search-space", path, "--data", str(blobs),
                  "--out", str(out)]) == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from histoxai.manifest import write_manifest
 from histoxai.shards import ShardWriter, encode_image
@@ -69,3 +70,10 @@ def write_blob_manifest(folder: str | Path, n: int = 120, size: int = 48, *, enc
     path = folder / "split.parquet"
     write_manifest(frame, path)
     return path
+
+
+def write_yaml(folder: Path, values: dict, name: str = "space.yaml") -> str:
+    """`values` as a YAML file in folder (a search space by default); its path."""
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
