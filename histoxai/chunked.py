@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+from h5py._objects import phil
 from isal import isal_zlib
 
 from histoxai.errors import InputError
@@ -47,7 +48,10 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
     """The chunks at `origins` (HDF5 chunk offsets), decoded and clipped to the array, in that order."""
     # Only this thread calls HDF5, even for a dataset's shape or dtype: h5py's HDF5 is not built
     # thread-safe, and such calls from the inflating threads failed at random ("no VOL object wrap
-    # context", a double free)
+    # context", a double free). h5py serialises its own calls with its lock `phil`, but the h5py pinned
+    # here (3.14) runs read_direct_chunk without it (h5py PR 2764 adds it): taken here, so that another
+    # thread's h5py call (an app session's, a collected h5py object's) cannot run inside HDF5 with this
+    # read, which then failed or crashed the process (tests/test_chunk_layouts.py)
     chunks, shape, dtype = ds.chunks, ds.shape, ds.dtype
 
     def extent(origin) -> tuple[slice, ...]:  # edge chunks are stored whole: clip them to the array
@@ -72,11 +76,11 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for origin in origins:
-            if ds.id.get_chunk_info_by_coord(origin).byte_offset is None:
-                pending.append(fill(origin))
-            else:
-                mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate them
-                pending.append(pool.submit(inflate, raw, mask, origin))
+            with phil:
+                stored = ds.id.get_chunk_info_by_coord(origin).byte_offset is not None
+                if stored:
+                    mask, raw = ds.id.read_direct_chunk(origin)  # HDF5 reads the bytes; threads inflate
+            pending.append(pool.submit(inflate, raw, mask, origin) if stored else fill(origin))
             if len(pending) > 2 * workers:  # a few chunks in flight: memory stays at a few chunks
                 yield pending.popleft().result()
         while pending:
@@ -207,18 +211,18 @@ class ScratchRows:
         else:  # contiguous: HDF5 reads each piece's bytes once
             pieces = (self._ds[(slice(c0, c1), slice(x0, x1), slice(r0, r1)) if self._ds.ndim == 3
                                else (slice(x0, x1), slice(r0, r1))] for c0, c1, x0, x1, r0, r1 in selections)
-        try:
-            bar = tqdm(zip(selections, pieces, strict=True), total=len(selections), unit="chunk",
-                       desc=f"unpacking {self._label}", leave=False, disable=len(selections) < 64)
-            for (c0, c1, x0, x1, r0, r1), data in bar:
-                data = data.reshape(c1 - c0, x1 - x0, r1 - r0)
-                self.chunks_read += 1
+        bar = tqdm(zip(selections, pieces, strict=True), total=len(selections), unit="chunk",
+                   desc=f"unpacking {self._label}", leave=False, disable=len(selections) < 64)
+        for (c0, c1, x0, x1, r0, r1), data in bar:  # HDF5's read errors pass up as they are
+            data = data.reshape(c1 - c0, x1 - x0, r1 - r0)
+            self.chunks_read += 1
+            try:
                 for k in range(c1 - c0):
                     os.pwrite(fd, np.ascontiguousarray(data[k].T).data, self._offset(x0, c0 + k, r0))
-        except OSError as err:
-            raise InputError(f"{self._label}: cannot unpack it into scratch space in {self._folder} "
-                             f"({err.strerror}); expected {self._ds.nbytes / 2**30:.1f} GiB free there"
-                             ) from err
+            except OSError as err:  # only the scratch file's own writes: a full or missing disk
+                raise InputError(f"{self._label}: cannot unpack it into scratch space in {self._folder} "
+                                 f"({err.strerror}); expected {self._ds.nbytes / 2**30:.1f} GiB free there"
+                                 ) from err
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         start, stop = _clamp(start, stop, self._height)
