@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 # One worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
 # (trained models, ingested phantoms) are built once. TEST_WORKERS=0 runs in one process. One worker more
 # than cores was about 5 % faster on 2 cores in single runs (289-304 s against 318 s), within this
-# machine's noise; two of three fresh-clone runs with it once failed tests/test_chunk_layouts.py (two
+# machine's noise; two of three fresh-clone runs with it at 1e12600 failed tests/test_chunk_layouts.py (two
 # ingestions of the same pixels differed). h5py's unlocked read_direct_chunk, which histoxai/chunked.py
 # now locks, made such reads fail beside other h5py threads; that it caused that difference is not shown.
 TEST_WORKERS ?= auto
