@@ -50,7 +50,7 @@ def decoded_chunks(ds, origins: list[tuple[int, ...]]) -> Iterator[np.ndarray]:
     # thread-safe, and such calls from the inflating threads failed at random ("no VOL object wrap
     # context", a double free). h5py serialises its own calls with its lock `phil`, but the h5py pinned
     # here (3.14) runs read_direct_chunk without it (h5py PR 2764 adds it): taken here, so that another
-    # thread's h5py call (an app session's, a collected h5py object's) cannot run inside HDF5 with this
+    # thread's h5py call (any other reader's, a collected h5py object's) cannot run inside HDF5 with this
     # read, which then failed or crashed the process (tests/test_chunk_layouts.py)
     chunks, shape, dtype = ds.chunks, ds.shape, ds.dtype
 

@@ -202,8 +202,8 @@ def test_chunks_never_written_read_as_the_fill_value(tmp_path):
 
 
 def test_chunks_read_alike_while_other_threads_use_h5py(tmp_path):
-    """h5py 3.14 runs read_direct_chunk without its lock `phil`, so another thread's h5py calls (an app
-    session's, a collected h5py object's) ran inside HDF5 with it: without the reader's own lock, 9 of 9
+    """h5py 3.14 runs read_direct_chunk without its lock `phil`, so another thread's h5py calls (any other
+    reader's, a collected h5py object's) ran inside HDF5 with it: without the reader's own lock, 9 of 9
     runs of this test failed on an HDF5 error (6), crashed the process (1) or aborted on a double free."""
     import sys
     import threading
