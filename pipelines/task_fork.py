@@ -55,6 +55,7 @@ class _Server:
         self.waiting: dict[int, Future] = {}
         self.next_id, self.ready, self.gone = 0, False, False
         self.settled = threading.Event()  # set once the server is ready or gone
+        self.deadline = time.monotonic() + READY_TIMEOUT_S  # passed over if not ready by then
         threading.Thread(target=self._answers, daemon=True, name="task-fork-answers").start()
 
     def _answers(self) -> None:
@@ -78,7 +79,7 @@ class _Server:
         """The task's exit code; None when the server cannot take it (start the task as kfp does).
         The CPU time of a task that ran goes to the caller's StepTime (local_scheduler.record_task_cpu)."""
         future: Future = Future()
-        self.settled.wait(READY_TIMEOUT_S)
+        self.settled.wait(max(0.0, self.deadline - time.monotonic()))  # once, not anew for each task
         with self.lock:
             if not self.ready or self.gone:
                 return None

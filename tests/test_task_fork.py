@@ -80,6 +80,20 @@ def test_a_server_started_beforehand_serves_the_block_and_outlives_it(pipeline_r
     assert early.proc.poll() is not None  # task_server() closed it
 
 
+def test_a_server_not_ready_in_time_is_passed_over_once_not_for_each_task(monkeypatch):
+    from histoxai.pipelines import task_fork
+
+    monkeypatch.setattr(task_fork, "READY_TIMEOUT_S", 1.0)  # TensorFlow's import takes longer
+    with task_server() as slow:
+        started = time.monotonic()
+        assert slow.run("", [], {}) is None  # not ready within the second: started as kfp starts it
+        waited = time.monotonic() - started
+        assert not slow.ready and waited >= 0.9
+        started = time.monotonic()
+        assert slow.run("", [], {}) is None
+        assert time.monotonic() - started < 0.5  # the deadline counts from the server's start
+
+
 @pytest.fixture(scope="module")
 def server(pipeline_root):
     """The server, and the StepTime of every task run while it serves."""

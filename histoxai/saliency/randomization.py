@@ -125,7 +125,7 @@ def spearman_rows(first: np.ndarray, second: np.ndarray, *, absolute: bool = Fal
 def spearman(first: np.ndarray, second: np.ndarray, *, absolute: bool = False) -> float:
     """Rank correlation of the maps' values (of |values| with absolute=True); NaN when either map is
     constant or holds no finite value."""
-    return float(spearman_rows(first[None], second[None], absolute=absolute)[0])
+    return float(spearman_rows(np.asarray(first)[None], np.asarray(second)[None], absolute=absolute)[0])
 
 
 def ssim_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
