@@ -112,14 +112,14 @@ def _package(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from kfp import components
-
     from histoxai.gcp import default_credentials
     from histoxai.pipelines.params import check_parameters, parameters_from_args
     from histoxai.pipelines.submit import (
         check_cron,
         check_experiment,
         check_vertex_images,
+        package_inputs,
+        read_package,
         submit_kfp,
         submit_vertex,
         vertex_job,
@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> None:
     values = parameters_from_args(args)
     caching = False if args.no_cache else None  # None: the compiled per-step settings
     with _package(args) as package:
-        parameters = check_parameters(values, components.load_component_from_file(package).component_spec)
+        source = f"--package {args.package}" if args.package else "the pipeline compiled now"
+        documents = read_package(package, source)
+        parameters = check_parameters(values, package_inputs(documents, source))
         if args.kfp_host:
             result = submit_kfp(package, host=args.kfp_host, parameters=parameters,
                                 experiment=args.experiment or KFP_EXPERIMENT, run_name=args.run_name,
@@ -144,8 +146,7 @@ def run(args: argparse.Namespace) -> None:
                                 service_account=args.service_account, wait=args.wait)
         else:
             # before anything is sent: Vertex AI cannot pull minikube's local image tags
-            check_vertex_images(package, f"--package {args.package}" if args.package
-                                else "the pipeline compiled now")
+            check_vertex_images(documents, source)
             if not args.pipeline_root:
                 raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
                                  "(or set HISTOXAI_PIPELINE_ROOT)")

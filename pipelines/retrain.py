@@ -255,12 +255,17 @@ def _deployment_parameters(settings: Settings, spec) -> dict[str, str]:
 def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str) -> dict:
     """Submit the pipeline over `samples` to Vertex AI as job `run_id`; a run of that id already there
     (an earlier delivery got through) is returned as is."""
-    from kfp import components
-
     from histoxai.config import config_from_yaml, parse_overrides
     from histoxai.gcp import default_credentials
     from histoxai.pipelines.params import check_parameters
-    from histoxai.pipelines.submit import RunExists, check_vertex_images, submit_vertex, vertex_job
+    from histoxai.pipelines.submit import (
+        RunExists,
+        check_vertex_images,
+        package_inputs,
+        read_package,
+        submit_vertex,
+        vertex_job,
+    )
 
     if not settings.pipeline_root:
         raise InputError("--pipeline-root: not given; expected gs://BUCKET/PATH "
@@ -272,8 +277,10 @@ def submit_run(settings: Settings, samples: list[str], sample: str, run_id: str)
         config_from_yaml(str(values.get("config") or ""), overrides, "run parameter config")
     label = re.sub(r"[^a-z0-9_-]+", "-", sample.lower())[:63]
     with _template(settings) as package:
-        check_vertex_images(package, settings.template or "the pipeline compiled from the installed code")
-        spec = components.load_component_from_file(package).component_spec
+        source = settings.template or "the pipeline compiled from the installed code"
+        documents = read_package(package, source)
+        check_vertex_images(documents, source)
+        spec = package_inputs(documents, source)
         parameters = check_parameters({**_deployment_parameters(settings, spec), **values}, spec)
         job = vertex_job(package, project=project, region=settings.region,
                          pipeline_root=settings.pipeline_root, parameters=parameters,

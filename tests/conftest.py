@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -21,6 +22,42 @@ def pytest_collection_modifyitems(items):
     runs whole on one worker, and the longest one, started last, left the other workers idle at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+def pytest_collection_finish(session):
+    """What collection imported (TensorFlow, Keras, KFP: some 400,000 objects) lives as long as the worker:
+    frozen, the full garbage collections that Keras's clear_session and the growing heap start skip it."""
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _freeze_what_earlier_files_left():
+    """TensorFlow keeps the graphs of earlier files' models alive (some 300,000 objects by the end of a
+    worker); collected once and frozen at each file's start, they are not scanned again by every
+    collection in the files after."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_sessionfinish(session):
+    gc.unfreeze()  # the exit handlers that look for live tf.data iterators see every object again
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _streamlit_leaves_the_workers_keras_alone():
+    """Before each script run Streamlit clears Keras's session when keras is imported: in a worker that has
+    trained models that is a full garbage collection per AppTest run (0.2 s; ~30 CPU-s a suite). The app
+    itself never imports Keras or TensorFlow (test_layers checks), so here only matplotlib's figures close."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    def close_figures():
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+
+    original = script_runner._clean_problem_modules
+    script_runner._clean_problem_modules = close_figures
+    yield
+    script_runner._clean_problem_modules = original
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +111,17 @@ def gcs_bucket(gcs_emulator):
 def gcs_module_bucket(gcs_emulator):
     """A fresh, empty bucket shared by one module's tests (for module-scoped fixtures)."""
     return _new_bucket()
+
+
+@pytest.fixture(scope="session")
+def shared_task_server():
+    """One task server (pipelines/task_fork.py) for every local pipeline run of a worker: each server's
+    start imports TensorFlow, some 5 CPU-seconds, as each task that kfp starts afresh does. Tasks get the
+    caller's environment with each request, so the server may start before the GCS emulator."""
+    from histoxai.pipelines.task_fork import task_server
+
+    with task_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

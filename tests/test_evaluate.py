@@ -331,10 +331,11 @@ def test_bad_inputs_fail_with_one_clear_line(setup, tmp_path, capsys):
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
 
 
-def test_kfp_component_runs_locally(setup, tmp_path):
+def test_kfp_component_runs_locally(setup, tmp_path, shared_task_server):
     from kfp import dsl, local
 
     from histoxai.components.evaluate.component import evaluate_models
+    from histoxai.pipelines.task_fork import forked_tasks
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
@@ -345,7 +346,8 @@ def test_kfp_component_runs_locally(setup, tmp_path):
         evaluate_models(split=split.output, multitask_model=model.output, baseline_summary="",
                         baseline_repeats=1, seed=0)
 
-    evaluate_only()
+    with forked_tasks(shared_task_server):
+        evaluate_only()
     task_dir = next((tmp_path / "root").glob("*/evaluate-models"))
     logged = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]["metrics"]
     logged = logged["artifacts"][0]["metadata"]

@@ -49,12 +49,25 @@ def step(module: str) -> str | None:
     return parts[2] if len(parts) > 2 and parts[:2] == ["histoxai", "components"] else None
 
 
-def imported_modules(tree: ast.AST, importer: str) -> list[tuple[int, str]]:
-    """(line, module) of every import anywhere in the tree; `from pkg import name` counts as pkg.name
-    when that is a module of the project."""
+def _run_at_import(tree: ast.AST):
+    """The nodes that run when the module is imported: not function bodies, not `if TYPE_CHECKING:`."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            todo += node.orelse
+            continue
+        todo += [child for child in ast.iter_child_nodes(node)
+                 if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+
+
+def imported_modules(tree: ast.AST, importer: str, *, at_import_only: bool = False) -> list[tuple[int, str]]:
+    """(line, module) of every import anywhere in the tree (only those run on importing it, with
+    at_import_only); `from pkg import name` counts as pkg.name when that is a module of the project."""
     found = []
     package = importer if MODULES.get(importer, Path()).name == "__init__.py" else importer.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in (_run_at_import(tree) if at_import_only else ast.walk(tree)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -110,6 +123,30 @@ def test_the_check_finds_a_wrong_import(importer, source, why):
         assert problems == []
     else:
         assert len(problems) == 1 and why in problems[0], problems
+
+
+def test_the_app_never_imports_tensorflow_or_keras():
+    """Streamlit clears Keras's session before every script run once keras is imported (a full garbage
+    collection each time), and the app's image need not carry TensorFlow: no app module imports them,
+    anywhere in its code, nor does any project module it imports on being imported."""
+    imports, todo, via = set(), [m for m in MODULES if m.startswith("histoxai.app")], {}
+    while todo:
+        module = todo.pop()
+        if module in imports:
+            continue
+        imports.add(module)
+        if module in MODULES:
+            tree, in_app = ast.parse(MODULES[module].read_text()), module.startswith("histoxai.app")
+            for _, name in imported_modules(tree, module, at_import_only=not in_app):
+                via.setdefault(name, module)
+                todo.append(name)
+    chains = []
+    for found in sorted(m for m in imports if m.split(".")[0] in ("tensorflow", "keras", "tf_keras_vis")):
+        chain = [found]
+        while chain[-1] in via and not chain[-1].startswith("histoxai.app"):
+            chain.append(via[chain[-1]])
+        chains.append(" <- ".join(chain))
+    assert not chains, "\n".join(chains)
 
 
 def test_every_module_says_what_it_is_for_and_stays_short():

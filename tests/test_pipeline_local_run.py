@@ -33,17 +33,7 @@ GIVEN = ["image_size=32", "frozen_epochs=1", "finetune_epochs=1", "batch_size=32
 
 
 @pytest.fixture(scope="module")
-def shared_server(gcs_module_bucket):
-    """One task server for both runs, started before the first renders its samples (as the demo does):
-    each server's start costs seconds of TensorFlow import, which the tasks would otherwise wait for."""
-    from histoxai.pipelines.task_fork import task_server
-
-    with task_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bucket_run(gcs_module_bucket, shared_server, tmp_path_factory):
+def bucket_run(gcs_module_bucket, shared_task_server, tmp_path_factory):
     """Phantom samples 3 and 4 (a 20 x 20 voxel crop) in a fresh emulator bucket, and 5: sample 4 with
     its slide cut short, which ingestion refuses while the run goes on; one tuning trial of one epoch;
     both models registered in a fresh folder registry."""
@@ -68,7 +58,7 @@ def bucket_run(gcs_module_bucket, shared_server, tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         run = run_local(arguments, str(tmp_path_factory.mktemp("bucket-run") / "runs"),
-                        task_server=shared_server)
+                        task_server=shared_task_server)
     return SimpleNamespace(run=run, bucket=bucket, samples=samples, arguments=arguments,
                            out=out.getvalue(), err=err.getvalue())
 
@@ -198,8 +188,8 @@ def test_local_run_with_tuning_trains_the_studys_best_config(bucket_run):
 
 
 @pytest.mark.slow
-def test_a_second_run_registers_and_gates_beside_the_first_runs_champions(bucket_run, shared_server, tmp_path,
-                                                                          capsys):
+def test_a_second_run_registers_and_gates_beside_the_first_runs_champions(bucket_run, shared_task_server,
+                                                                          tmp_path, capsys):
     """The first run registered version 1 of both models and promoted them; a second run scores version
     1 beside its own models in the same evaluate step, registers version 2, and moves the champion only
     by the rule."""
@@ -215,7 +205,7 @@ def test_a_second_run_registers_and_gates_beside_the_first_runs_champions(bucket
     # the first run's parameters (config, sizes, registry), on local samples, with the given config
     arguments = {**bucket_run.arguments, "samples_uri": samples, "explain_phantom_dir": samples,
                  "tuning": False, "promotion_margin": 0.0, "promotion_tolerance": 0.0}
-    second = run_local(arguments, str(tmp_path / "runs"), task_server=shared_server)
+    second = run_local(arguments, str(tmp_path / "runs"), task_server=shared_task_server)
     # the first run's server, still open, served this run too: every task forked from it
     assert all(step.cpu_seconds is not None for step in second.steps), second.steps
 

@@ -239,7 +239,7 @@ def test_a_registry_champion_predicts_like_its_folder(setup, capsys):
     assert code == 2 and "no such version or alias" in capsys.readouterr().err
 
 
-def test_the_prediction_pipeline_runs_every_slide_of_a_folder(setup, tmp_path):
+def test_the_prediction_pipeline_runs_every_slide_of_a_folder(setup, tmp_path, shared_task_server):
     """`histoxai compile --pipeline predict`'s DAG under kfp.local: list the folder's slides (a sample
     folder and a pyramidal TIFF), predict each in its ParallelFor branch, as the CLI does."""
     import yaml
@@ -247,6 +247,7 @@ def test_the_prediction_pipeline_runs_every_slide_of_a_folder(setup, tmp_path):
 
     from histoxai.pipelines.pipeline import CompileOptions, compile_package
     from histoxai.pipelines.predict_pipeline import build_predict_pipeline
+    from histoxai.pipelines.task_fork import forked_tasks
 
     package = tmp_path / "predict.yaml"
     inputs = compile_package(str(package), CompileOptions(), pipeline="predict")
@@ -262,7 +263,8 @@ def test_the_prediction_pipeline_runs_every_slide_of_a_folder(setup, tmp_path):
     (slides / "notes.txt").write_text("not a slide")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                raise_on_error=True)
-    build_predict_pipeline(CompileOptions(retries=0))(slides_uri=str(slides), model=str(setup["model"]))
+    with forked_tasks(shared_task_server):
+        build_predict_pipeline(CompileOptions(retries=0))(slides_uri=str(slides), model=str(setup["model"]))
     infos = sorted((tmp_path / "root").rglob("prediction.json"))
     found = {json.loads(p.read_text())["slides"][0]["id"]: p.parent for p in infos if p.parent.name == "maps"}
     assert set(found) == {"6", "slide"}

@@ -272,6 +272,9 @@ def test_submit_to_kfp(package, kfp_api, capsys):
 def test_submit_errors_are_one_line(package, tmp_path, capsys):
     closed = FakeService({})
     closed.close()  # nothing listens on this port any more
+    broken, bare = tmp_path / "broken.yaml", tmp_path / "bare.yaml"
+    broken.write_text("pipelineInfo: [unclosed\n")
+    bare.write_text("pipelineInfo: {name: p}\n")
     base = ["submit", "--package", str(package), "--samples-uri", "/data"]
     for argv, message in [
         ([*base, "--kfp-host", closed.url], f"--kfp-host {closed.url}: endpoint unreachable"),
@@ -279,10 +282,31 @@ def test_submit_errors_are_one_line(package, tmp_path, capsys):
         ([*base, "--accelerator-type", "NVIDIA_L4"], "--accelerator-type: compile options do not change"),
         ([*base], "--pipeline-root: not given"),
         ([*base, "--param", "nonesuch=1"], "pipeline parameter 'nonesuch': unknown"),
+        ([*base[:2], str(broken), *base[3:]], f"--package {broken}: not a YAML pipeline package"),
+        ([*base[:2], str(bare), *base[3:]], f"--package {bare}: no deploymentSpec"),
     ]:
         assert histoxai_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_package_is_read_once_as_kfp_reads_it(package):
+    """Submitting parses the package once with libyaml's loader and builds the inputs' spec from it: the
+    same documents as PyYAML's own loader gives, the same spec as kfp's load_component_from_file."""
+    import dataclasses
+
+    import yaml
+    from kfp import components
+
+    from histoxai.pipelines.submit import package_images, package_inputs, read_package
+
+    documents = read_package(str(package))
+    assert documents == list(yaml.safe_load_all(package.read_text()))
+    theirs = components.load_component_from_file(str(package)).component_spec
+    ours = package_inputs(documents, str(package))
+    assert "samples_uri" in ours.inputs
+    assert dataclasses.replace(ours, description=theirs.description) == theirs
+    assert set(package_images(documents, str(package)).values()) == _images(documents[0])
 
 
 def _images(spec: dict) -> set[str]:

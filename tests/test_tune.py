@@ -311,16 +311,18 @@ def test_component_compiles_in_a_one_step_pipeline(tmp_path):
     assert configs.from_dict(restore_ints(constant["runtimeValue"]["constant"])) == configs.from_dict(QUICK)
 
 
-def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs):
+def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs, shared_task_server):
     from kfp import local
 
     from histoxai.config import as_pipeline_parameter
+    from histoxai.pipelines.task_fork import forked_tasks
 
     # KFP turns the dict parameters' integers into floats; the component must read them back.
     base = as_pipeline_parameter(configs.from_dict({**QUICK, "finetune_epochs": 1}).to_dict())
     space = {"fixed": {"patience": 4}, "search": {"dense_units": [8, 16]}}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    _tune_only_pipeline(base, space, 1)(split_uri=str(blobs.parent))
+    with forked_tasks(shared_task_server):
+        _tune_only_pipeline(base, space, 1)(split_uri=str(blobs.parent))
     [step] = (tmp_path / "root").glob("tune-only-*/tune-step")
     best = configs.load_config(str(step / "best_config"))
     assert (best.targets, best.patience, best.finetune_epochs) == (("MD",), 4, 1)
