@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-build-lock.txt requirement
 # now locks, made such reads fail beside other h5py threads; that it caused that difference is not shown.
 TEST_WORKERS ?= auto
 test: install tools browser  ## run the whole test suite (on every core)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Installed before the tests start, so that apt-get's minute is not counted as test time.
 browser: install  ## Debian's chromium and chromium-driver for the browser tests (apt-get when missing; needs root)

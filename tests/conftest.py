@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(items):
     """Files that hold a test marked slow go first (in their own order): under `--dist loadfile` a file
-    runs whole on one worker, and the longest one, started last, left the other workers idle at the end."""
+    runs whole on one worker, and the longest one, started last, left the other workers idle at the end.
+    xdist keeps this order with --no-loadscope-reorder (`make test`); by default it sends the files with
+    the most tests first, which put the two-test pipeline runs last."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
 

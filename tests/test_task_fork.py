@@ -92,13 +92,14 @@ def test_a_server_not_ready_in_time_is_passed_over_once_not_for_each_task(monkey
         started = time.monotonic()
         assert slow.run("", [], {}) is None
         assert time.monotonic() - started < 0.5  # the deadline counts from the server's start
+        slow.proc.kill()  # rather than let it finish importing TensorFlow for nothing
 
 
 @pytest.fixture(scope="module")
-def server(pipeline_root):
-    """The server, and the StepTime of every task run while it serves."""
+def server(pipeline_root, shared_task_server):
+    """The worker's server (tests/conftest.py), and the StepTime of every task run while it serves."""
     steps = []
-    with concurrent_tasks(step_times=steps), forked_tasks() as started:
+    with concurrent_tasks(step_times=steps), forked_tasks(shared_task_server) as started:
         _wait(lambda: started.ready or started.gone, "the task server")
         assert not started.gone
         yield SimpleNamespace(process=started, steps=steps)
