@@ -25,9 +25,14 @@ def commit() -> dict:
     return {"commit": head, "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def stamp(command: str) -> dict:
-    """Provenance of figures measured now: command, date, device (training.device_name), commit."""
-    from histoxai.training import device_name
+def stamp(command: str, device: str | None = None) -> dict:
+    """Provenance of figures measured now: command, date, device (training.device_name, which imports
+    TensorFlow, unless the caller knows it), commit."""
+    if device is None:
+        from histoxai.console import import_tensorflow
+        from histoxai.training import device_name
 
+        import_tensorflow()  # without its start-up notices, before device_name imports it
+        device = device_name()
     return {"command": command, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "device": device_name(), **commit()}
+            "device": device, **commit()}

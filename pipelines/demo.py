@@ -123,7 +123,9 @@ def write_timing(out: Path, run, seconds: float, targets: str) -> None:
     from histoxai.provenance import stamp
 
     command = "make demo" if targets == "real" else f"python -m histoxai.pipelines.demo --targets {targets}"
-    record = {**stamp(command), "demo_s": round(seconds, 1), "pipeline_s": round(run.seconds, 1),
+    # the device the run's trainings named: importing TensorFlow here to ask again took seconds
+    device = next((m.get("device") for m in run.summary.get("models", {}).values()), None)
+    record = {**stamp(command, device), "demo_s": round(seconds, 1), "pipeline_s": round(run.seconds, 1),
               "load_average_15min": round(os.getloadavg()[2], 2),  # other work on the machine slows the demo
               "run_dir": os.path.relpath(Path(run.run_dir).resolve(), out),
               "steps": [{"task": step.task, "started_s": step.started, "seconds": step.seconds,
