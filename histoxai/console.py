@@ -8,7 +8,8 @@ descriptor 2 captured and passes on every line that is not one of those notices.
 It then freezes the garbage collector's heap (gc.freeze): the some 400,000 objects that TensorFlow and
 Keras bring live as long as the process, and the collection at interpreter exit no longer walks them.
 A small `histoxai train` spent 0.97 s between its last exit handler and its end, 0.12 s so (2-core EPYC).
-Forked children (pipelines/task_fork.py) share the frozen pages rather than copy them.
+The task server (pipelines/task_fork.py) imports through here before it forks, as Python's gc.freeze
+documentation advises, so that its children's collections leave the shared pages alone.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def test_the_check_finds_a_wrong_import(importer, source, why):
 
 def test_the_app_never_imports_tensorflow_or_keras():
     """Streamlit clears Keras's session before every script run once keras is imported (a full garbage
-    collection each time), and the app's image need not carry TensorFlow: no app module imports them,
+    collection each time), and the app has no use for TensorFlow's import time: no app module imports them,
     anywhere in its code, nor does any project module it imports on being imported."""
     imports, todo, via = set(), [m for m in MODULES if m.startswith("histoxai.app")], {}
     while todo:
