@@ -25,6 +25,7 @@ from histoxai import artifacts, outputs, storage
 from histoxai.checkpoint import CheckpointStore, prepare_out
 from histoxai.config import TrainConfig, fit_to_patches
 from histoxai.errors import InputError
+from histoxai.provenance import device_name
 from histoxai.reuse import training_fingerprint
 
 PHASES = ("frozen", "finetune")
@@ -44,27 +45,6 @@ class Runtime:
     precision: str
     jit_compile: bool
     deterministic: bool
-
-
-def device_name() -> str:
-    """The GPU model(s), or the CPU model from /proc/cpuinfo, with its core count and vector width."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-        return f"{len(gpus)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
-    model, flags = "unknown", []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            fields = [line.split(":", 1) for line in fh if ":" in line]
-        model = next((value.strip() for key, value in fields if key.strip() == "model name"), model)
-        flags = next((value.split() for key, value in fields if key.strip() == "flags"), flags)
-    except OSError:
-        pass
-    # the vector width picks oneDNN's kernels: a CPU's speed, and the last digits of its results
-    vector = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
-    return f"CPU {model} ({os.cpu_count()} cores{vector})"
 
 
 def resolve_runtime(config: TrainConfig) -> Runtime:

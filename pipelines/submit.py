@@ -61,27 +61,28 @@ def read_package(package: str, source: str | None = None) -> list:
                          "expected what `histoxai compile` writes") from err
 
 
-def _pipeline_spec(documents: list, package: str) -> dict:
+def _pipeline_spec(documents: list, source: str) -> dict:
     for document in documents:  # a package may add a platform spec after the pipeline spec
         if isinstance(document, dict) and "deploymentSpec" in document:
             return document
-    raise InputError(f"{package}: no deploymentSpec; expected a pipeline package that `histoxai compile` "
+    raise InputError(f"{source}: no deploymentSpec; expected a pipeline package that `histoxai compile` "
                      "writes")
 
 
-def package_inputs(documents: list, package: str):
+def package_inputs(documents: list, source: str):
     """kfp's ComponentSpec of the package's pipeline (its inputs), as kfp's load_component_from_file
     builds it from the same documents."""
     from kfp.dsl import structures
 
-    pipeline = _pipeline_spec(documents, package)
+    pipeline = _pipeline_spec(documents, source)
     platform = next((d for d in documents if isinstance(d, dict) and d is not pipeline), {})
     return structures.ComponentSpec.from_ir_dicts(pipeline, platform)
 
 
-def package_images(documents: list, package: str) -> dict[str, str]:
-    """Executor name -> container image of a compiled package, from its deploymentSpec."""
-    executors = _pipeline_spec(documents, package)["deploymentSpec"].get("executors") or {}
+def package_images(documents: list, source: str) -> dict[str, str]:
+    """Executor name -> container image of a compiled package, from its deploymentSpec (`source` names
+    the package in messages)."""
+    executors = _pipeline_spec(documents, source)["deploymentSpec"].get("executors") or {}
     return {name: executor["container"]["image"] for name, executor in executors.items()
             if "image" in (executor.get("container") or {})}
 

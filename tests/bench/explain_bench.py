@@ -127,7 +127,7 @@ def bench_explain(work_dir: str | os.PathLike) -> dict:
     """Measures and returns the figures (work_dir is unused: everything stays in memory)."""
     import tensorflow as tf
 
-    from histoxai.training import device_name
+    from histoxai.provenance import device_name
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     size = 360 if gpu else IMAGE_SIZE

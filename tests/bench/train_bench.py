@@ -117,7 +117,7 @@ def bench_training(out_dir: str | os.PathLike) -> dict:
     """Measures and returns the figures; writes the synthetic data under out_dir/train-bench-data."""
     import tensorflow as tf
 
-    from histoxai.training import device_name
+    from histoxai.provenance import device_name
     from tests.train_data import write_blob_manifest
 
     manifest = str(write_blob_manifest(Path(out_dir) / "train-bench-data", n=320, size=IMAGE_SIZE, seed=0))
