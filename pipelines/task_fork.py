@@ -14,12 +14,14 @@ A command of another shape, and every task once the server is gone (or has not s
 READY_TIMEOUT_S), starts as kfp starts it. TensorFlow reads its own variables (TF_*, CUDA_*) when the
 server imports it, at the run's start. The demo took 133 s instead of 171 s so (docs/pipeline.md).
 
-The protocol is JSON lines: the caller writes {id, source, args, env, cwd, log} to the server's
-stdin, the server answers {id, rc, cpu_s} on its stdout when that child exits (cpu_s: the child's user
-and system CPU time, which the step's StepTime carries), after {"ready": true} once.
-A child's stdout and stderr go to the `log` file, which the caller prints as kfp prints a task's
-output. tests/test_task_fork.py checks that a task runs forked, fails as it would alone, and starts
-as kfp starts it once the server is gone.
+The protocol is JSON lines: the caller writes {id, argv, env, cwd, stdout, stderr} to the server's
+stdin, where argv is what follows `python` (`-m MODULE ARGS...` or `-c CODE ARGS...`); the server
+answers {id, rc, cpu_s} on its stdout when that child exits (cpu_s: the child's user and system CPU
+time, which the step's StepTime carries), after {"ready": true} once. A kfp task is
+`-m kfp.dsl.executor_main --component_module_path FILE ARGS...` with stdout and stderr in one log,
+which the caller prints as kfp prints a task's output. The tests run their self-killing commands
+through `_Server.python` too (tests/forked.py). tests/test_task_fork.py checks that a task runs
+forked, fails as it would alone, and starts as kfp starts it once the server is gone.
 """
 
 from __future__ import annotations
@@ -75,37 +77,54 @@ class _Server:
             self.waiting.clear()
         self.settled.set()
 
-    def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
-        """The task's exit code; None when the server cannot take it (start the task as kfp does).
-        The CPU time of a task that ran goes to the caller's StepTime (local_scheduler.record_task_cpu)."""
+    def python(self, argv: list[str], env: dict[str, str], stdout: Path, stderr: Path,
+               cwd: Path | None = None) -> tuple[int, float | None] | None:
+        """Run `python ARGV` (`-m MODULE ...` or `-c CODE ...`) forked, in `cwd` (this folder) with `env`,
+        its output in the two files (one file when they are the same path): its exit code (negative: killed
+        by that signal) and CPU seconds, or None when the server cannot take it."""
+        if argv[:1] not in (["-m"], ["-c"]) or len(argv) < 2:
+            raise ValueError(f"argv must start with -m MODULE or -c CODE, not {argv[:2]!r}")
         future: Future = Future()
         self.settled.wait(max(0.0, self.deadline - time.monotonic()))  # once, not anew for each task
         with self.lock:
             if not self.ready or self.gone:
                 return None
-            folder = Path(tempfile.mkdtemp(prefix="histoxai-task-"))
-            log = folder / "output.log"
             task_id, self.next_id = self.next_id, self.next_id + 1
             self.waiting[task_id] = future
-            request = {"id": task_id, "source": source, "args": args, "env": env, "cwd": os.getcwd(),
-                       "log": str(log)}
+            request = {"id": task_id, "argv": argv, "env": env, "cwd": str(cwd or os.getcwd()),
+                       "stdout": str(stdout), "stderr": str(stderr)}
             try:
                 self.proc.stdin.write(json.dumps(request).encode() + b"\n")
                 self.proc.stdin.flush()
-            except OSError:  # the server just ended: the task has not started, so start it as kfp does
+            except OSError:  # the server just ended: nothing has started, so the caller starts it itself
                 del self.waiting[task_id]
                 self.gone = True
-                os.rmdir(folder)
                 return None
         code, cpu_seconds = future.result()
-        if cpu_seconds is not None:
-            record_task_cpu(cpu_seconds)
-        output = log.read_text(errors="replace") if log.exists() else ""
-        print(output + ("" if code is not None else "the task's server process ended while it ran\n"),
-              end="")
+        if code is None:  # the server died under it: say so where its errors go, and fail
+            with open(stderr, "a") as errors:
+                errors.write("the task's server process ended while it ran\n")
+            return 1, None
+        return code, cpu_seconds
+
+    def run(self, source: str, args: list[str], env: dict[str, str]) -> int | None:
+        """A kfp task's exit code, its output printed as kfp prints it; None when the server cannot take
+        it (start the task as kfp does)."""
+        folder = Path(tempfile.mkdtemp(prefix="histoxai-task-"))
+        try:
+            program, log = folder / "ephemeral_component.py", folder / "output.log"
+            program.write_text(source)  # as kfp's script writes it before running the executor
+            argv = ["-m", EXECUTOR_MODULE, "--component_module_path", str(program), *args]
+            ran = self.python(argv, {**env, "_KFP_RUNTIME": "true"}, log, log)
+            if ran is None:
+                return None
+            code, cpu_seconds = ran
+            record_task_cpu(cpu_seconds)  # the caller's StepTime carries it (local_scheduler)
+            print(log.read_text(errors="replace") if log.exists() else "", end="")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         print("\n")  # as kfp closes a task's output
-        shutil.rmtree(folder, ignore_errors=True)
-        return 1 if code is None else code
+        return code
 
     def close(self) -> None:
         self.proc.stdin.close()  # the server ends once its running children have
@@ -157,33 +176,42 @@ def forked_tasks(server: _Server | None = None):
 # --- the server process ----------------------------------------------------------------------------------
 
 def _child(request: dict) -> None:
-    """In the forked child: what kfp's script does, then exit with the executor's code."""
+    """In the forked child: what `python ARGV` would do, then exit with its code."""
     import atexit
     import runpy
     import traceback
 
     code = 1
     try:
-        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
+        outputs = {request["stdout"], request["stderr"]}
+        opened = {path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for path in outputs}
+        os.dup2(opened[request["stdout"]], 1)
+        os.dup2(opened[request["stderr"]], 2)
+        for descriptor in opened.values():
+            os.close(descriptor)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # not the server's request pipe
         os.environ.clear()
-        os.environ.update(request["env"], _KFP_RUNTIME="true")
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # found again from the caller's TMPDIR, not the server's
         os.chdir(request["cwd"])
-        program = Path(tempfile.mkdtemp(prefix="histoxai-component-")) / "ephemeral_component.py"
-        program.write_text(request["source"])
-        sys.argv = [EXECUTOR_MODULE, "--component_module_path", str(program), *request["args"]]
+        flag, target, *args = request["argv"]
         try:
-            runpy.run_module(EXECUTOR_MODULE, run_name="__main__", alter_sys=True)
+            if flag == "-m":
+                sys.path[0] = os.getcwd()  # as `python -m` puts the current folder first
+                sys.argv = [target, *args]  # runpy puts the module's path in argv[0]
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                sys.path[0] = ""
+                sys.argv = ["-c", *args]
+                exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if not isinstance(exit_.code, int | None):
+                print(exit_.code, file=sys.stderr)  # as the interpreter prints sys.exit("message")
         except BaseException:
             traceback.print_exc()
         atexit._run_exitfuncs()  # what the interpreter's exit would run (histoxai.dataset frees its reads)
-        shutil.rmtree(program.parent, ignore_errors=True)
     finally:  # whatever happens, the child never returns into the server's loop
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

@@ -127,6 +127,28 @@ def shared_task_server():
         yield server
 
 
+@pytest.fixture
+def python_forked(shared_task_server, tmp_path_factory):
+    """`python_forked(argv, env=..., cwd=...)` runs `python ARGV` as subprocess.run(..., capture_output=True,
+    text=True) would, but forked from the worker's task server, which has imported TensorFlow (some
+    5 CPU-seconds that each fresh interpreter spends again); a fresh interpreter when the server cannot
+    take it. For the commands that kill or stop themselves and check what they left; what must start
+    afresh (start-up messages, interpreter exit) keeps subprocess.run."""
+
+    def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+        env = dict(os.environ if env is None else env)
+        folder = tmp_path_factory.mktemp("forked")
+        stdout, stderr = folder / "stdout", folder / "stderr"
+        ran = shared_task_server.python(argv, env, stdout, stderr, cwd=cwd)
+        if ran is None:
+            return subprocess.run([sys.executable, *argv], env=env, cwd=cwd, capture_output=True, text=True,
+                                  timeout=300)
+        printed = [path.read_text(errors="replace") if path.exists() else "" for path in (stdout, stderr)]
+        return subprocess.CompletedProcess([sys.executable, *argv], ran[0], *printed)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tools() -> Path:
     """bin/ of the linters' environment (.venv-tools: `make tools`, pinned in infra/requirements-tools.txt and

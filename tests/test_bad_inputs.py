@@ -271,32 +271,37 @@ def test_split_of_a_file_that_is_not_a_manifest_is_one_line(inputs, tmp_path, ca
 
 # ---- leftovers of a failure or a kill ----
 
-def _killed(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter that kills itself with SIGKILL where it says so."""
+@pytest.fixture
+def killed(python_forked):
+    """`killed(code)` runs `code` in its own process (tests/conftest.py: python_forked), which kills
+    itself with SIGKILL where the code says so."""
     prelude = "import os, signal\nkill = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    return done
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        done = python_forked(["-c", prelude + code], cwd=REPO)
+        assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+        return done
+
+    return run
 
 
-def test_split_killed_while_writing_leaves_a_partial_folder_the_next_run_removes(inputs, tmp_path):
+def test_split_killed_while_writing_leaves_a_partial_folder_the_next_run_removes(inputs, tmp_path, killed):
     out = tmp_path / "out"
     args = command("split", inputs, str(out))
-    _killed(f"import pandas\npandas.DataFrame.to_parquet = kill\n"
+    killed(f"import pandas\npandas.DataFrame.to_parquet = kill\n"
             f"from histoxai.cli import main\nmain({args!r})\n")
     assert leftovers(tmp_path) and not out.exists()
     assert main(args) == 0
     assert not leftovers(tmp_path) and (out / "split.parquet").exists()
 
 
-def test_a_kill_between_the_two_renames_gives_the_previous_output_back(inputs, tmp_path, capsys):
+def test_a_kill_between_the_two_renames_gives_the_previous_output_back(inputs, tmp_path, killed, capsys):
     out = tmp_path / "out"
     args = command("split", inputs, str(out))
     assert main(args) == 0
     before = (out / "split.parquet").read_bytes()
     # --overwrite: the old output moves to .out.old-PID, then the killed process never moves the new in
-    _killed("real = os.replace\n"
+    killed("real = os.replace\n"
             "os.replace = lambda a, b: kill() if '.partial-' in str(a) else real(a, b)\n"
             f"from histoxai.cli import main\nmain({[*args, '--seed', '5', '--overwrite']!r})\n")
     assert not out.exists() and any(".old-" in name for name in leftovers(tmp_path))
@@ -305,10 +310,10 @@ def test_a_kill_between_the_two_renames_gives_the_previous_output_back(inputs, t
     assert (out / "split.parquet").read_bytes() == before and not leftovers(tmp_path)
 
 
-def test_train_killed_in_its_first_epoch_leaves_checkpoints_the_next_run_clears(inputs, tmp_path):
+def test_train_killed_in_its_first_epoch_leaves_checkpoints_the_next_run_clears(inputs, tmp_path, killed):
     out = tmp_path / "out"
     args = command("train", inputs, str(out))
-    _killed("from histoxai import checkpoint\ncheckpoint.CheckpointStore.save = kill\n"
+    killed("from histoxai import checkpoint\ncheckpoint.CheckpointStore.save = kill\n"
             f"from histoxai.cli import main\nmain({args!r})\n")
     assert (out / "checkpoints").is_dir() and not (out / "checkpoints" / "state.json").exists()
     assert main(args) == 0

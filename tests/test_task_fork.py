@@ -124,3 +124,28 @@ def test_a_failing_forked_task_fails_the_run_with_its_error(server, capsys):
     printed = capsys.readouterr().out
     assert "ValueError: this task fails on purpose" in printed and "task says fail" in printed
     assert forked(word="again").output.startswith("True")  # the server still serves
+
+
+def test_python_commands_run_forked_as_a_fresh_interpreter_would_run_them(shared_task_server, tmp_path):
+    """What the tests' self-killing commands rely on (tests/conftest.py: python_forked): the exit code, a
+    signal's negative code, both output files, the caller's folder and TMPDIR, and `-m`'s sys.argv."""
+    _wait(lambda: shared_task_server.ready or shared_task_server.gone, "the task server")
+    out, err = tmp_path / "out", tmp_path / "err"
+    program = ("import os, sys, tempfile\n"
+               "print('tensorflow' in sys.modules, os.getcwd(), tempfile.gettempdir(), sys.argv[1:])\n"
+               "print('to stderr', file=sys.stderr)\nsys.exit(3)\n")
+    (tmp_path / "scratch").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "scratch")}
+    code, cpu_seconds = shared_task_server.python(["-c", program, "a"], env, out, err, cwd=tmp_path)
+    assert code == 3 and cpu_seconds >= 0
+    assert out.read_text() == f"True {tmp_path} {tmp_path / 'scratch'} ['a']\n"
+    assert err.read_text() == "to stderr\n"
+
+    killed = ["-c", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"]
+    assert shared_task_server.python(killed, env, out, out)[0] == -9
+    assert shared_task_server.python(["-m", "json.tool", "--no-such-flag"], env, out, out)[0] == 2
+    assert "usage: python -m json.tool" in out.read_text()  # the module ran as __main__, with its flags
+    assert shared_task_server.python(["-c", "raise SystemExit('a message')"], env, out, out)[0] == 1
+    assert out.read_text() == "a message\n"
+    with pytest.raises(ValueError, match="-m MODULE or -c CODE"):
+        shared_task_server.python(["script.py"], env, out, out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zlib
@@ -244,7 +243,8 @@ def test_same_config_twice_gives_the_same_metrics(tmp_path, blobs32, monkeypatch
                                   pd.read_csv(tmp_path / "b" / "history.csv").drop(columns="seconds"))
 
 
-def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, blobs32, capsys):
+def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, blobs32, capsys,
+                                                         python_forked):
     out = storage.join(gcs_bucket, "models", "cc")
     config_path = tmp_path / "quick.yaml"
     config_path.write_text(yaml.safe_dump({**QUICK, "frozen_epochs": 2, "finetune_epochs": 3,
@@ -252,8 +252,7 @@ def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, bl
     # --data may name the split folder instead of its split.parquet
     args = ["train", "--config", str(config_path), "--data", str(blobs32.parent), "--targets", "CC",
             "--out", out]
-    killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-epochs", "3"],
-                            capture_output=True, text=True, env=os.environ, timeout=300)
+    killed = python_forked(["-m", "histoxai.cli", *args, "--stop-after-epochs", "3"])
     assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
     assert "[finetune] epoch 1/3 (#3)" in killed.stdout
     assert not storage.exists(storage.join(out, "metrics.json"))
@@ -277,7 +276,8 @@ def test_killed_run_resumes_after_its_last_epoch_on_gcs(tmp_path, gcs_bucket, bl
         "frozen": 2, "finetune": 3}
 
 
-def test_killed_while_publishing_resumes_with_its_trained_weights(tmp_path, blobs32, capsys):
+def test_killed_while_publishing_resumes_with_its_trained_weights(tmp_path, blobs32, capsys,
+                                                                  python_forked):
     """A kill after the last epoch (while the results are written) leaves the checkpoints and a hidden
     partial folder; the next run clears the folder and publishes the trained weights, not fresh ones."""
     config_path = tmp_path / "quick.yaml"
@@ -288,8 +288,7 @@ def test_killed_while_publishing_resumes_with_its_trained_weights(tmp_path, blob
     code = ("import os, signal\nfrom histoxai import model\n"
             "model.inference_model = lambda net: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"from histoxai.cli import main\nmain({args!r})\n")
-    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    killed = python_forked(["-c", code], cwd=REPO)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == ["checkpoints"]
     assert any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())

@@ -4,8 +4,6 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,14 +147,14 @@ def test_study_prunes_hopeless_trials_and_its_best_config_trains_to_the_same_r2(
     assert "no metrics.json" in why_not_reusable(summary["best_model"], best, fingerprint, runtime)
 
 
-def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_bucket, blobs, capsys):
+def test_killed_study_resumes_on_gcs_with_its_finished_trials(tmp_path, gcs_bucket, blobs, capsys,
+                                                              python_forked):
     out = storage.join(gcs_bucket, "tune")
     config = write_yaml(tmp_path, {**QUICK, "finetune_epochs": 1}, "quick.yaml")
     space_path = write_yaml(tmp_path, {"search": {"learning_rate": [1e-3, 3e-3], "dense_units": [8, 16]}})
     args = ["tune", "--config", config, "--search-space", space_path, "--data", str(blobs), "--out", out,
             "--tuning-trials", "2", "--startup-trials", "2"]
-    killed = subprocess.run([sys.executable, "-m", "histoxai.cli", *args, "--stop-after-trials", "1"],
-                            capture_output=True, text=True, env=os.environ, timeout=300)
+    killed = python_forked(["-m", "histoxai.cli", *args, "--stop-after-trials", "1"])
     assert killed.returncode == STOPPED_EXIT_CODE, killed.stderr[-3000:]
     assert not storage.exists(storage.join(out, "best_config.yaml"))
     local = tmp_path / "mirrored.journal"
@@ -337,7 +335,7 @@ def test_component_runs_locally_with_the_values_kfp_passes(tmp_path, blobs, shar
 
 
 def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(tmp_path, blobs, capsys,
-                                                                                monkeypatch):
+                                                                                monkeypatch, python_forked):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     out = tmp_path / "tune"
@@ -347,8 +345,7 @@ def test_a_study_killed_in_a_trial_leaves_a_scratch_folder_the_next_run_removes(
     code = ("import os, signal\nfrom histoxai import training\n"
             "training.publish_results = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"from histoxai.cli import main\nmain({args!r})\n")
-    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "TMPDIR": str(scratch)}, timeout=300)
+    killed = python_forked(["-c", code], env={**os.environ, "TMPDIR": str(scratch)}, cwd=REPO)
     assert killed.returncode == -9, killed.stderr[-3000:]
     left = sorted(p.name for p in scratch.iterdir())
     assert any(name.startswith("histoxai-trial0-") for name in left), left
