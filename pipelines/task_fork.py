@@ -20,8 +20,8 @@ answers {id, rc, cpu_s} on its stdout when that child exits (cpu_s: the child's 
 time, which the step's StepTime carries), after {"ready": true} once. A kfp task is
 `-m kfp.dsl.executor_main --component_module_path FILE ARGS...` with stdout and stderr in one log,
 which the caller prints as kfp prints a task's output. The tests run their self-killing commands
-through `_Server.python` too (tests/forked.py). tests/test_task_fork.py checks that a task runs
-forked, fails as it would alone, and starts as kfp starts it once the server is gone.
+through `_Server.python` too (tests/conftest.py: python_forked). tests/test_task_fork.py checks
+that a task runs forked, fails as it would alone, and starts as kfp starts it once the server is gone.
 """
 
 from __future__ import annotations
