@@ -289,7 +289,7 @@ def test_split_killed_while_writing_leaves_a_partial_folder_the_next_run_removes
     out = tmp_path / "out"
     args = command("split", inputs, str(out))
     killed(f"import pandas\npandas.DataFrame.to_parquet = kill\n"
-            f"from histoxai.cli import main\nmain({args!r})\n")
+           f"from histoxai.cli import main\nmain({args!r})\n")
     assert leftovers(tmp_path) and not out.exists()
     assert main(args) == 0
     assert not leftovers(tmp_path) and (out / "split.parquet").exists()
@@ -302,8 +302,8 @@ def test_a_kill_between_the_two_renames_gives_the_previous_output_back(inputs, t
     before = (out / "split.parquet").read_bytes()
     # --overwrite: the old output moves to .out.old-PID, then the killed process never moves the new in
     killed("real = os.replace\n"
-            "os.replace = lambda a, b: kill() if '.partial-' in str(a) else real(a, b)\n"
-            f"from histoxai.cli import main\nmain({[*args, '--seed', '5', '--overwrite']!r})\n")
+           "os.replace = lambda a, b: kill() if '.partial-' in str(a) else real(a, b)\n"
+           f"from histoxai.cli import main\nmain({[*args, '--seed', '5', '--overwrite']!r})\n")
     assert not out.exists() and any(".old-" in name for name in leftovers(tmp_path))
     assert main(args) == 2  # the previous output is back, and kept without --overwrite
     assert "already exists" in capsys.readouterr().err
@@ -314,7 +314,7 @@ def test_train_killed_in_its_first_epoch_leaves_checkpoints_the_next_run_clears(
     out = tmp_path / "out"
     args = command("train", inputs, str(out))
     killed("from histoxai import checkpoint\ncheckpoint.CheckpointStore.save = kill\n"
-            f"from histoxai.cli import main\nmain({args!r})\n")
+           f"from histoxai.cli import main\nmain({args!r})\n")
     assert (out / "checkpoints").is_dir() and not (out / "checkpoints" / "state.json").exists()
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "history.csv", "metrics.json",

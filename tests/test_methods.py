@@ -14,9 +14,9 @@ from scipy.stats import spearmanr
 from histoxai.components.explain.engine import SaliencyEngine
 from histoxai.components.explain.methods import DEFAULT_METHODS, Score, parse_method
 from histoxai.components.explain.tfkv import TfKerasVisEngine
-from histoxai.config import BACKBONES, MIN_IMAGE_SIZE, from_dict
+from histoxai.config import from_dict
 from histoxai.errors import InputError
-from histoxai.model import BACKBONE_SPECS, build_model
+from histoxai.model import build_model
 
 SIZE = 32
 CONFIG = {"targets": ["CC"], "backbone": "tiny", "weights": None, "image_size": SIZE, "dense_units": 8,
@@ -128,6 +128,7 @@ def test_no_two_default_methods_give_the_same_map(engine, images):
         assert _rho(maps[first], maps[second]) < 0.9, (first, second)
 
 
+# Every backbone's stage layers (strides 8, 16, 32) are checked where each is built once: test_model.py.
 def test_stages_need_a_histoxai_model(net, images):
     import keras
 
@@ -138,10 +139,3 @@ def test_stages_need_a_histoxai_model(net, images):
     assert SaliencyEngine(other).cam_layers(named) == ("tiny_conv2", "top_activation")
 
 
-@pytest.mark.parametrize("backbone", [b for b in BACKBONES if b != "tiny"])
-def test_every_backbones_stage_layers_exist_at_strides_8_16_and_32(backbone):
-    net = build_model(from_dict({**CONFIG, "backbone": backbone, "image_size": MIN_IMAGE_SIZE}, "test"))
-    layers = SaliencyEngine(net).cam_layers(parse_method("layercam"))
-    assert layers == (*BACKBONE_SPECS[backbone].stages.split("+"), BACKBONE_SPECS[backbone].cam_layer)
-    strides = [MIN_IMAGE_SIZE // net.get_layer(name).output.shape[1] for name in layers]
-    assert strides == [8, 16, 32]

@@ -1,4 +1,5 @@
-"""The model: every backbone builds and trains a step, preprocessing, R² metric, schedule, phases, weights."""
+"""The model: every backbone builds, trains a step and has its saliency layers; preprocessing, R² metric,
+schedule, phases, weights."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import tensorflow as tf
 
 from histoxai import model as models
 from histoxai import storage
-from histoxai.config import BACKBONES, from_dict
+from histoxai.components.explain.engine import SaliencyEngine
+from histoxai.components.explain.methods import parse_method
+from histoxai.config import BACKBONES, MIN_IMAGE_SIZE, from_dict
 from histoxai.errors import InputError
 
 pytestmark = pytest.mark.slow  # a long file: it starts first (tests/conftest.py)
@@ -29,7 +32,7 @@ NOT_STEPPED = {"ConvNeXtSmall"}
 
 
 def small_config(**values):
-    base = {"targets": ["MD", "FA"], "backbone": "tiny", "weights": None, "image_size": 32,
+    base = {"targets": ["MD", "FA"], "backbone": "tiny", "weights": None, "image_size": MIN_IMAGE_SIZE,
             "lr_schedule": "none", "learning_rate": 1e-3, "dense_units": 8, "feature_units": 4}
     return from_dict({**base, **values}, "test")
 
@@ -38,6 +41,11 @@ def small_config(**values):
 def test_backbone_builds_and_trains_one_step(backbone):
     config = small_config(backbone=backbone)
     net = models.build_model(config, target_means={"MD": 1.0, "FA": 0.3})
+    if backbone != "tiny":  # LayerCAM's default layers: the stages at strides 8, 16 and 32, then the CAM one
+        layers = SaliencyEngine(net).cam_layers(parse_method("layercam"))
+        spec = models.BACKBONE_SPECS[backbone]
+        assert layers == (*spec.stages.split("+"), spec.cam_layer)
+        assert [MIN_IMAGE_SIZE // net.get_layer(name).output.shape[1] for name in layers] == [8, 16, 32]
     models.set_phase(net, "finetune")
     models.compile_model(net, config, steps_per_epoch=1, jit_compile=False)
     net.run_eagerly = True  # one step: tracing a backbone's full gradient graph takes minutes on 2 cores
