@@ -137,5 +137,3 @@ def test_stages_need_a_histoxai_model(net, images):
         SaliencyEngine(other).cam_layers(parse_method("layercam"))
     named = parse_method("layercam:layers=tiny_conv2+top_activation")
     assert SaliencyEngine(other).cam_layers(named) == ("tiny_conv2", "top_activation")
-
-

@@ -38,7 +38,7 @@ def small_config(**values):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_backbone_builds_and_trains_one_step(backbone):
+def test_backbone_builds_trains_one_step_and_has_its_saliency_layers(backbone):
     config = small_config(backbone=backbone)
     net = models.build_model(config, target_means={"MD": 1.0, "FA": 0.3})
     if backbone != "tiny":  # LayerCAM's default layers: the stages at strides 8, 16 and 32, then the CAM one
