@@ -227,7 +227,7 @@ def serve_bytes(body: bytes, content_type: str):
     # and a one-thread server waited for it (about 60 s) before it could shut down.
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.block_on_close = False
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()  # quick shutdown()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:

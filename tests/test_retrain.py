@@ -83,6 +83,8 @@ def servers(cloud):
     record = cloud["work"] / "submitted.jsonl"
     started = [FunctionServer(cloud["env"], record, cloud["work"] / f"function-{i}.log") for i in range(2)]
     yield started, record
+    for server in started:  # both stop at once: gunicorn's graceful stop takes a second or two each
+        server.proc.terminate()
     for server in started:
         server.close()
 
