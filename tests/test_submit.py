@@ -305,6 +305,8 @@ def test_the_package_is_read_once_as_kfp_reads_it(package):
     theirs = components.load_component_from_file(str(package)).component_spec
     ours = package_inputs(documents, str(package))
     assert "samples_uri" in ours.inputs
+    # kfp takes the description from the file's leading comments, which libyaml drops; the parameters'
+    # check reads only the inputs
     assert dataclasses.replace(ours, description=theirs.description) == theirs
     assert set(package_images(documents, str(package)).values()) == _images(documents[0])
 
